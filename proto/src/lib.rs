@@ -31,7 +31,15 @@ mod tests {
     #[test]
     fn courier_frame_round_trips_through_protobuf() {
         let frame = v1::CourierFrame {
-            fixes: vec![v1::Fix { seq: 7, time_ms: 1_700_000_000_000, lat_e7: to_e7(48.8), lon_e7: to_e7(2.4), accuracy_m: 5.0, speed_mps: 3.5, heading_deg: 90.0 }],
+            fixes: vec![v1::Fix {
+                seq: 7,
+                time_ms: 1_700_000_000_000,
+                lat_e7: to_e7(48.8),
+                lon_e7: to_e7(2.4),
+                accuracy_m: 5.0,
+                speed_mps: 3.5,
+                heading_deg: 90.0,
+            }],
         };
         let bytes = frame.encode_to_vec();
         assert_eq!(v1::CourierFrame::decode(bytes.as_slice()).unwrap(), frame);

@@ -1,1 +1,23 @@
-//! placeholder
+//! trackline's domain, free of actors and HTTP: ids, fixes and their validation, the GPS filter,
+//! the ETA estimator, the spatial index of live couriers, tokens and the history store on sled.
+
+pub mod auth;
+pub mod eta;
+pub mod eta_eval;
+pub mod filter;
+pub mod fix;
+pub mod history;
+pub mod ids;
+pub mod order;
+pub mod spatial;
+
+pub use fix::{Fix, LatLon};
+pub use ids::{CourierId, IdError, OrderId};
+
+/// Milliseconds since the unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

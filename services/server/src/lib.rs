@@ -1,1 +1,269 @@
-//! placeholder
+//! The trackline server: courier and watch streams over WebSocket, one actor per active order,
+//! the REST API, metrics and health, on the embedded history store.
+
+mod api;
+mod auth;
+pub mod config;
+mod courier_ws;
+mod error;
+mod frames;
+mod history_formats;
+mod live_index;
+mod metrics;
+mod order_actor;
+mod registry;
+mod session;
+mod watch_ws;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use tokio::sync::watch;
+use trackline_core::auth::TokenKeys;
+use trackline_core::history::{HistoryStore, WriterGuard};
+use trackline_core::order::OrderRecord;
+use trackline_core::spatial::SpatialIndex;
+
+pub use config::Config;
+
+/// What every request handler and session shares.
+pub struct AppState {
+    pub config: Config,
+    pub keys: TokenKeys,
+    pub store: HistoryStore,
+    registry: Addr<registry::Registry>,
+    live_index: Addr<live_index::LiveIndex>,
+    order_settings: Arc<order_actor::OrderSettings>,
+    /// Turns true when the server begins to shut down; sessions then close with 1001.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The token secret from the config, or a random one with a loud warning.
+fn token_keys(config: &Config) -> TokenKeys {
+    match &config.secret {
+        Some(secret) if !secret.is_empty() => TokenKeys::new(secret.as_bytes()),
+        _ => {
+            tracing::warn!(
+                "no --secret / TRACKLINE_SECRET given: using a random development secret; tokens will not survive a restart \
+                 and no other process can mint them"
+            );
+            TokenKeys::new(&rand::random::<[u8; 32]>())
+        }
+    }
+}
+
+/// Reads every order and seeds the live index with the couriers of active orders.
+fn recover(
+    store: &HistoryStore,
+    live_ttl_s: i64,
+) -> anyhow::Result<(Vec<OrderRecord>, SpatialIndex)> {
+    let records: Vec<OrderRecord> = store
+        .all_orders()
+        .filter_map(|r| match r {
+            Ok(record) if !record.status.is_final() => Some(Ok(record)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .context("reading orders from the history store")?;
+    let cutoff = trackline_core::now_ms() - live_ttl_s * 1000;
+    let live = records.iter().filter_map(|r| {
+        let p = r.position.filter(|p| p.time_ms >= cutoff)?;
+        Some((r.courier_id.clone()?, p.lat_lon(), p.time_ms))
+    });
+    let index = SpatialIndex::bulk_load(live);
+    Ok((records, index))
+}
+
+/// A running server, started by [`spawn`].
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Shuts down gracefully (sockets closed with 1001, history flushed and closed) and returns
+    /// when the data dir can be opened again.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(Err(error)) => tracing::error!("server ended with an error: {error:#}"),
+                Err(_) => tracing::error!("server thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the server on threads of its own and returns once it is listening.
+///
+/// # Errors
+/// When the address cannot be bound or the data dir cannot be opened.
+pub fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
+    let listener =
+        TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("trackline".into())
+        .spawn(move || {
+            let stopped = async move {
+                let _ = stop_rx.await;
+            };
+            run_to_end(config, listener, stopped, Some(ready_tx))
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(ServerHandle {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(message)) => {
+            let _ = thread.join();
+            Err(anyhow::anyhow!(message))
+        }
+        Err(_) => match thread.join() {
+            Ok(Err(error)) => Err(error),
+            _ => Err(anyhow::anyhow!("server thread ended before it was ready")),
+        },
+    }
+}
+
+/// Runs the server in an actix System of its own on this thread until `shutdown` resolves, then
+/// shuts down gracefully and returns once the history store is flushed and closed.
+///
+/// # Errors
+/// When the data dir cannot be opened or recovered, or the HTTP server fails.
+pub fn run_to_end(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+) -> anyhow::Result<()> {
+    let system = actix_rt::System::new();
+    let outcome = system.block_on(run(config, listener, shutdown, ready));
+    // Dropping the system drops the actors that still hold store handles; then the writer drains.
+    drop(system);
+    outcome.map(WriterGuard::join)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.
+/// Must run inside an actix System; the returned guard's `join` waits for the last flush once the
+/// System is dropped.
+///
+/// # Errors
+/// When the data dir cannot be opened or recovered, or the HTTP server fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+) -> anyhow::Result<WriterGuard> {
+    let started = std::time::Instant::now();
+    let opened = HistoryStore::open(&config.data_dir)
+        .with_context(|| format!("opening history at {}", config.data_dir.display()))
+        .and_then(|(store, writer)| Ok((recover(&store, config.live_ttl_s)?, store, writer)));
+    let ((records, index), store, writer) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            if let Some(ready) = ready {
+                let _ = ready.send(Err(format!("{error:#}")));
+            }
+            return Err(error);
+        }
+    };
+    metrics::install();
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let arbiters: Vec<Arbiter> = (0..workers.max(1)).map(|_| Arbiter::new()).collect();
+    let order_settings = Arc::new(order_actor::OrderSettings {
+        arrival_radius_m: config.arrival_radius_m,
+        resume_buffer: config.resume_buffer,
+        ..Default::default()
+    });
+    let recovered = records.len();
+    let registry = registry::Registry::new(
+        records,
+        arbiters.iter().map(Arbiter::handle).collect(),
+        store.clone(),
+        order_settings.clone(),
+    )
+    .start();
+    let live_index = live_index::LiveIndex::new(index, config.live_ttl_s).start();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let keys = token_keys(&config);
+    let grace = config.shutdown_grace();
+    let listen = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        config,
+        keys,
+        store: store.clone(),
+        registry,
+        live_index,
+        order_settings,
+        shutdown: shutdown_rx,
+    });
+    let data = web::Data::new(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(api::json_config())
+            .app_data(api::query_config())
+            .configure(api::routes)
+            .default_service(web::to(api::not_found))
+            .wrap(actix_web::middleware::Logger::default().log_target("trackline::http"))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace.as_secs())
+    .listen(listener)?
+    .run();
+    let server_handle = server.handle();
+    tracing::info!(%listen, recovered_orders = recovered, startup_ms = started.elapsed().as_millis() as u64, "trackline ready");
+    if let Some(ready) = ready {
+        let _ = ready.send(Ok(()));
+    }
+    let serving = actix_rt::spawn(server);
+    shutdown.await;
+
+    tracing::info!("shutting down: closing sockets with 1001, flushing history");
+    let _ = shutdown_tx.send(true);
+    // Give sessions a moment to write their close frames before the server stops accepting.
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let stopping = server_handle.stop(true);
+    if tokio::time::timeout(grace, stopping).await.is_err() {
+        tracing::warn!("grace period over; dropping the remaining connections");
+    }
+    let _ = serving.await;
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    for arbiter in arbiters {
+        let _ = arbiter.join();
+    }
+    drop(state);
+    if let Err(error) = store.flush() {
+        tracing::error!(%error, "final flush failed");
+    }
+    Ok(writer)
+}

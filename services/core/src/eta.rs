@@ -1,0 +1,714 @@
+//! The ETA estimator: remaining distance (along the planned route when there is one) over a smoothed speed.
+//!
+//! # Model
+//!
+//! `ETA = remaining distance / predicted mean speed over what remains`, then smoothed.
+//!
+//! **Remaining distance.** With a planned route, the shown position is matched to the route and
+//! the distance still to go is measured along it (plus the straight line from the route's end to
+//! the destination, times the detour factor, when they differ). Matching keeps a *progress*, the
+//! distance along the route already covered, and only looks for the courier in a window from a
+//! little behind that progress ([`EtaConfig::back_tolerance_m`]) to a reach ahead that grows with
+//! the time elapsed and the distance moved. Among the route points in that window the one
+//! chosen minimises the lateral distance plus [`EtaConfig::progress_weight`] times its distance
+//! from where the courier is expected to be; so a route that loops, U-turns or uses the same
+//! street twice is followed leg by leg instead of jumping to whichever leg is nearest. When no
+//! route point lies within [`EtaConfig::off_route_m`] plus the fix accuracy, the rest of the
+//! remaining route is searched (the courier may have cut a corner and rejoined further on); if
+//! that fails for [`EtaConfig::off_route_confirm_s`] the courier is off route and the estimate
+//! falls back to the straight line times [`EtaConfig::detour_factor`] until a position matches
+//! the route again. Without a route it is always the straight line times the detour factor
+//! (1.3 by default: the circuity of urban road networks measured in the literature is 1.2-1.4).
+//!
+//! **Speed.** Speed is measured in the same unit as the distance it divides: route progress per
+//! second while on the route (so a route that is longer or shorter than the road actually driven
+//! does not bias the ETA), ground distance per second otherwise (the device's Doppler speed when
+//! it reports one). Two views are kept, each a ratio of exponentially decaying sums of distance
+//! and time, which unlike an average of instantaneous speeds is not skewed by uneven sampling:
+//!
+//! * a *long* mean, memory [`EtaConfig::long_memory_s`], that includes the stops (red lights,
+//!   queues) a trip of that length will meet again. It starts from a prior,
+//!   [`EtaConfig::default_speed_mps`] worth [`EtaConfig::prior_weight_s`] seconds, so the first
+//!   minutes are not at the mercy of a courier who waited at the restaurant door;
+//! * a *recent* mean of moving speed, memory [`EtaConfig::recent_memory_s`]. It is frozen while
+//!   the courier is stopped (the marker held for [`EtaConfig::stop_detect_s`], or a reported
+//!   speed under 0.5 m/s), so it does not collapse to zero at a traffic light: the stop is paid
+//!   for by the long mean and by the clock, since an ETA that stays the same while the courier
+//!   waits pushes the arrival time back one second per second.
+//!
+//! The speed predicted over the remaining horizon `H` treats the recent speed as a deviation
+//! from the long mean that fades with time constant `tau` ([`EtaConfig::reversion_s`]): its
+//! average over `H` is `long + (recent - long) * tau / H * (1 - exp(-H / tau))`. Close to the
+//! destination the current pace dominates; far from it, the long mean. The result is floored at
+//! [`EtaConfig::min_speed_fraction`] of the long mean.
+//!
+//! **Smoothing.** What is published is the *arrival time*, anchored to the device time of the
+//! fix, smoothed exponentially with time constant [`EtaConfig::smoothing_s`]. A steady courier
+//! gives a steady arrival time (the countdown runs at one second per second) and a single odd
+//! fix barely moves it, while a real change (a long stop, leaving the route) is fully reflected
+//! within a minute.
+
+use crate::fix::{Fix, LatLon};
+
+/// Tuning of the estimator.
+#[derive(Debug, Clone)]
+pub struct EtaConfig {
+    /// Without a route, the straight line is multiplied by this to approximate the road distance.
+    pub detour_factor: f64,
+    /// The speed assumed before any has been observed, metres per second.
+    pub default_speed_mps: f64,
+    /// How many seconds of observation the default speed is worth.
+    pub prior_weight_s: f64,
+    /// Memory of the long mean speed, seconds.
+    pub long_memory_s: f64,
+    /// Memory of the recent moving speed, seconds.
+    pub recent_memory_s: f64,
+    /// How fast a deviation of the recent speed from the long mean fades, seconds.
+    pub reversion_s: f64,
+    /// The predicted speed never falls below this fraction of the long mean.
+    pub min_speed_fraction: f64,
+    /// The predicted speed never falls below this, metres per second.
+    pub min_speed_mps: f64,
+    /// Progress samples faster than this are capped, metres per second.
+    pub max_speed_mps: f64,
+    /// The marker held still this long means the courier is stopped, seconds.
+    pub stop_detect_s: f64,
+    /// Farther than this (plus the fix accuracy) from the route, metres, a position is off it.
+    pub off_route_m: f64,
+    /// Off the route for this long, seconds, the estimate falls back to the straight line.
+    pub off_route_confirm_s: f64,
+    /// How far behind its progress the courier may be matched (noise, a short reverse), metres.
+    pub back_tolerance_m: f64,
+    /// The match window always reaches at least this far ahead of the progress, metres.
+    pub window_ahead_m: f64,
+    /// Metres of lateral distance one metre of progress away from the expected one costs.
+    pub progress_weight: f64,
+    /// Time constant of the published arrival time, seconds.
+    pub smoothing_s: f64,
+}
+
+impl Default for EtaConfig {
+    fn default() -> Self {
+        Self {
+            detour_factor: 1.3,
+            default_speed_mps: 4.0,
+            prior_weight_s: 120.0,
+            long_memory_s: 900.0,
+            recent_memory_s: 45.0,
+            reversion_s: 300.0,
+            min_speed_fraction: 0.3,
+            min_speed_mps: 0.3,
+            max_speed_mps: 55.0,
+            stop_detect_s: 30.0,
+            off_route_m: 50.0,
+            off_route_confirm_s: 10.0,
+            back_tolerance_m: 30.0,
+            window_ahead_m: 150.0,
+            progress_weight: 0.1,
+            smoothing_s: 20.0,
+        }
+    }
+}
+
+/// One estimate, anchored to the device time of the fix it was made from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EtaEstimate {
+    pub seconds: i64,
+    pub arrive_at_ms: i64,
+    /// The distance still to go, metres (along the route when matched on it).
+    pub remaining_m: f64,
+    /// The straight-line distance to the destination, metres.
+    pub to_destination_m: f64,
+    /// True when the remaining distance was measured along the planned route.
+    pub on_route: bool,
+    /// The speed the estimate assumes for what remains, metres per second (of route when on it).
+    pub speed_mps: f64,
+}
+
+/// Below this reported speed, m/s, a courier is standing still.
+const STOPPED_SPEED_MPS: f32 = 0.5;
+const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+
+/// The estimator state of one order.
+#[derive(Debug, Clone)]
+pub struct EtaEstimator {
+    config: EtaConfig,
+    destination: LatLon,
+    route: Option<Route>,
+    /// Distance along the route covered, metres, once matched.
+    progress_m: Option<f64>,
+    /// When the position first failed to match the route (off-route pending or confirmed).
+    unmatched_since_ms: Option<i64>,
+    off_route: bool,
+    route_speed: SpeedModel,
+    ground_speed: SpeedModel,
+    /// The last update: device time and shown position.
+    last: Option<(i64, LatLon)>,
+    /// When the shown position last changed.
+    last_moved_ms: i64,
+    /// The published arrival time, unix ms (fractional to keep the smoothing exact).
+    arrival_ms: Option<f64>,
+}
+
+impl EtaEstimator {
+    pub fn new(destination: LatLon, route: Option<Vec<LatLon>>, config: EtaConfig) -> Self {
+        let route = route.and_then(Route::new);
+        let prior = SpeedModel::new(config.default_speed_mps, config.prior_weight_s);
+        Self {
+            destination,
+            route,
+            progress_m: None,
+            unmatched_since_ms: None,
+            off_route: false,
+            route_speed: prior.clone(),
+            ground_speed: prior,
+            last: None,
+            last_moved_ms: 0,
+            arrival_ms: None,
+            config,
+        }
+    }
+
+    /// Distance along the planned route covered so far, metres, once matched on it.
+    pub fn progress_m(&self) -> Option<f64> {
+        self.progress_m
+    }
+
+    /// Length of the planned route, metres (None without one).
+    pub fn route_length_m(&self) -> Option<f64> {
+        self.route.as_ref().map(Route::length)
+    }
+
+    /// True while the courier is matched on the planned route.
+    pub fn on_route(&self) -> bool {
+        self.route.is_some() && self.progress_m.is_some() && !self.off_route
+    }
+
+    /// Updates the estimate with a fix that moved the live marker (position as shown).
+    pub fn update(&mut self, fix: &Fix, shown: LatLon) -> EtaEstimate {
+        let now = fix.time_ms;
+        let (dt_s, moved_m) = match self.last {
+            Some((t, p)) => (((now - t) as f64 / 1000.0).max(0.0), p.distance_m(shown)),
+            None => (0.0, 0.0),
+        };
+        if self.last.is_none() || moved_m > 0.0 {
+            self.last_moved_ms = now;
+        }
+        let stopped = match fix.speed_mps {
+            Some(v) => v < STOPPED_SPEED_MPS,
+            None => (now - self.last_moved_ms) as f64 / 1000.0 >= self.config.stop_detect_s,
+        };
+        self.last = Some((now, shown));
+
+        // Ground speed: the Doppler speed is better than differences of positions when reported.
+        let ground_m = fix.speed_mps.map_or(moved_m, |v| f64::from(v) * dt_s);
+        let cap = self.config.max_speed_mps * dt_s;
+        self.ground_speed
+            .observe(ground_m.min(cap), dt_s, stopped, &self.config);
+
+        let accuracy_m = fix.accuracy_m.map_or(0.0, f64::from);
+        let progress_before = if self.on_route() {
+            self.progress_m
+        } else {
+            None
+        };
+        self.match_route(now, shown, dt_s, moved_m, accuracy_m);
+        if let (Some(before), Some(after), true) =
+            (progress_before, self.progress_m, self.on_route())
+        {
+            self.route_speed
+                .observe((after - before).min(cap), dt_s, stopped, &self.config);
+        }
+
+        let to_destination_m = shown.distance_m(self.destination);
+        let (remaining_m, model) = match (&self.route, self.progress_m) {
+            (Some(route), Some(s)) if !self.off_route => {
+                let tail = route.end().distance_m(self.destination) * self.config.detour_factor;
+                ((route.length() - s).max(0.0) + tail, &self.route_speed)
+            }
+            _ => (
+                to_destination_m * self.config.detour_factor,
+                &self.ground_speed,
+            ),
+        };
+        let speed_mps = model.predict(remaining_m, &self.config);
+        let raw_arrival = now as f64 + remaining_m / speed_mps * 1000.0;
+        let arrival = match self.arrival_ms {
+            Some(prev) => {
+                let alpha = 1.0 - (-dt_s / self.config.smoothing_s).exp();
+                prev + alpha * (raw_arrival - prev)
+            }
+            None => raw_arrival,
+        };
+        // Never in the past: the courier has not arrived until the server is told so.
+        let arrival = arrival.max(now as f64);
+        self.arrival_ms = Some(arrival);
+        let seconds = ((arrival - now as f64) / 1000.0).round() as i64;
+        EtaEstimate {
+            seconds,
+            arrive_at_ms: now + seconds * 1000,
+            remaining_m,
+            to_destination_m,
+            on_route: self.on_route(),
+            speed_mps,
+        }
+    }
+
+    /// Moves the progress along the route to where `shown` matches, or marks it off the route.
+    fn match_route(&mut self, now: i64, shown: LatLon, dt_s: f64, moved_m: f64, accuracy_m: f64) {
+        let Some(route) = &self.route else { return };
+        let cfg = &self.config;
+        let threshold = cfg.off_route_m + accuracy_m;
+        let found = match self.progress_m {
+            None => {
+                // First position: the courier is at the start of the route as planned, or joins
+                // it somewhere; prefer the earliest place it passes close by.
+                route.best_match(
+                    shown,
+                    0.0,
+                    route.length(),
+                    threshold,
+                    0.0,
+                    cfg.progress_weight,
+                )
+            }
+            Some(s) => {
+                // Where the courier should be if it followed the route since the last match.
+                let expected = s + moved_m;
+                let reach = moved_m
+                    .max(self.route_speed.long() * dt_s)
+                    .max(self.route_speed.recent() * dt_s);
+                let from = s - cfg.back_tolerance_m;
+                let near = route.best_match(
+                    shown,
+                    from,
+                    s + cfg.window_ahead_m + 2.0 * reach,
+                    threshold,
+                    expected,
+                    cfg.progress_weight,
+                );
+                // Not near the route where expected: the courier may have cut a corner and
+                // rejoined further on. Accept that only for a close match, so a loop that
+                // merely passes nearby later does not capture an off-route courier.
+                near.or_else(|| {
+                    route.best_match(
+                        shown,
+                        from,
+                        route.length(),
+                        threshold / 2.0,
+                        expected,
+                        cfg.progress_weight,
+                    )
+                })
+            }
+        };
+        match found {
+            Some(s) => {
+                self.progress_m = Some(s);
+                self.unmatched_since_ms = None;
+                self.off_route = false;
+            }
+            None => {
+                let since = *self.unmatched_since_ms.get_or_insert(now);
+                if self.progress_m.is_none()
+                    || (now - since) as f64 / 1000.0 >= cfg.off_route_confirm_s
+                {
+                    self.off_route = true;
+                }
+            }
+        }
+    }
+}
+
+/// A ratio of exponentially decaying sums of distance and time: a long and a recent mean speed.
+#[derive(Debug, Clone)]
+struct SpeedModel {
+    long_m: f64,
+    long_s: f64,
+    recent_m: f64,
+    recent_s: f64,
+}
+
+impl SpeedModel {
+    fn new(prior_mps: f64, prior_s: f64) -> Self {
+        // The recent mean starts at the prior too, but worth little: the first minute speaks for itself.
+        let recent_prior_s = 10.0;
+        Self {
+            long_m: prior_mps * prior_s,
+            long_s: prior_s,
+            recent_m: prior_mps * recent_prior_s,
+            recent_s: recent_prior_s,
+        }
+    }
+
+    fn observe(&mut self, distance_m: f64, dt_s: f64, stopped: bool, cfg: &EtaConfig) {
+        if dt_s <= 0.0 {
+            return;
+        }
+        let keep = (-dt_s / cfg.long_memory_s).exp();
+        self.long_m = self.long_m * keep + distance_m;
+        self.long_s = self.long_s * keep + dt_s;
+        if !stopped {
+            let keep = (-dt_s / cfg.recent_memory_s).exp();
+            self.recent_m = self.recent_m * keep + distance_m;
+            self.recent_s = self.recent_s * keep + dt_s;
+        }
+    }
+
+    fn long(&self) -> f64 {
+        (self.long_m / self.long_s).max(0.0)
+    }
+
+    fn recent(&self) -> f64 {
+        (self.recent_m / self.recent_s).max(0.0)
+    }
+
+    /// The mean speed expected over the time it takes to cover `remaining_m`.
+    fn predict(&self, remaining_m: f64, cfg: &EtaConfig) -> f64 {
+        let long = self.long().max(cfg.min_speed_mps);
+        let horizon_s = remaining_m / long;
+        let weight = if horizon_s > 1e-6 {
+            cfg.reversion_s / horizon_s * (1.0 - (-horizon_s / cfg.reversion_s).exp())
+        } else {
+            1.0
+        };
+        let blended = long + (self.recent() - long) * weight;
+        blended
+            .max(cfg.min_speed_fraction * long)
+            .max(cfg.min_speed_mps)
+    }
+}
+
+/// A planned route with cumulative distances, ready for projecting positions onto it.
+#[derive(Debug, Clone)]
+struct Route {
+    points: Vec<LatLon>,
+    /// Distance from the start to each point, metres.
+    cum_m: Vec<f64>,
+}
+
+impl Route {
+    /// None when fewer than two distinct points remain: a route that goes nowhere is no route.
+    fn new(points: Vec<LatLon>) -> Option<Self> {
+        let mut kept: Vec<LatLon> = Vec::with_capacity(points.len());
+        for p in points.into_iter().filter(|p| p.is_valid()) {
+            if kept.last().is_none_or(|q| q.distance_m(p) > 0.01) {
+                kept.push(p);
+            }
+        }
+        if kept.len() < 2 {
+            return None;
+        }
+        let mut cum_m = Vec::with_capacity(kept.len());
+        let mut total = 0.0;
+        cum_m.push(0.0);
+        for w in kept.windows(2) {
+            total += w[0].distance_m(w[1]);
+            cum_m.push(total);
+        }
+        Some(Self {
+            points: kept,
+            cum_m,
+        })
+    }
+
+    fn length(&self) -> f64 {
+        self.cum_m.last().copied().unwrap_or(0.0)
+    }
+
+    fn end(&self) -> LatLon {
+        self.points.last().copied().unwrap_or(LatLon::new(0.0, 0.0))
+    }
+
+    /// Index of the segment containing distance `s` (clamped to the route).
+    fn segment_at(&self, s: f64) -> usize {
+        let i = self.cum_m.partition_point(|&c| c <= s);
+        i.saturating_sub(1).min(self.points.len() - 2)
+    }
+
+    /// The progress of the best match of `p` between distances `from` and `to`, or None when no
+    /// route point in that range is within `threshold` metres.
+    ///
+    /// Best is the smallest lateral distance plus `weight` times the distance from `expected`.
+    fn best_match(
+        &self,
+        p: LatLon,
+        from: f64,
+        to: f64,
+        threshold: f64,
+        expected: f64,
+        weight: f64,
+    ) -> Option<f64> {
+        let from = from.max(0.0);
+        let to = to.min(self.length());
+        if to < from {
+            return None;
+        }
+        let mut best: Option<(f64, f64)> = None;
+        for i in self.segment_at(from)..=self.segment_at(to) {
+            let (a, b) = (self.points[i], self.points[i + 1]);
+            let len = self.cum_m[i + 1] - self.cum_m[i];
+            // A local plane at the segment's start: segments are short, so this is exact to
+            // well under a metre anywhere on Earth, and cheaper than a geodesic projection.
+            let m_per_deg_lon = M_PER_DEG * a.lat.to_radians().cos();
+            let (bx, by) = ((b.lon - a.lon) * m_per_deg_lon, (b.lat - a.lat) * M_PER_DEG);
+            let (px, py) = ((p.lon - a.lon) * m_per_deg_lon, (p.lat - a.lat) * M_PER_DEG);
+            let len2 = bx * bx + by * by;
+            let t = if len2 > 0.0 {
+                (px * bx + py * by) / len2
+            } else {
+                0.0
+            };
+            // Only the part of the segment inside the window counts.
+            let t_min = ((from - self.cum_m[i]) / len).clamp(0.0, 1.0);
+            let t_max = ((to - self.cum_m[i]) / len).clamp(0.0, 1.0);
+            let t = t.clamp(t_min, t_max);
+            let lateral = (px - t * bx).hypot(py - t * by);
+            if lateral > threshold {
+                continue;
+            }
+            let s = self.cum_m[i] + t * len;
+            let cost = lateral + weight * (s - expected).abs();
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, s));
+            }
+        }
+        best.map(|(_, s)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+    const LAT: f64 = 48.85;
+
+    /// A point `east` and `north` metres from a fixed origin.
+    fn at(east: f64, north: f64) -> LatLon {
+        LatLon::new(
+            LAT + north / M_PER_DEG,
+            2.35 + east / (M_PER_DEG * LAT.to_radians().cos()),
+        )
+    }
+
+    fn fix(t_s: f64, pos: LatLon) -> Fix {
+        Fix {
+            seq: 0,
+            time_ms: T0 + (t_s * 1000.0).round() as i64,
+            pos,
+            accuracy_m: None,
+            speed_mps: None,
+            heading_deg: None,
+        }
+    }
+
+    #[test]
+    fn without_a_route_it_is_the_straight_line_times_the_detour() {
+        let dest = at(1000.0, 0.0);
+        let mut eta = EtaEstimator::new(dest, None, EtaConfig::default());
+        let e = eta.update(&fix(0.0, at(0.0, 0.0)), at(0.0, 0.0));
+        assert!((e.to_destination_m - 1000.0).abs() < 1.0);
+        assert!((e.remaining_m - 1300.0).abs() < 1.0);
+        // The prior speed, 4 m/s.
+        assert_eq!(e.seconds, 325);
+        assert_eq!(e.arrive_at_ms, T0 + 325_000);
+        assert!(!e.on_route);
+    }
+
+    #[test]
+    fn arrival_time_is_anchored_to_device_time_and_steady_at_constant_speed() {
+        let dest = at(3000.0, 0.0);
+        let route = vec![at(0.0, 0.0), at(3000.0, 0.0)];
+        let mut eta = EtaEstimator::new(dest, Some(route), EtaConfig::default());
+        let mut arrivals = Vec::new();
+        // 5 m/s for 400 s, one fix a second.
+        for i in 0..=400 {
+            let p = at(5.0 * i as f64, 0.0);
+            let e = eta.update(&fix(i as f64, p), p);
+            assert!(e.on_route);
+            assert_eq!(e.arrive_at_ms, T0 + i * 1000 + e.seconds * 1000);
+            arrivals.push(e.arrive_at_ms);
+        }
+        // Truth: arrival at t = 600 s. After the first minutes it has converged and holds.
+        let truth = T0 + 600_000;
+        for (i, &a) in arrivals.iter().enumerate().skip(200) {
+            assert!(
+                (a - truth).abs() < 20_000,
+                "at {i} s: {} s off",
+                (a - truth) / 1000
+            );
+        }
+        let late = &arrivals[300..];
+        let spread = late.iter().max().unwrap() - late.iter().min().unwrap();
+        assert!(spread < 5_000, "the arrival time wandered {spread} ms");
+    }
+
+    #[test]
+    fn a_traffic_light_does_not_collapse_the_estimate() {
+        let dest = at(3000.0, 0.0);
+        let route = vec![at(0.0, 0.0), at(3000.0, 0.0)];
+        let mut eta = EtaEstimator::new(dest, Some(route), EtaConfig::default());
+        let mut x = 0.0;
+        let mut before = 0;
+        for i in 0..300 {
+            x += 8.0;
+            let p = at(x, 0.0);
+            before = eta.update(&fix(i as f64, p), p).seconds;
+        }
+        // 60 s at a red light 600 m before the destination.
+        let p = at(x, 0.0);
+        let mut during = 0;
+        for i in 300..360 {
+            during = eta.update(&fix(i as f64, p), p).seconds;
+        }
+        // Before the light: 600 m at 8 m/s, about 75 s. During the wait the estimate may grow
+        // (the long mean includes the stop) but it must stay of the order of the drive left.
+        assert!((60..100).contains(&before), "{before}");
+        assert!((60..200).contains(&during), "{during}");
+    }
+
+    /// An out-and-back route: east 1 km along a street, then back west on the same street to a
+    /// destination 100 m from the start.
+    fn out_and_back() -> (LatLon, Vec<LatLon>) {
+        (
+            at(100.0, 8.0),
+            vec![
+                at(0.0, 0.0),
+                at(1000.0, 0.0),
+                at(1000.0, 8.0),
+                at(100.0, 8.0),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_route_using_the_same_street_twice_is_followed_leg_by_leg() {
+        let (dest, route) = out_and_back();
+        let mut eta = EtaEstimator::new(dest, Some(route), EtaConfig::default());
+        let mut remaining = Vec::new();
+        let mut t = 0.0;
+        // Out along y=0 (noisy by +-4 m), then back along y=8.
+        for i in 0..=100 {
+            let p = at(10.0 * i as f64, if i % 2 == 0 { 4.0 } else { -3.0 });
+            remaining.push(eta.update(&fix(t, p), p).remaining_m);
+            t += 2.0;
+        }
+        for i in 0..=90 {
+            let p = at(
+                1000.0 - 10.0 * i as f64,
+                if i % 2 == 0 { 4.0 } else { 11.0 },
+            );
+            remaining.push(eta.update(&fix(t, p), p).remaining_m);
+            t += 2.0;
+        }
+        // Total route 1908 m; the remaining distance must decrease all the way, never jumping
+        // to the other leg (which would skip or add ~2 x the distance to the turn).
+        assert!((remaining[0] - 1908.0).abs() < 5.0, "{}", remaining[0]);
+        for (i, w) in remaining.windows(2).enumerate() {
+            assert!(w[1] <= w[0] + 8.0, "step {i}: {} -> {}", w[0], w[1]);
+            assert!(w[0] - w[1] < 30.0, "step {i}: {} -> {}", w[0], w[1]);
+        }
+        assert!(*remaining.last().unwrap() < 10.0);
+    }
+
+    #[test]
+    fn going_off_route_falls_back_to_the_straight_line_and_comes_back() {
+        // Route: east 2 km. The courier leaves it northwards for a while, then returns.
+        let dest = at(2000.0, 0.0);
+        let route = vec![at(0.0, 0.0), at(2000.0, 0.0)];
+        let mut eta = EtaEstimator::new(dest, Some(route), EtaConfig::default());
+        let mut t = 0.0;
+        let mut step = |eta: &mut EtaEstimator, p: LatLon| {
+            t += 2.0;
+            eta.update(&fix(t, p), p)
+        };
+        for i in 0..50 {
+            assert!(step(&mut eta, at(10.0 * i as f64, 0.0)).on_route);
+        }
+        // 300 m north at (500, 300) over 60 s.
+        let mut last = None;
+        for i in 1..=30 {
+            last = Some(step(&mut eta, at(500.0, 10.0 * i as f64)));
+        }
+        let off = last.unwrap();
+        assert!(!off.on_route);
+        let straight = at(500.0, 300.0).distance_m(dest);
+        assert!((off.remaining_m - straight * 1.3).abs() < 1.0);
+        // Back down onto the route further east.
+        for i in 1..=30 {
+            step(
+                &mut eta,
+                at(500.0 + 10.0 * i as f64, 300.0 - 10.0 * i as f64),
+            );
+        }
+        let back = step(&mut eta, at(810.0, 0.0));
+        assert!(back.on_route);
+        assert!(
+            (back.remaining_m - 1190.0).abs() < 15.0,
+            "{}",
+            back.remaining_m
+        );
+    }
+
+    #[test]
+    fn laps_of_a_loop_are_counted_not_skipped() {
+        // A 400 m square lap run three times; destination is the start.
+        let lap = [
+            at(0.0, 0.0),
+            at(100.0, 0.0),
+            at(100.0, 100.0),
+            at(0.0, 100.0),
+        ];
+        let mut route: Vec<LatLon> = Vec::new();
+        for _ in 0..3 {
+            route.extend_from_slice(&lap);
+        }
+        route.push(lap[0]);
+        let mut eta = EtaEstimator::new(lap[0], Some(route), EtaConfig::default());
+        let mut t = 0.0;
+        let mut last = 0.0;
+        for k in 0..1200 {
+            // 1 m steps around the square, 3 m/s.
+            let d = (k % 400) as f64;
+            let p = match d {
+                d if d < 100.0 => at(d, 0.0),
+                d if d < 200.0 => at(100.0, d - 100.0),
+                d if d < 300.0 => at(300.0 - d, 100.0),
+                d => at(0.0, 400.0 - d),
+            };
+            t += 1.0 / 3.0;
+            let e = eta.update(&fix(t, p), p);
+            let expected = 1200.0 - k as f64;
+            assert!(
+                (e.remaining_m - expected).abs() < 5.0,
+                "step {k}: {} vs {expected}",
+                e.remaining_m
+            );
+            last = e.remaining_m;
+        }
+        assert!(last < 5.0);
+    }
+
+    #[test]
+    fn reported_speed_is_used_and_a_far_destination_tail_is_added() {
+        let dest = at(1000.0, 100.0);
+        let route = vec![at(0.0, 0.0), at(1000.0, 0.0)];
+        let mut eta = EtaEstimator::new(dest, Some(route), EtaConfig::default());
+        let e = eta.update(&fix(0.0, at(0.0, 0.0)), at(0.0, 0.0));
+        assert!(
+            (e.remaining_m - (1000.0 + 130.0)).abs() < 1.0,
+            "{}",
+            e.remaining_m
+        );
+        // Standing still with a reported speed of 0: the recent speed is frozen, not zeroed.
+        for i in 1..60 {
+            let f = Fix {
+                speed_mps: Some(0.0),
+                ..fix(i as f64, at(0.0, 0.0))
+            };
+            let e = eta.update(&f, at(0.0, 0.0));
+            assert!(e.speed_mps > 1.0, "{}", e.speed_mps);
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! Offline evaluation of the ETA on recorded trips, with the same filter and estimator as the server.
+//!
+//! # Protocol (issue 5)
+//!
+//! For each trip, a list of `(device time, position)`:
+//!
+//! * the destination is the trip's last fix;
+//! * the planned route is the trip's own path simplified with Douglas-Peucker at 15 m (what a
+//!   routing engine would have planned). The simplification runs in a local metric plane (an
+//!   equirectangular projection about the trip's centre; trips are city sized, so its scale
+//!   error is far below a metre), because an epsilon in degrees would mean different distances
+//!   east-west and north-south;
+//! * every fix goes, in order, through [`GpsFilter`], and every live one through
+//!   [`EtaEstimator`] with that destination and route; the estimator does its own route matching;
+//! * every 10 s of trip time, while more than 60 s remain, the estimate in force (from the last
+//!   fix at or before that instant) is compared with the truth, the time actually left. An
+//!   estimate made at a fix is an arrival time, so at a later instant the prediction is
+//!   `arrival - instant`.
+//!
+//! Two baselines are scored at the same instants, from the last fix at or before the instant:
+//!
+//! * (a) straight-line distance to the destination / mean speed so far;
+//! * (b) remaining route length from the *true* progress / mean speed so far. The true progress
+//!   of a fix is its projection on the simplified segment that replaced it, which a live system
+//!   can never know: it is perfect route matching.
+//!
+//! The mean speed so far is the true progress along the route divided by the time elapsed since
+//! the first fix (the same distance measure as the route's remaining length, so (b) is a
+//! consistent "fraction done" estimate), floored at [`EtaConfig::min_speed_mps`] as the
+//! estimator's own speed is.
+//!
+//! Scores are the mean absolute error in seconds (MAE) and the mean absolute percentage error
+//! of the time left (MAPE); pooled scores weigh every evaluated instant of every trip equally.
+
+use std::fmt;
+use std::path::Path;
+
+use geo::{LineString, SimplifyIdx};
+use serde::Serialize;
+
+use crate::eta::{EtaConfig, EtaEstimator};
+use crate::filter::{FilterConfig, GpsFilter, Verdict};
+use crate::fix::{Fix, LatLon};
+
+/// One recorded trip: device time (unix ms) and position of each fix, in recording order.
+pub type Trip = Vec<(i64, LatLon)>;
+
+/// Why a trip could not be read or evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Csv { path: String, source: csv::Error },
+    #[error("{path}: line {line}: {reason}")]
+    BadRow {
+        path: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("trip {0} is too short to evaluate (it needs more than 70 s and two fixes)")]
+    TooShort(String),
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    t_unix: f64,
+    lat: f64,
+    lon: f64,
+}
+
+/// Reads a trip from CSV with the header `t_unix,lat,lon` (seconds since the epoch, may have a
+/// fraction; WGS84 degrees). `source` names the input in errors.
+///
+/// # Errors
+/// A CSV error, or a row whose time or position is not finite or out of range.
+pub fn read_trip_csv<R: std::io::Read>(reader: R, source: &str) -> Result<Trip, EvalError> {
+    let mut rows = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
+    let mut trip = Trip::new();
+    for row in rows.deserialize::<Row>() {
+        let row = row.map_err(|source_err| EvalError::Csv {
+            path: source.to_string(),
+            source: source_err,
+        })?;
+        let line = trip.len() as u64 + 2;
+        let pos = LatLon::new(row.lat, row.lon);
+        if !pos.is_valid() || !row.t_unix.is_finite() {
+            let reason = format!(
+                "({}, {}, {}) is not a time and a position",
+                row.t_unix, row.lat, row.lon
+            );
+            return Err(EvalError::BadRow {
+                path: source.to_string(),
+                line,
+                reason,
+            });
+        }
+        trip.push(((row.t_unix * 1000.0).round() as i64, pos));
+    }
+    Ok(trip)
+}
+
+/// Reads a trip CSV file; see [`read_trip_csv`].
+///
+/// # Errors
+/// As [`read_trip_csv`], or the file cannot be opened.
+pub fn read_trip_file(path: &Path) -> Result<Trip, EvalError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| EvalError::Csv {
+        path: name.clone(),
+        source: csv::Error::from(e),
+    })?;
+    read_trip_csv(std::io::BufReader::new(file), &name)
+}
+
+/// Parameters of an evaluation run.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    pub filter: FilterConfig,
+    pub eta: EtaConfig,
+    /// Douglas-Peucker tolerance of the planned route, metres.
+    pub simplify_m: f64,
+    /// Trip time between two evaluated instants, seconds.
+    pub step_s: f64,
+    /// Instants with less time than this left are not evaluated, seconds.
+    pub min_left_s: f64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            filter: FilterConfig::default(),
+            eta: EtaConfig::default(),
+            simplify_m: 15.0,
+            step_s: 10.0,
+            min_left_s: 60.0,
+        }
+    }
+}
+
+/// Mean absolute error of one method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Score {
+    /// Mean absolute error of the time left, seconds.
+    pub mae_s: f64,
+    /// Mean absolute error relative to the time left, percent.
+    pub mape_pct: f64,
+}
+
+/// The scores on one trip.
+#[derive(Debug, Clone, Serialize)]
+pub struct TripReport {
+    pub name: String,
+    pub fixes: usize,
+    pub duration_s: f64,
+    /// Fixes the filter made live, kept as history only, and rejected.
+    pub live: usize,
+    pub history_only: usize,
+    pub rejected: usize,
+    /// The planned route: points after simplification and length, metres.
+    pub route_points: usize,
+    pub route_m: f64,
+    /// Instants evaluated.
+    pub instants: usize,
+    pub trackline: Score,
+    /// Baseline (a): straight line / mean speed so far.
+    pub straight_line: Score,
+    /// Baseline (b): remaining route from the true progress / mean speed so far.
+    pub route_true_progress: Score,
+}
+
+/// The pooled scores over every evaluated instant of every trip.
+#[derive(Debug, Clone, Serialize)]
+pub struct PooledReport {
+    pub instants: usize,
+    pub trackline: Score,
+    pub straight_line: Score,
+    pub route_true_progress: Score,
+    /// trackline MAE / baseline (b) MAE: the target of issue 5 is at most 0.6.
+    pub mae_ratio_to_route_true_progress: f64,
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub trips: Vec<TripReport>,
+    pub pooled: PooledReport,
+}
+
+/// Sums of absolute and relative errors, to average per trip and pooled.
+#[derive(Debug, Clone, Copy, Default)]
+struct ErrorSum {
+    abs_s: f64,
+    rel: f64,
+    n: usize,
+}
+
+impl ErrorSum {
+    fn add(&mut self, predicted_s: f64, truth_s: f64) {
+        let err = (predicted_s - truth_s).abs();
+        self.abs_s += err;
+        self.rel += err / truth_s;
+        self.n += 1;
+    }
+
+    fn score(self) -> Score {
+        if self.n == 0 {
+            return Score::default();
+        }
+        Score {
+            mae_s: self.abs_s / self.n as f64,
+            mape_pct: 100.0 * self.rel / self.n as f64,
+        }
+    }
+
+    fn pool(scores: impl Iterator<Item = (Score, usize)>) -> Score {
+        let mut sum = ErrorSum::default();
+        for (s, n) in scores {
+            sum.abs_s += s.mae_s * n as f64;
+            sum.rel += s.mape_pct / 100.0 * n as f64;
+            sum.n += n;
+        }
+        sum.score()
+    }
+}
+
+/// The planned route of the protocol and, for each fix, its true progress along it (metres).
+struct PlannedRoute {
+    points: Vec<LatLon>,
+    length_m: f64,
+    true_progress_m: Vec<f64>,
+}
+
+const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+
+fn plan_route(trip: &[(i64, LatLon)], simplify_m: f64) -> PlannedRoute {
+    // Equirectangular plane about the centre of the trip's bounding box.
+    let (mut lat_min, mut lat_max, mut lon_min, mut lon_max) =
+        (90.0_f64, -90.0_f64, 180.0_f64, -180.0_f64);
+    for (_, p) in trip {
+        lat_min = lat_min.min(p.lat);
+        lat_max = lat_max.max(p.lat);
+        lon_min = lon_min.min(p.lon);
+        lon_max = lon_max.max(p.lon);
+    }
+    let centre = LatLon::new((lat_min + lat_max) / 2.0, (lon_min + lon_max) / 2.0);
+    let m_per_deg_lon = M_PER_DEG * centre.lat.to_radians().cos();
+    let xy: Vec<(f64, f64)> = trip
+        .iter()
+        .map(|(_, p)| {
+            (
+                (p.lon - centre.lon) * m_per_deg_lon,
+                (p.lat - centre.lat) * M_PER_DEG,
+            )
+        })
+        .collect();
+    let keep = LineString::from(xy.clone()).simplify_idx(simplify_m);
+
+    let points: Vec<LatLon> = keep.iter().map(|&i| trip[i].1).collect();
+    let mut cum_m = vec![0.0];
+    for w in points.windows(2) {
+        let last = cum_m.last().copied().unwrap_or(0.0);
+        cum_m.push(last + w[0].distance_m(w[1]));
+    }
+    // Each fix lies between two kept ones; its true progress is its projection on that segment.
+    let mut true_progress_m = Vec::with_capacity(trip.len());
+    let mut seg = 0;
+    for (i, &(px, py)) in xy.iter().enumerate() {
+        while seg + 2 < keep.len() && keep[seg + 1] <= i {
+            seg += 1;
+        }
+        let progress = if keep.len() < 2 {
+            0.0
+        } else {
+            let (ax, ay) = xy[keep[seg]];
+            let (bx, by) = xy[keep[seg + 1]];
+            let (dx, dy) = (bx - ax, by - ay);
+            let len2 = dx * dx + dy * dy;
+            let t = if len2 > 0.0 {
+                (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            cum_m[seg] + t * (cum_m[seg + 1] - cum_m[seg])
+        };
+        true_progress_m.push(progress);
+    }
+    let length_m = cum_m.last().copied().unwrap_or(0.0);
+    PlannedRoute {
+        points,
+        length_m,
+        true_progress_m,
+    }
+}
+
+/// One evaluated instant, for looking into a trip (`trackctl eta-eval --trace`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceRow {
+    /// Seconds since the trip's first fix.
+    pub t_s: f64,
+    /// The time actually left, seconds.
+    pub truth_s: f64,
+    pub trackline_s: f64,
+    pub straight_line_s: f64,
+    pub route_true_progress_s: f64,
+    /// The true progress along the planned route and the estimator's own, metres.
+    pub true_progress_m: f64,
+    pub matched_progress_m: Option<f64>,
+    pub on_route: bool,
+    /// The speed the estimate assumed, m/s.
+    pub speed_mps: f64,
+}
+
+/// Runs the protocol on one trip.
+///
+/// # Errors
+/// [`EvalError::TooShort`] when the trip leaves no instant to evaluate.
+pub fn evaluate_trip(
+    name: &str,
+    trip: &[(i64, LatLon)],
+    config: &EvalConfig,
+) -> Result<TripReport, EvalError> {
+    run_trip(name, trip, config).map(|(report, _)| report)
+}
+
+/// Runs the protocol on one trip and returns every evaluated instant as well.
+///
+/// # Errors
+/// [`EvalError::TooShort`] when the trip leaves no instant to evaluate.
+pub fn trace_trip(
+    name: &str,
+    trip: &[(i64, LatLon)],
+    config: &EvalConfig,
+) -> Result<Vec<TraceRow>, EvalError> {
+    run_trip(name, trip, config).map(|(_, rows)| rows)
+}
+
+fn run_trip(
+    name: &str,
+    trip: &[(i64, LatLon)],
+    config: &EvalConfig,
+) -> Result<(TripReport, Vec<TraceRow>), EvalError> {
+    let (Some(&(t_first, _)), Some(&(t_last, destination))) = (trip.first(), trip.last()) else {
+        return Err(EvalError::TooShort(name.to_string()));
+    };
+    let route = plan_route(trip, config.simplify_m);
+    let mut filter = GpsFilter::new(config.filter.clone());
+    let mut estimator =
+        EtaEstimator::new(destination, Some(route.points.clone()), config.eta.clone());
+
+    // The arrival time in force after each fix (the last live estimate so far).
+    let (mut live, mut history_only, mut rejected) = (0, 0, 0);
+    let mut arrival_after: Vec<Option<(i64, Option<f64>, bool, f64)>> =
+        Vec::with_capacity(trip.len());
+    let mut current = None;
+    for (i, &(time_ms, pos)) in trip.iter().enumerate() {
+        let fix = Fix {
+            seq: i as u64 + 1,
+            time_ms,
+            pos,
+            accuracy_m: None,
+            speed_mps: None,
+            heading_deg: None,
+        };
+        match filter.assess(&fix) {
+            Verdict::Live(shown) => {
+                live += 1;
+                let e = estimator.update(&fix, shown);
+                current = Some((
+                    e.arrive_at_ms,
+                    estimator.progress_m(),
+                    e.on_route,
+                    e.speed_mps,
+                ));
+            }
+            Verdict::HistoryOnly => history_only += 1,
+            Verdict::Rejected(_) => rejected += 1,
+            Verdict::Duplicate => {}
+        }
+        arrival_after.push(current);
+    }
+
+    let step_ms = (config.step_s * 1000.0).round().max(1.0) as i64;
+    let min_left_ms = (config.min_left_s * 1000.0).round() as i64;
+    let (mut ours, mut straight, mut perfect) = (
+        ErrorSum::default(),
+        ErrorSum::default(),
+        ErrorSum::default(),
+    );
+    let mut rows = Vec::new();
+    let mut i = 0;
+    let mut instant = t_first + step_ms;
+    while t_last - instant > min_left_ms {
+        // The last fix at or before the instant (recorded times may repeat or go back: the
+        // latest recorded one that is not after the instant is what a live system had).
+        while i + 1 < trip.len() && trip[i + 1].0 <= instant {
+            i += 1;
+        }
+        let truth_s = (t_last - instant) as f64 / 1000.0;
+        let (fix_ms, fix_pos) = trip[i];
+        let elapsed_s = (fix_ms - t_first) as f64 / 1000.0;
+        let done_m = route.true_progress_m[i];
+        let mean_speed = if elapsed_s > 0.0 {
+            done_m / elapsed_s
+        } else {
+            0.0
+        }
+        .max(config.eta.min_speed_mps);
+        let from_fix_s = (fix_ms - instant) as f64 / 1000.0;
+        let straight_s = from_fix_s + fix_pos.distance_m(destination) / mean_speed;
+        let perfect_s = from_fix_s + (route.length_m - done_m) / mean_speed;
+        // The first fix is always live, so an estimate is always in force.
+        if let Some((arrival, matched, on_route, speed)) = arrival_after[i] {
+            let ours_s = (arrival - instant) as f64 / 1000.0;
+            ours.add(ours_s, truth_s);
+            straight.add(straight_s, truth_s);
+            perfect.add(perfect_s, truth_s);
+            rows.push(TraceRow {
+                t_s: (instant - t_first) as f64 / 1000.0,
+                truth_s,
+                trackline_s: ours_s,
+                straight_line_s: straight_s,
+                route_true_progress_s: perfect_s,
+                true_progress_m: done_m,
+                matched_progress_m: matched,
+                on_route,
+                speed_mps: speed,
+            });
+        }
+        instant += step_ms;
+    }
+    if ours.n == 0 {
+        return Err(EvalError::TooShort(name.to_string()));
+    }
+    let report = TripReport {
+        name: name.to_string(),
+        fixes: trip.len(),
+        duration_s: (t_last - t_first) as f64 / 1000.0,
+        live,
+        history_only,
+        rejected,
+        route_points: route.points.len(),
+        route_m: route.length_m,
+        instants: ours.n,
+        trackline: ours.score(),
+        straight_line: straight.score(),
+        route_true_progress: perfect.score(),
+    };
+    Ok((report, rows))
+}
+
+/// Runs the protocol on each named trip and pools the scores.
+///
+/// # Errors
+/// The first trip that cannot be evaluated.
+pub fn evaluate(trips: &[(String, Trip)], config: &EvalConfig) -> Result<EvalReport, EvalError> {
+    let trips = trips
+        .iter()
+        .map(|(name, trip)| evaluate_trip(name, trip, config))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool =
+        |f: fn(&TripReport) -> Score| ErrorSum::pool(trips.iter().map(|t| (f(t), t.instants)));
+    let trackline = pool(|t| t.trackline);
+    let route_true_progress = pool(|t| t.route_true_progress);
+    let pooled = PooledReport {
+        instants: trips.iter().map(|t| t.instants).sum(),
+        trackline,
+        straight_line: pool(|t| t.straight_line),
+        route_true_progress,
+        mae_ratio_to_route_true_progress: if route_true_progress.mae_s > 0.0 {
+            trackline.mae_s / route_true_progress.mae_s
+        } else {
+            f64::NAN
+        },
+    };
+    Ok(EvalReport { trips, pooled })
+}
+
+impl fmt::Display for EvalReport {
+    /// A plain-text table: one row per trip and a pooled row, MAE in seconds and MAPE in percent.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16}",
+            "trip", "fixes", "route_m", "evals", "trackline", "(a) straight", "(b) true progress"
+        )?;
+        let cell = |s: Score| format!("{:>6.0} s {:>5.1}%", s.mae_s, s.mape_pct);
+        for t in &self.trips {
+            writeln!(
+                f,
+                "{:<42} {:>6} {:>7.0} {:>6} | {:>16} | {:>16} | {:>16}",
+                t.name,
+                t.fixes,
+                t.route_m,
+                t.instants,
+                cell(t.trackline),
+                cell(t.straight_line),
+                cell(t.route_true_progress)
+            )?;
+        }
+        let p = &self.pooled;
+        writeln!(
+            f,
+            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16}",
+            "pooled",
+            "",
+            "",
+            p.instants,
+            cell(p.trackline),
+            cell(p.straight_line),
+            cell(p.route_true_progress)
+        )?;
+        write!(
+            f,
+            "trackline MAE / (b) MAE = {:.2}",
+            p.mae_ratio_to_route_true_progress
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const TRIPS: [&str; 5] = [
+        "bike_joensuu_1412412627743.csv",
+        "car_joensuu_1326877679263.csv",
+        "car_visnjan_hr.csv",
+        "run_vincennes_DC2_garmin.csv",
+        "walk_vincennes_MC_ublox_single_noisy.csv",
+    ];
+
+    fn testdata(name: &str) -> Trip {
+        read_trip_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    /// Prints the trace of one trip: `TRACE=car_visnjan_hr.csv cargo test -p trackline-core trace -- --nocapture`.
+    #[test]
+    fn trace() {
+        let Ok(name) = std::env::var("TRACE") else {
+            return;
+        };
+        for r in trace_trip(&name, &testdata(&name), &EvalConfig::default()).unwrap() {
+            eprintln!(
+                "t={:6.0} truth={:6.0} ours={:6.0} b={:6.0} prog={:6.0}/{:6.0} on={} v={:.2}",
+                r.t_s,
+                r.truth_s,
+                r.trackline_s,
+                r.route_true_progress_s,
+                r.matched_progress_m.unwrap_or(-1.0),
+                r.true_progress_m,
+                r.on_route,
+                r.speed_mps
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_csv_format() {
+        let text = "t_unix,lat,lon\n1326877679.263,62.590097,29.740108\n1326877683.291, 62.590358 ,29.740367\n";
+        let trip = read_trip_csv(text.as_bytes(), "inline").unwrap();
+        assert_eq!(trip.len(), 2);
+        assert_eq!(trip[0].0, 1_326_877_679_263);
+        assert_eq!(trip[1].1, LatLon::new(62.590358, 29.740367));
+        let bad = read_trip_csv("t_unix,lat,lon\n1,95.0,0\n".as_bytes(), "inline").unwrap_err();
+        assert!(bad.to_string().contains("line 2"), "{bad}");
+        assert!(read_trip_csv("t_unix,lat,lon\n1,x,0\n".as_bytes(), "inline").is_err());
+    }
+
+    #[test]
+    fn the_planned_route_and_true_progress_are_consistent() {
+        let trip = testdata("run_vincennes_DC2_garmin.csv");
+        let route = plan_route(&trip, 15.0);
+        let raw: f64 = trip.windows(2).map(|w| w[0].1.distance_m(w[1].1)).sum();
+        // Simplifying only cuts corners: shorter than the raw path, but not by much on a clean run.
+        assert!(
+            route.length_m < raw && route.length_m > 0.85 * raw,
+            "{} vs {raw}",
+            route.length_m
+        );
+        assert_eq!(route.true_progress_m.len(), trip.len());
+        assert!(route.true_progress_m[0].abs() < 1e-9);
+        assert!((route.true_progress_m.last().unwrap() - route.length_m).abs() < 1e-6);
+        assert!(route
+            .true_progress_m
+            .windows(2)
+            .all(|w| w[1] >= w[0] - 15.0));
+    }
+
+    #[test]
+    fn trackline_beats_perfect_progress_on_the_shared_trips() {
+        let trips: Vec<(String, Trip)> =
+            TRIPS.iter().map(|n| (n.to_string(), testdata(n))).collect();
+        let report = evaluate(&trips, &EvalConfig::default()).unwrap();
+        eprintln!("{report}");
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"pooled\""));
+        assert_eq!(report.trips.len(), 5);
+        let p = &report.pooled;
+        assert!(p.trackline.mae_s < p.route_true_progress.mae_s, "{report}");
+        assert!(p.trackline.mae_s < p.straight_line.mae_s, "{report}");
+    }
+}

@@ -1,0 +1,558 @@
+//! The history store on sled: every stored fix per order in time order, and the order records.
+//!
+//! Writes go through one writer thread that applies whatever has queued up and then flushes once
+//! (group commit): a caller's future resolves only after its writes are on disk, yet a burst of
+//! many couriers costs one fsync, not one per fix.
+//!
+//! Layout (sled trees):
+//! - `fixes`: `order_id 0x00 time_ms seq` -> the fix as protobuf. Ids never contain 0x00 and the
+//!   time is big-endian with its sign bit flipped, so one order's fixes are one contiguous range,
+//!   sorted by time then seq; a resent fix lands on the same key and is never stored twice.
+//! - `orders`: `order_id` -> the order record as JSON, rewritten with every update.
+//! - `routes`: `order_id` -> the planned route as JSON, written once when the order is created.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::sync::oneshot;
+use trackline_proto::v1;
+
+use crate::fix::{Fix, LatLon};
+use crate::ids::OrderId;
+use crate::order::OrderRecord;
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("history store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record under key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("history store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Writes that become durable together.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub fixes: Vec<(OrderId, Fix)>,
+    pub orders: Vec<OrderRecord>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.fixes.is_empty() && self.orders.is_empty()
+    }
+}
+
+enum Job {
+    Write(WriteBatch, oneshot::Sender<Result<()>>),
+    Create(Box<OrderRecord>, oneshot::Sender<Result<bool>>),
+}
+
+/// Figures about the group commit, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitStats {
+    pub jobs: usize,
+    pub fixes: usize,
+    pub flush: Duration,
+}
+
+/// The most jobs applied before one flush; bounds the latency of the first job in a burst.
+const MAX_JOBS_PER_FLUSH: usize = 4096;
+
+/// The history store. Cheap to clone: clones share the database and the writer.
+#[derive(Clone)]
+pub struct HistoryStore {
+    db: sled::Db,
+    fixes: sled::Tree,
+    orders: sled::Tree,
+    routes: sled::Tree,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Owns the writer thread; dropping every [`HistoryStore`] clone and then calling
+/// [`WriterGuard::join`] waits until the last batch is flushed.
+pub struct WriterGuard(Option<JoinHandle<()>>);
+
+impl WriterGuard {
+    /// Waits for the writer to drain and flush (after every store handle is dropped).
+    pub fn join(mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn order_prefix(order: &OrderId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(order.as_str().len() + 17);
+    key.extend_from_slice(order.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn fix_key(order: &OrderId, time_ms: i64, seq: u64) -> Vec<u8> {
+    let mut key = order_prefix(order);
+    key.extend_from_slice(&((time_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn decode_fix(key: &[u8], value: &[u8]) -> Result<Fix> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let raw = v1::Fix::decode(value).map_err(|e| corrupt(e.to_string()))?;
+    let to_opt = |v: f32, known: bool| known.then_some(v);
+    Ok(Fix {
+        seq: raw.seq,
+        time_ms: raw.time_ms,
+        pos: LatLon::new(
+            trackline_proto::from_e7(raw.lat_e7),
+            trackline_proto::from_e7(raw.lon_e7),
+        ),
+        accuracy_m: to_opt(raw.accuracy_m, raw.accuracy_m > 0.0),
+        speed_mps: to_opt(raw.speed_mps, raw.speed_mps >= 0.0),
+        heading_deg: to_opt(raw.heading_deg, raw.heading_deg >= 0.0),
+    })
+}
+
+fn decode_order(key: &[u8], value: &[u8]) -> Result<OrderRecord> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_order(record: &OrderRecord) -> Vec<u8> {
+    // unwrap: an OrderRecord is plain data (strings, numbers, options): serde_json cannot fail on it
+    serde_json::to_vec(record).unwrap()
+}
+
+impl HistoryStore {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    ///
+    /// # Errors
+    /// When sled cannot open the directory, e.g. another process holds its lock.
+    pub fn open(dir: &Path) -> Result<(Self, WriterGuard)> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        let fixes = db.open_tree("fixes")?;
+        let orders = db.open_tree("orders")?;
+        let routes = db.open_tree("routes")?;
+        let (jobs, queue) = mpsc::channel();
+        let store = Self {
+            db,
+            fixes,
+            orders,
+            routes,
+            jobs,
+        };
+        let writer = store.clone_without_sender();
+        let handle = std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || writer.run_writer(queue))
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        Ok((store, WriterGuard(Some(handle))))
+    }
+
+    /// The writer keeps the trees but not a sender, so that it ends when every caller is gone.
+    fn clone_without_sender(&self) -> WriterState {
+        WriterState {
+            db: self.db.clone(),
+            fixes: self.fixes.clone(),
+            orders: self.orders.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
+    /// Queues `batch` and returns a future that resolves once it is flushed to disk.
+    ///
+    /// The batch is queued before this returns, so batches are applied in call order even if
+    /// their futures are polled in another order.
+    ///
+    /// # Errors
+    /// The future fails when sled fails, or the store was closed.
+    pub fn commit(
+        &self,
+        batch: WriteBatch,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (reply, done) = oneshot::channel();
+        let queued = self.jobs.send(Job::Write(batch, reply));
+        async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            done.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Stores a new order (and its route) durably unless one with its id exists; the future
+    /// yields true when it was created.
+    ///
+    /// # Errors
+    /// The future fails when sled fails, or the store was closed.
+    pub fn create_order(
+        &self,
+        record: OrderRecord,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+        let (reply, done) = oneshot::channel();
+        let queued = self.jobs.send(Job::Create(Box::new(record), reply));
+        async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            done.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// One order's record with its route (blocking: two sled reads).
+    ///
+    /// # Errors
+    /// When sled fails or the record does not decode.
+    pub fn order(&self, order: &OrderId) -> Result<Option<OrderRecord>> {
+        let key = order.as_str().as_bytes();
+        let Some(value) = self.orders.get(key)? else {
+            return Ok(None);
+        };
+        let mut record = decode_order(key, &value)?;
+        record.route = self.route(key)?;
+        Ok(Some(record))
+    }
+
+    fn route(&self, key: &[u8]) -> Result<Option<Vec<LatLon>>> {
+        self.routes
+            .get(key)?
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every order record with its route (blocking: a scan).
+    pub fn all_orders(&self) -> impl Iterator<Item = Result<OrderRecord>> + '_ {
+        self.orders.iter().map(|item| {
+            let (k, v) = item?;
+            let mut record = decode_order(&k, &v)?;
+            record.route = self.route(&k)?;
+            Ok(record)
+        })
+    }
+
+    /// One order's stored fixes with `from_ms <= time_ms <= to_ms`, oldest first (blocking: a scan).
+    ///
+    /// # Errors
+    /// When sled fails or a fix does not decode.
+    pub fn fixes(&self, order: &OrderId, from_ms: i64, to_ms: i64) -> Result<Vec<Fix>> {
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
+        let start = fix_key(order, from_ms, 0);
+        let end = fix_key(order, to_ms, u64::MAX);
+        self.fixes
+            .range(start..=end)
+            .map(|item| {
+                let (k, v) = item?;
+                decode_fix(&k, &v)
+            })
+            .collect()
+    }
+
+    /// How many fixes are stored for all orders (blocking: walks the tree; for tests and tools).
+    pub fn fix_count(&self) -> usize {
+        self.fixes.len()
+    }
+
+    /// Flushes everything to disk (blocking).
+    ///
+    /// # Errors
+    /// When sled fails.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The writer thread's side of the store.
+struct WriterState {
+    db: sled::Db,
+    fixes: sled::Tree,
+    orders: sled::Tree,
+    routes: sled::Tree,
+}
+
+impl WriterState {
+    fn run_writer(self, queue: mpsc::Receiver<Job>) {
+        while let Ok(first) = queue.recv() {
+            let started = Instant::now();
+            let mut applied = Vec::with_capacity(64);
+            let mut fixes = 0;
+            applied.push(self.apply(first, &mut fixes));
+            while applied.len() < MAX_JOBS_PER_FLUSH {
+                match queue.try_recv() {
+                    Ok(job) => applied.push(self.apply(job, &mut fixes)),
+                    Err(_) => break,
+                }
+            }
+            let flushed = self.db.flush().map(|_| ());
+            let stats = CommitStats {
+                jobs: applied.len(),
+                fixes,
+                flush: started.elapsed(),
+            };
+            metrics_hook(stats);
+            for outcome in applied {
+                outcome.reply(&flushed);
+            }
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "final history flush failed");
+        }
+    }
+
+    fn apply(&self, job: Job, fixes: &mut usize) -> Applied {
+        match job {
+            Job::Write(batch, reply) => {
+                *fixes += batch.fixes.len();
+                Applied::Write(self.write(batch), reply)
+            }
+            Job::Create(record, reply) => Applied::Create(self.create(&record), reply),
+        }
+    }
+
+    fn create(&self, record: &OrderRecord) -> Result<bool> {
+        let key = record.order_id.as_str();
+        let swapped =
+            self.orders
+                .compare_and_swap(key, None::<&[u8]>, Some(encode_order(record)))?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        match &record.route {
+            // unwrap: a list of finite coordinates always serialises
+            Some(route) => self
+                .routes
+                .insert(key, serde_json::to_vec(route).unwrap())?,
+            None => self.routes.remove(key)?,
+        };
+        Ok(true)
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<()> {
+        if !batch.fixes.is_empty() {
+            let mut fixes = sled::Batch::default();
+            for (order, fix) in &batch.fixes {
+                fixes.insert(
+                    fix_key(order, fix.time_ms, fix.seq),
+                    fix.to_proto().encode_to_vec(),
+                );
+            }
+            self.fixes.apply_batch(fixes)?;
+        }
+        if !batch.orders.is_empty() {
+            let mut orders = sled::Batch::default();
+            for record in &batch.orders {
+                orders.insert(record.order_id.as_str(), encode_order(record));
+            }
+            self.orders.apply_batch(orders)?;
+        }
+        Ok(())
+    }
+}
+
+/// A job applied but not yet answered: its answer waits for the flush.
+enum Applied {
+    Write(Result<()>, oneshot::Sender<Result<()>>),
+    Create(Result<bool>, oneshot::Sender<Result<bool>>),
+}
+
+impl Applied {
+    fn reply(self, flushed: &std::result::Result<(), sled::Error>) {
+        let flush_error = || StoreError::Sled(flushed.clone().unwrap_err());
+        // A send fails only when the caller stopped waiting; the write stands regardless.
+        match self {
+            Applied::Write(result, reply) => {
+                let _ = reply.send(result.and_then(|()| {
+                    if flushed.is_ok() {
+                        Ok(())
+                    } else {
+                        Err(flush_error())
+                    }
+                }));
+            }
+            Applied::Create(result, reply) => {
+                let _ = reply.send(result.and_then(|c| {
+                    if flushed.is_ok() {
+                        Ok(c)
+                    } else {
+                        Err(flush_error())
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Reports one group commit to whoever asked to observe them (the server feeds its metrics).
+fn metrics_hook(stats: CommitStats) {
+    if let Some(observer) = OBSERVER.get() {
+        observer(stats);
+    }
+}
+
+static OBSERVER: std::sync::OnceLock<fn(CommitStats)> = std::sync::OnceLock::new();
+
+/// Installs a function called after every group commit; the first one installed stays.
+pub fn observe_commits(observer: fn(CommitStats)) {
+    let _ = OBSERVER.set(observer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(seq: u64, time_ms: i64) -> Fix {
+        Fix {
+            seq,
+            time_ms,
+            pos: LatLon::new(62.0 + seq as f64 * 1e-4, 29.0),
+            accuracy_m: Some(5.0),
+            speed_mps: None,
+            heading_deg: Some(10.0),
+        }
+    }
+
+    fn order(id: &str) -> OrderRecord {
+        let route = Some(vec![LatLon::new(62.1, 29.1), LatLon::new(62.0, 29.0)]);
+        OrderRecord::new(
+            OrderId::new(id).unwrap(),
+            LatLon::new(62.0, 29.0),
+            None,
+            route,
+            None,
+            1,
+        )
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn fixes_come_back_in_time_order_per_order_and_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let (a, ab) = (OrderId::new("a").unwrap(), OrderId::new("ab").unwrap());
+        let batch = WriteBatch {
+            fixes: vec![
+                (a.clone(), fix(3, 3000)),
+                (a.clone(), fix(1, -5)),
+                (ab.clone(), fix(2, 2000)),
+                (a.clone(), fix(2, 2000)),
+            ],
+            orders: vec![],
+        };
+        block_on(store.commit(batch)).unwrap();
+        let seqs: Vec<u64> = store
+            .fixes(&a, i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|f| f.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 3],
+            "order 'a' must not see order 'ab' and must be time ordered"
+        );
+        assert_eq!(store.fixes(&a, 0, 2000).unwrap().len(), 1);
+        assert_eq!(store.fixes(&a, 2001, 1).unwrap().len(), 0);
+        assert_eq!(
+            store.fixes(&ab, i64::MIN, i64::MAX).unwrap(),
+            vec![fix(2, 2000)]
+        );
+    }
+
+    #[test]
+    fn a_resent_fix_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = OrderId::new("a").unwrap();
+        for _ in 0..3 {
+            block_on(store.commit(WriteBatch {
+                fixes: vec![(a.clone(), fix(1, 10))],
+                orders: vec![],
+            }))
+            .unwrap();
+        }
+        assert_eq!(store.fix_count(), 1);
+    }
+
+    #[test]
+    fn create_refuses_an_existing_order_and_records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, writer) = HistoryStore::open(dir.path()).unwrap();
+            assert!(block_on(store.create_order(order("o1"))).unwrap());
+            assert!(!block_on(store.create_order(order("o1"))).unwrap());
+            let mut updated = order("o1");
+            updated.offset = 42;
+            block_on(store.commit(WriteBatch {
+                fixes: vec![(updated.order_id.clone(), fix(1, 1))],
+                orders: vec![updated],
+            }))
+            .unwrap();
+            drop(store);
+            writer.join();
+        }
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let back = store.order(&OrderId::new("o1").unwrap()).unwrap().unwrap();
+        assert_eq!(back.offset, 42);
+        assert_eq!(
+            back.route.as_ref().map(Vec::len),
+            Some(2),
+            "the route is kept apart and comes back"
+        );
+        assert_eq!(store.all_orders().count(), 1);
+        assert_eq!(store.fix_count(), 1);
+    }
+
+    #[test]
+    fn many_concurrent_commits_are_grouped_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = OrderId::new("a").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let (store, a) = (store.clone(), a.clone());
+                    tokio::spawn(async move {
+                        store
+                            .commit(WriteBatch {
+                                fixes: vec![(a, fix(i, i as i64))],
+                                orders: vec![],
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        });
+        assert_eq!(store.fixes(&a, i64::MIN, i64::MAX).unwrap().len(), 200);
+    }
+}

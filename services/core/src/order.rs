@@ -1,0 +1,302 @@
+//! An order's lifecycle and the state that is persisted, served over REST and pushed to watchers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::eta::EtaEstimate;
+use crate::fix::{Fix, LatLon};
+use crate::ids::{CourierId, OrderId};
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Created,
+    Assigned,
+    PickedUp,
+    Arriving,
+    Delivered,
+    Cancelled,
+}
+
+/// Why a status change was refused (HTTP 409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an order that is {from} cannot become {to}")]
+pub struct IllegalTransition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Created => "created",
+            OrderStatus::Assigned => "assigned",
+            OrderStatus::PickedUp => "picked_up",
+            OrderStatus::Arriving => "arriving",
+            OrderStatus::Delivered => "delivered",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Delivered and cancelled orders never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled)
+    }
+
+    /// Whether fixes of the assigned courier are routed to the order.
+    pub fn takes_fixes(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Assigned | OrderStatus::PickedUp | OrderStatus::Arriving
+        )
+    }
+
+    /// The wire enum of `OrderUpdate.status`.
+    pub fn to_proto(self) -> trackline_proto::v1::OrderStatus {
+        use trackline_proto::v1::OrderStatus as P;
+        match self {
+            OrderStatus::Created => P::Created,
+            OrderStatus::Assigned => P::Assigned,
+            OrderStatus::PickedUp => P::PickedUp,
+            OrderStatus::Arriving => P::Arriving,
+            OrderStatus::Delivered => P::Delivered,
+            OrderStatus::Cancelled => P::Cancelled,
+        }
+    }
+
+    /// Checks a status change asked for through the API (`arriving` is set by the server alone).
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when `to` cannot follow `self`.
+    pub fn request(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
+        use OrderStatus::*;
+        let legal = match to {
+            PickedUp => matches!(self, Assigned | PickedUp),
+            Delivered => matches!(self, PickedUp | Arriving | Delivered),
+            Cancelled => !self.is_final() || self == Cancelled,
+            Created | Assigned | Arriving => false,
+        };
+        if legal {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The live position shown for an order (JSON as in the protocol; unknowns are null).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub lat: f64,
+    pub lon: f64,
+    pub time_ms: i64,
+    pub speed_mps: Option<f32>,
+    pub heading_deg: Option<f32>,
+    pub accuracy_m: Option<f32>,
+}
+
+impl Position {
+    /// The position shown for `fix`, placed at `shown` (the filter may hold a stopped marker still).
+    pub fn shown(fix: &Fix, shown: LatLon) -> Self {
+        Self {
+            lat: shown.lat,
+            lon: shown.lon,
+            time_ms: fix.time_ms,
+            speed_mps: fix.speed_mps,
+            heading_deg: fix.heading_deg,
+            accuracy_m: fix.accuracy_m,
+        }
+    }
+
+    pub fn lat_lon(&self) -> LatLon {
+        LatLon::new(self.lat, self.lon)
+    }
+
+    pub fn to_proto(&self) -> trackline_proto::v1::Position {
+        trackline_proto::v1::Position {
+            time_ms: self.time_ms,
+            lat_e7: trackline_proto::to_e7(self.lat),
+            lon_e7: trackline_proto::to_e7(self.lon),
+            speed_mps: self.speed_mps.unwrap_or(-1.0),
+            heading_deg: self.heading_deg.unwrap_or(-1.0),
+            accuracy_m: self.accuracy_m.unwrap_or(0.0),
+        }
+    }
+}
+
+/// The published estimate of arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eta {
+    pub seconds: i64,
+    pub arrive_at_ms: i64,
+}
+
+impl From<EtaEstimate> for Eta {
+    fn from(e: EtaEstimate) -> Self {
+        Self {
+            seconds: e.seconds,
+            arrive_at_ms: e.arrive_at_ms,
+        }
+    }
+}
+
+/// Everything the server keeps about one order; persisted in the `orders` tree on every change,
+/// so that a restart resumes its position, ETA, offset and epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub courier_id: Option<CourierId>,
+    pub destination: LatLon,
+    /// The planned route, if the order has one. Stored once, apart from the record that is
+    /// rewritten on every update (see the history store), so it is skipped here.
+    #[serde(skip)]
+    pub route: Option<Vec<LatLon>>,
+    pub promised_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Changes when the order's update stream lost its history; resume is only possible within one.
+    pub epoch: String,
+    /// The offset of the latest update of the order's stream.
+    pub offset: u64,
+    pub position: Option<Position>,
+    pub eta: Option<Eta>,
+    /// The highest courier seq applied to this order: a resent fix at or below it is a duplicate.
+    pub last_seq: u64,
+}
+
+impl OrderRecord {
+    /// A new order as `POST /v1/orders` creates it.
+    pub fn new(
+        order_id: OrderId,
+        destination: LatLon,
+        courier_id: Option<CourierId>,
+        route: Option<Vec<LatLon>>,
+        promised_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Self {
+        let status = if courier_id.is_some() {
+            OrderStatus::Assigned
+        } else {
+            OrderStatus::Created
+        };
+        Self {
+            order_id,
+            status,
+            courier_id,
+            destination,
+            route,
+            promised_at_ms,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            epoch: new_epoch(),
+            offset: 0,
+            position: None,
+            eta: None,
+            last_seq: 0,
+        }
+    }
+
+    /// The order state of the protocol (`GET /v1/orders/{id}` and each watcher update).
+    pub fn view(&self) -> OrderView {
+        OrderView {
+            order_id: self.order_id.clone(),
+            status: self.status,
+            courier_id: self.courier_id.clone(),
+            destination: self.destination,
+            position: self.position,
+            eta: self.eta,
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+            updated_at_ms: self.updated_at_ms,
+            promised_at_ms: self.promised_at_ms,
+        }
+    }
+}
+
+/// A fresh epoch id: random, so that two lives of an order never share one.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The protocol's order state, as JSON and as the protobuf `OrderUpdate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub courier_id: Option<CourierId>,
+    pub destination: LatLon,
+    pub position: Option<Position>,
+    pub eta: Option<Eta>,
+    pub offset: u64,
+    pub epoch: String,
+    pub updated_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promised_at_ms: Option<i64>,
+}
+
+impl OrderView {
+    /// The protobuf form, for `trackline.v1.proto` watchers.
+    pub fn to_update(&self, recovered: bool) -> trackline_proto::v1::OrderUpdate {
+        trackline_proto::v1::OrderUpdate {
+            order_id: self.order_id.to_string(),
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+            status: self.status.to_proto() as i32,
+            position: self.position.map(|p| p.to_proto()),
+            eta: self.eta.map(|e| trackline_proto::v1::Eta {
+                seconds: e.seconds,
+                arrive_at_ms: e.arrive_at_ms,
+            }),
+            recovered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderStatus::*;
+
+    #[test]
+    fn the_lifecycle_moves_forward_only() {
+        assert_eq!(Assigned.request(PickedUp), Ok(PickedUp));
+        assert_eq!(PickedUp.request(Delivered), Ok(Delivered));
+        assert_eq!(Arriving.request(Delivered), Ok(Delivered));
+        assert_eq!(Created.request(Cancelled), Ok(Cancelled));
+        assert!(Created.request(PickedUp).is_err());
+        assert!(Assigned.request(Delivered).is_err());
+        assert!(Delivered.request(Cancelled).is_err());
+        assert!(Cancelled.request(PickedUp).is_err());
+        assert!(
+            PickedUp.request(Arriving).is_err(),
+            "arriving is the server's call"
+        );
+    }
+
+    #[test]
+    fn state_serialises_as_the_protocol_says() {
+        let rec = OrderRecord::new(
+            OrderId::new("o1").unwrap(),
+            LatLon::new(1.0, 2.0),
+            None,
+            None,
+            None,
+            5,
+        );
+        let json = serde_json::to_value(rec.view()).unwrap();
+        assert_eq!(json["status"], "created");
+        assert_eq!(json["destination"]["lat"], 1.0);
+        assert!(
+            json["position"].is_null() && json["eta"].is_null() && json["courier_id"].is_null()
+        );
+        assert_eq!(json["offset"], 0);
+        assert_eq!(json["epoch"].as_str().unwrap().len(), 16);
+    }
+}

@@ -1,0 +1,254 @@
+//! The spatial index of live courier positions: an R-tree (rstar) over points on the unit sphere.
+//!
+//! Positions are stored as 3-D unit vectors rather than lat/lon pairs: the straight-line (chord)
+//! distance between two unit vectors grows monotonically with the great-circle distance, so the
+//! R-tree's Euclidean nearest-neighbour search is exact everywhere on Earth, across the
+//! antimeridian and near the poles, with no projection to choose.
+
+use std::collections::HashMap;
+
+use rstar::primitives::GeomWithData;
+use rstar::RTree;
+
+use crate::fix::LatLon;
+use crate::ids::CourierId;
+
+/// Mean Earth radius in metres (the one geo's haversine uses).
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+type Entry = GeomWithData<[f64; 3], CourierId>;
+
+/// One courier found by a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearby {
+    pub courier_id: CourierId,
+    pub pos: LatLon,
+    pub time_ms: i64,
+    pub distance_m: f64,
+}
+
+/// The latest known position of every live courier.
+#[derive(Debug, Default)]
+pub struct SpatialIndex {
+    tree: RTree<Entry>,
+    latest: HashMap<CourierId, (LatLon, i64)>,
+}
+
+fn unit_vector(p: LatLon) -> [f64; 3] {
+    let (lat, lon) = (p.lat.to_radians(), p.lon.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
+}
+
+/// The squared chord between two points whose great-circle distance is `metres`.
+fn chord_sq_for(metres: f64) -> f64 {
+    let angle = (metres / EARTH_RADIUS_M).min(std::f64::consts::PI);
+    let chord = 2.0 * (angle / 2.0).sin();
+    chord * chord
+}
+
+fn metres_for_chord_sq(chord_sq: f64) -> f64 {
+    2.0 * EARTH_RADIUS_M * (chord_sq.sqrt() / 2.0).min(1.0).asin()
+}
+
+impl SpatialIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds an index in one go (bulk loading packs the tree better than inserting one by one).
+    pub fn bulk_load(positions: impl IntoIterator<Item = (CourierId, LatLon, i64)>) -> Self {
+        let latest: HashMap<_, _> = positions
+            .into_iter()
+            .map(|(id, pos, t)| (id, (pos, t)))
+            .collect();
+        let entries = latest
+            .iter()
+            .map(|(id, (pos, _))| Entry::new(unit_vector(*pos), id.clone()))
+            .collect();
+        Self {
+            tree: RTree::bulk_load(entries),
+            latest,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.latest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+
+    /// Records `courier`'s position at `time_ms`; an older time than the one held is ignored, so a
+    /// late buffered fix never moves a courier back.
+    pub fn upsert(&mut self, courier: &CourierId, pos: LatLon, time_ms: i64) {
+        match self.latest.get_mut(courier) {
+            Some((_, held_time)) if *held_time > time_ms => {}
+            Some((held_pos, held_time)) if *held_pos == pos => *held_time = time_ms,
+            Some((held_pos, held_time)) => {
+                self.tree
+                    .remove(&Entry::new(unit_vector(*held_pos), courier.clone()));
+                self.tree
+                    .insert(Entry::new(unit_vector(pos), courier.clone()));
+                *held_pos = pos;
+                *held_time = time_ms;
+            }
+            None => {
+                self.tree
+                    .insert(Entry::new(unit_vector(pos), courier.clone()));
+                self.latest.insert(courier.clone(), (pos, time_ms));
+            }
+        }
+    }
+
+    /// Forgets `courier`; true when it was there.
+    pub fn remove(&mut self, courier: &CourierId) -> bool {
+        match self.latest.remove(courier) {
+            Some((pos, _)) => {
+                self.tree
+                    .remove(&Entry::new(unit_vector(pos), courier.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every courier whose latest fix is older than `cutoff_ms`; returns how many.
+    pub fn expire_before(&mut self, cutoff_ms: i64) -> usize {
+        let stale: Vec<CourierId> = self
+            .latest
+            .iter()
+            .filter(|(_, (_, t))| *t < cutoff_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        stale.iter().filter(|id| self.remove(id)).count()
+    }
+
+    /// The latest position of `courier`.
+    pub fn get(&self, courier: &CourierId) -> Option<(LatLon, i64)> {
+        self.latest.get(courier).copied()
+    }
+
+    /// Up to `limit` couriers within `radius_m` of `center`, nearest first.
+    pub fn nearest(&self, center: LatLon, radius_m: f64, limit: usize) -> Vec<Nearby> {
+        let max_chord_sq = chord_sq_for(radius_m);
+        self.tree
+            .nearest_neighbor_iter_with_distance_2(&unit_vector(center))
+            .take_while(|(_, d2)| *d2 <= max_chord_sq)
+            .take(limit)
+            .map(|(entry, d2)| self.found(&entry.data, metres_for_chord_sq(d2)))
+            .collect()
+    }
+
+    /// Every courier inside the box from `south_west` to `north_east` (not across the antimeridian).
+    pub fn within_box(&self, south_west: LatLon, north_east: LatLon, limit: usize) -> Vec<Nearby> {
+        let center = LatLon::new(
+            (south_west.lat + north_east.lat) / 2.0,
+            (south_west.lon + north_east.lon) / 2.0,
+        );
+        let mut found: Vec<Nearby> = self
+            .latest
+            .iter()
+            .filter(|(_, (p, _))| {
+                (south_west.lat..=north_east.lat).contains(&p.lat)
+                    && (south_west.lon..=north_east.lon).contains(&p.lon)
+            })
+            .map(|(id, (p, _))| self.found(id, p.distance_m(center)))
+            .collect();
+        found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
+        found.truncate(limit);
+        found
+    }
+
+    fn found(&self, courier: &CourierId, distance_m: f64) -> Nearby {
+        // unwrap: the tree and the map are changed together, so every tree entry is in the map
+        let (pos, time_ms) = self.latest[courier];
+        Nearby {
+            courier_id: courier.clone(),
+            pos,
+            time_ms,
+            distance_m,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> CourierId {
+        CourierId::new(s).unwrap()
+    }
+
+    #[test]
+    fn nearest_is_ordered_and_bounded_by_radius_and_limit() {
+        let mut index = SpatialIndex::new();
+        let center = LatLon::new(48.8566, 2.3522);
+        // 0.001 deg of latitude is about 111 m
+        for k in 1..=5 {
+            index.upsert(
+                &id(&format!("c{k}")),
+                LatLon::new(center.lat + 0.001 * f64::from(k), center.lon),
+                1,
+            );
+        }
+        let found = index.nearest(center, 350.0, 10);
+        let ids: Vec<_> = found.iter().map(|n| n.courier_id.as_str()).collect();
+        assert_eq!(ids, ["c1", "c2", "c3"]);
+        assert!(
+            (found[0].distance_m - 111.2).abs() < 1.0,
+            "{}",
+            found[0].distance_m
+        );
+        assert!((found[0].distance_m - center.distance_m(found[0].pos)).abs() < 0.01);
+        assert_eq!(index.nearest(center, 10_000.0, 2).len(), 2);
+    }
+
+    #[test]
+    fn moving_a_courier_replaces_its_old_point() {
+        let mut index = SpatialIndex::new();
+        let c = id("c");
+        index.upsert(&c, LatLon::new(10.0, 10.0), 1);
+        index.upsert(&c, LatLon::new(20.0, 20.0), 2);
+        assert_eq!(index.len(), 1);
+        assert!(index
+            .nearest(LatLon::new(10.0, 10.0), 1000.0, 10)
+            .is_empty());
+        assert_eq!(index.nearest(LatLon::new(20.0, 20.0), 1000.0, 10).len(), 1);
+        // a late fix does not move it back
+        index.upsert(&c, LatLon::new(10.0, 10.0), 1);
+        assert_eq!(index.get(&c), Some((LatLon::new(20.0, 20.0), 2)));
+    }
+
+    #[test]
+    fn search_works_across_the_antimeridian() {
+        let mut index = SpatialIndex::new();
+        index.upsert(&id("east"), LatLon::new(0.0, 179.9995), 1);
+        let found = index.nearest(LatLon::new(0.0, -179.9995), 1000.0, 10);
+        assert_eq!(found.len(), 1);
+        assert!((found[0].distance_m - 111.2).abs() < 1.0);
+    }
+
+    #[test]
+    fn expiry_and_removal_forget_couriers() {
+        let mut index = SpatialIndex::bulk_load([
+            (id("a"), LatLon::new(1.0, 1.0), 10),
+            (id("b"), LatLon::new(1.0, 1.001), 20),
+        ]);
+        assert_eq!(index.expire_before(15), 1);
+        assert!(index.get(&id("a")).is_none());
+        assert!(index.remove(&id("b")));
+        assert!(index.is_empty() && index.nearest(LatLon::new(1.0, 1.0), 1e6, 10).is_empty());
+    }
+
+    #[test]
+    fn box_query_finds_only_inside() {
+        let index = SpatialIndex::bulk_load([
+            (id("in"), LatLon::new(1.0, 1.0), 1),
+            (id("out"), LatLon::new(3.0, 1.0), 1),
+        ]);
+        let found = index.within_box(LatLon::new(0.0, 0.0), LatLon::new(2.0, 2.0), 10);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].courier_id.as_str(), "in");
+    }
+}

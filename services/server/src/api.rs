@@ -1,0 +1,476 @@
+//! The REST API under `/v1`, the WebSocket upgrades, and the health endpoints.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use trackline_core::auth::{Role, DEFAULT_TTL_S};
+use trackline_core::fix::Fix;
+use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
+use trackline_core::{now_ms, CourierId, LatLon, OrderId};
+
+use crate::auth::{authenticate, Caller, TokenSource};
+use crate::courier_ws::CourierSession;
+use crate::error::{ApiError, ApiResult};
+use crate::frames::{Frame, FrameKind, WatchFormat};
+use crate::history_formats::{self, HistoryFormat};
+use crate::live_index::NearbyQuery;
+use crate::order_actor::{Assign, GetView, Resume, SetStatus};
+use crate::registry::{Create, Find};
+use crate::watch_ws::{Source, WatchSession};
+use crate::AppState;
+
+type App = web::Data<Arc<AppState>>;
+
+/// The most points a planned route may have.
+const MAX_ROUTE_POINTS: usize = 20_000;
+/// The widest nearby search, metres.
+const MAX_NEARBY_RADIUS_M: f64 = 100_000.0;
+const MAX_NEARBY_LIMIT: usize = 1000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            .route("/orders", web::post().to(create_order))
+            .route("/orders/{id}", web::get().to(get_order))
+            .route("/orders/{id}/assign", web::post().to(assign))
+            .route("/orders/{id}/status", web::post().to(set_status))
+            .route("/orders/{id}/history", web::get().to(history))
+            .route("/orders/{id}/watch", web::get().to(watch))
+            .route("/couriers/nearby", web::get().to(nearby))
+            .route("/courier/ws", web::get().to(courier_stream))
+            .route("/tokens", web::post().to(mint_token)),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(crate::metrics::render));
+}
+
+fn order_id(raw: &str) -> ApiResult<OrderId> {
+    OrderId::new(raw).map_err(|e| ApiError::BadRequest("bad_order_id", format!("order id: {e}")))
+}
+
+fn courier_id(raw: &str) -> ApiResult<CourierId> {
+    CourierId::new(raw)
+        .map_err(|e| ApiError::BadRequest("bad_courier_id", format!("courier id: {e}")))
+}
+
+fn lat_lon(lat: f64, lon: f64, what: &str) -> ApiResult<LatLon> {
+    let p = LatLon::new(lat, lon);
+    if p.is_valid() {
+        Ok(p)
+    } else {
+        Err(ApiError::BadRequest(
+            "bad_coordinates",
+            format!("{what}: ({lat}, {lon}) is not a valid latitude/longitude"),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct Point {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrder {
+    order_id: String,
+    destination: Point,
+    courier_id: Option<String>,
+    route: Option<Vec<[f64; 2]>>,
+    promised_at_ms: Option<i64>,
+}
+
+async fn create_order(
+    caller: Caller,
+    app: App,
+    body: web::Json<CreateOrder>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let body = body.into_inner();
+    let order = order_id(&body.order_id)?;
+    let destination = lat_lon(body.destination.lat, body.destination.lon, "destination")?;
+    let courier = body.courier_id.as_deref().map(courier_id).transpose()?;
+    let route = match body.route {
+        Some(points) if points.len() < 2 || points.len() > MAX_ROUTE_POINTS => {
+            return Err(ApiError::BadRequest(
+                "bad_route",
+                format!(
+                    "a route has 2 to {MAX_ROUTE_POINTS} points, not {}",
+                    points.len()
+                ),
+            ));
+        }
+        Some(points) => Some(
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, [lat, lon])| lat_lon(*lat, *lon, &format!("route point {i}")))
+                .collect::<ApiResult<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    let record = OrderRecord::new(
+        order.clone(),
+        destination,
+        courier,
+        route,
+        body.promised_at_ms,
+        now_ms(),
+    );
+    app.registry.send(Create(record)).await??;
+    let watch_token = app
+        .keys
+        .mint(&Role::Watch(order.clone()), app.config.watch_token_ttl_s);
+    let base = app
+        .config
+        .public_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let watch_url = format!("{base}/track/{order}?token={watch_token}");
+    Ok(HttpResponse::Created()
+        .json(json!({"order_id": order, "watch_token": watch_token, "watch_url": watch_url})))
+}
+
+/// The durable view of an order: from its actor when active, else from the store.
+async fn view_of(app: &AppState, order: &OrderId) -> ApiResult<OrderView> {
+    if let Some(actor) = app.registry.send(Find(order.clone())).await? {
+        return Ok(actor.send(GetView).await?);
+    }
+    let store = app.store.clone();
+    let id = order.clone();
+    let record = web::block(move || store.order(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    record
+        .map(|r| r.view())
+        .ok_or_else(|| ApiError::order_not_found(order.as_str()))
+}
+
+/// What a watch token may see: no live position once the order has ended.
+fn for_caller(mut view: OrderView, caller: &Caller) -> OrderView {
+    if matches!(caller.role, Role::Watch(_)) && view.status.is_final() {
+        view.position = None;
+        view.eta = None;
+    }
+    view
+}
+
+async fn get_order(caller: Caller, app: App, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let order = order_id(&path)?;
+    caller.require_reader_of(&order)?;
+    let view = view_of(&app, &order).await?;
+    Ok(HttpResponse::Ok().json(for_caller(view, &caller)))
+}
+
+async fn active_order(
+    app: &AppState,
+    order: &OrderId,
+) -> ApiResult<actix::Addr<crate::order_actor::OrderActor>> {
+    if let Some(actor) = app.registry.send(Find(order.clone())).await? {
+        return Ok(actor);
+    }
+    // Not active: say whether it ended or never existed.
+    let view = view_of(app, order).await?;
+    Err(ApiError::Conflict(
+        "order_closed",
+        format!("order {order} is {}", view.status),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignBody {
+    courier_id: String,
+}
+
+async fn assign(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    body: web::Json<AssignBody>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let order = order_id(&path)?;
+    let courier = courier_id(&body.courier_id)?;
+    let view = active_order(&app, &order)
+        .await?
+        .send(Assign { courier })
+        .await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: OrderStatus,
+}
+
+async fn set_status(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    body: web::Json<StatusBody>,
+) -> ApiResult<HttpResponse> {
+    let order = order_id(&path)?;
+    let by_courier = match &caller.role {
+        Role::Ops => None,
+        Role::Courier(id) => Some(id.clone()),
+        Role::Watch(_) => {
+            return Err(ApiError::Forbidden(
+                "a watch token cannot change an order".into(),
+            ))
+        }
+    };
+    let view = active_order(&app, &order)
+        .await?
+        .send(SetStatus {
+            status: body.status,
+            by_courier,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    format: Option<String>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+}
+
+async fn history(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let order = order_id(&path)?;
+    let format = HistoryFormat::parse(query.format.as_deref())?;
+    let (from_ms, to_ms) = (
+        query.from_ms.unwrap_or(i64::MIN),
+        query.to_ms.unwrap_or(i64::MAX),
+    );
+    let store = app.store.clone();
+    let id = order.clone();
+    let (exists, fixes) = web::block(
+        move || -> Result<(bool, Vec<Fix>), trackline_core::history::StoreError> {
+            Ok((
+                store.order(&id)?.is_some(),
+                store.fixes(&id, from_ms, to_ms)?,
+            ))
+        },
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if !exists {
+        return Err(ApiError::order_not_found(order.as_str()));
+    }
+    history_formats::respond(format, &order, &fixes)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NearbyParams {
+    lat: f64,
+    lon: f64,
+    radius_m: Option<f64>,
+    limit: Option<usize>,
+}
+
+async fn nearby(
+    caller: Caller,
+    app: App,
+    query: web::Query<NearbyParams>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let center = lat_lon(query.lat, query.lon, "center")?;
+    let radius_m = query.radius_m.unwrap_or(1000.0);
+    if !(radius_m.is_finite() && radius_m > 0.0 && radius_m <= MAX_NEARBY_RADIUS_M) {
+        return Err(ApiError::BadRequest(
+            "bad_radius",
+            format!("radius_m must be in (0, {MAX_NEARBY_RADIUS_M}]"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(10);
+    if limit == 0 || limit > MAX_NEARBY_LIMIT {
+        return Err(ApiError::BadRequest(
+            "bad_limit",
+            format!("limit must be in [1, {MAX_NEARBY_LIMIT}]"),
+        ));
+    }
+    let found = app
+        .live_index
+        .send(NearbyQuery {
+            center,
+            radius_m,
+            limit,
+        })
+        .await?;
+    let couriers: Vec<_> = found
+        .iter()
+        .map(|n| json!({"courier_id": n.courier_id, "lat": n.pos.lat, "lon": n.pos.lon, "distance_m": n.distance_m, "time_ms": n.time_ms}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"couriers": couriers})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    role: String,
+    subject: Option<String>,
+    ttl_s: Option<i64>,
+}
+
+/// The longest lifetime `POST /v1/tokens` grants (30 days).
+const MAX_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
+
+async fn mint_token(
+    caller: Caller,
+    app: App,
+    body: web::Json<TokenRequest>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let role = Role::from_parts(&body.role, body.subject.as_deref())
+        .map_err(|e| ApiError::BadRequest("bad_role", e.to_string()))?;
+    let ttl_s = body.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    if !(1..=MAX_TOKEN_TTL_S).contains(&ttl_s) {
+        return Err(ApiError::BadRequest(
+            "bad_ttl",
+            format!("ttl_s must be in [1, {MAX_TOKEN_TTL_S}]"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({"token": app.keys.mint(&role, ttl_s)})))
+}
+
+async fn courier_stream(
+    req: HttpRequest,
+    app: App,
+    stream: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
+    let courier = caller.require_courier()?;
+    let session = CourierSession::new(courier, caller.expires_s, app.get_ref().clone());
+    actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(app.config.max_frame_bytes)
+        .start()
+        .map_err(|e| ApiError::BadRequest("bad_upgrade", e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+}
+
+async fn watch(
+    req: HttpRequest,
+    app: App,
+    path: web::Path<String>,
+    stream: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
+    let order = order_id(&path)?;
+    caller.require_reader_of(&order)?;
+    let query = web::Query::<WatchQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest("bad_query", format!("since/epoch: {e}")))?;
+    let resume = match (query.since, query.epoch.clone()) {
+        (Some(since), Some(epoch)) => Some(Resume { since, epoch }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "bad_resume",
+                "resume needs both since and epoch".into(),
+            ))
+        }
+    };
+    let requested = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|h| h.to_str().ok());
+    let format = WatchFormat::negotiate(requested).ok_or_else(|| {
+        ApiError::BadRequest(
+            "bad_subprotocol",
+            format!(
+                "supported subprotocols: {}, {}",
+                WatchFormat::JSON_PROTOCOL,
+                WatchFormat::PROTO_PROTOCOL
+            ),
+        )
+    })?;
+    let source = match app.registry.send(Find(order.clone())).await? {
+        Some(actor) => Source::Live(actor, resume),
+        None => {
+            let view = for_caller(view_of(&app, &order).await?, &caller);
+            Source::Ended(Frame::encode(view, FrameKind::Snapshot, false))
+        }
+    };
+    let session = WatchSession::new(format, caller.expires_s, app.get_ref().clone(), source);
+    let mut builder = actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(app.config.max_frame_bytes);
+    let protocols = [format.protocol()];
+    if requested.is_some() {
+        builder = builder.protocols(&protocols);
+    }
+    builder
+        .start()
+        .map_err(|e| ApiError::BadRequest("bad_upgrade", e.to_string()))
+}
+
+/// Request bodies are small JSON documents; a planned route is the largest (20,000 points).
+const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// JSON bodies: size limit and a JSON error for every way a body can be wrong.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_JSON_BYTES)
+        .error_handler(|err, _| {
+            use actix_web::error::JsonPayloadError;
+            match err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge(format!("body larger than {MAX_JSON_BYTES} bytes"))
+                        .into()
+                }
+                JsonPayloadError::ContentType => ApiError::BadRequest(
+                    "bad_content_type",
+                    "send the body as Content-Type: application/json".into(),
+                )
+                .into(),
+                other => ApiError::BadRequest("bad_json", other.to_string()).into(),
+            }
+        })
+}
+
+/// Query strings: a JSON error naming what is wrong.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default()
+        .error_handler(|err, _| ApiError::BadRequest("bad_query", err.to_string()).into())
+}
+
+pub async fn not_found(req: HttpRequest) -> ApiResult<HttpResponse> {
+    Err(ApiError::NotFound(format!(
+        "no endpoint {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(app: App) -> HttpResponse {
+    if *app.shutdown.borrow() {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "shutting_down"}))
+    } else {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    }
+}

@@ -1,0 +1,116 @@
+//! Server configuration: every flag also reads a `TRACKLINE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// trackline: live delivery tracking. Couriers stream GPS fixes, customers watch them arrive.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "trackline", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TRACKLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded history store (sled); created if missing.
+    #[arg(long, env = "TRACKLINE_DATA_DIR", default_value = "./trackline-data")]
+    pub data_dir: PathBuf,
+
+    /// Secret that signs and verifies tokens. Without one a random development secret is used.
+    #[arg(long, env = "TRACKLINE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "TRACKLINE_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Oldest accepted fix, in seconds before the server's clock (phones buffer while offline).
+    #[arg(long, env = "TRACKLINE_MAX_FIX_AGE_S", default_value_t = 24 * 3600)]
+    pub max_fix_age_s: i64,
+
+    /// How far a fix's device time may be ahead of the server's clock, in seconds.
+    #[arg(long, env = "TRACKLINE_MAX_FIX_FUTURE_S", default_value_t = 60)]
+    pub max_fix_future_s: i64,
+
+    /// Radius around the destination within which an order becomes `arriving`, in metres.
+    #[arg(long, env = "TRACKLINE_ARRIVAL_RADIUS_M", default_value_t = 100.0)]
+    pub arrival_radius_m: f64,
+
+    /// Updates kept per order so that a reconnecting watcher can resume without a gap.
+    #[arg(long, env = "TRACKLINE_RESUME_BUFFER", default_value_t = 512)]
+    pub resume_buffer: usize,
+
+    /// Largest WebSocket frame accepted, in bytes (larger: close 1009).
+    #[arg(long, env = "TRACKLINE_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Most fixes accepted in one courier frame (more: close 1009).
+    #[arg(long, env = "TRACKLINE_MAX_FIXES_PER_FRAME", default_value_t = 2000)]
+    pub max_fixes_per_frame: usize,
+
+    /// Interval between WebSocket pings, in seconds.
+    #[arg(long, env = "TRACKLINE_HEARTBEAT_S", default_value_t = 10)]
+    pub heartbeat_s: u64,
+
+    /// A WebSocket silent for this long (no frame, no pong) is dropped, in seconds.
+    #[arg(long, env = "TRACKLINE_CLIENT_TIMEOUT_S", default_value_t = 30)]
+    pub client_timeout_s: u64,
+
+    /// Seconds a SIGTERM may take: sockets are closed with 1001 and history flushed within it.
+    #[arg(long, env = "TRACKLINE_SHUTDOWN_GRACE_S", default_value_t = 20)]
+    pub shutdown_grace_s: u64,
+
+    /// A courier without a fix for this long leaves the live index, in seconds.
+    #[arg(long, env = "TRACKLINE_LIVE_TTL_S", default_value_t = 600)]
+    pub live_ttl_s: i64,
+
+    /// Lifetime of the watch token returned when an order is created, in seconds.
+    #[arg(long, env = "TRACKLINE_WATCH_TOKEN_TTL_S", default_value_t = 24 * 3600)]
+    pub watch_token_ttl_s: i64,
+
+    /// Base of the `watch_url` returned when an order is created (e.g. https://track.example.com);
+    /// without it the URL is relative to this server.
+    #[arg(long, env = "TRACKLINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Config {
+    /// A configuration for tests: an ephemeral port on loopback, the given data dir and secret,
+    /// and short timeouts so that tests of them are quick.
+    pub fn for_tests(data_dir: impl Into<PathBuf>, secret: &str) -> Self {
+        let mut config = Config::parse_from(["trackline"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.into();
+        config.secret = Some(secret.to_string());
+        config.workers = Some(2);
+        config.heartbeat_s = 1;
+        config.client_timeout_s = 5;
+        config.shutdown_grace_s = 5;
+        config
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s.max(1))
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_s.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    pub fn time_bounds(&self) -> trackline_core::fix::TimeBounds {
+        trackline_core::fix::TimeBounds {
+            max_age_ms: self.max_fix_age_s.saturating_mul(1000),
+            max_future_ms: self.max_fix_future_s.saturating_mul(1000),
+        }
+    }
+}

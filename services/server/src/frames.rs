@@ -1,0 +1,117 @@
+//! Watch-stream frames: an order's state encoded once per update, as JSON and as protobuf.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+use serde::Serialize;
+use trackline_core::order::OrderView;
+
+/// Which encoding a watcher asked for with its WebSocket subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFormat {
+    /// `trackline.v1.json`: text frames (the default).
+    Json,
+    /// `trackline.v1.proto`: binary `OrderUpdate` frames.
+    Proto,
+}
+
+impl WatchFormat {
+    pub const JSON_PROTOCOL: &'static str = "trackline.v1.json";
+    pub const PROTO_PROTOCOL: &'static str = "trackline.v1.proto";
+
+    pub fn protocol(self) -> &'static str {
+        match self {
+            WatchFormat::Json => Self::JSON_PROTOCOL,
+            WatchFormat::Proto => Self::PROTO_PROTOCOL,
+        }
+    }
+
+    /// The first protocol in the client's `Sec-WebSocket-Protocol` list that we speak; JSON when
+    /// the client named none; `None` when it named only ones we do not speak.
+    pub fn negotiate(requested: Option<&str>) -> Option<Self> {
+        let Some(list) = requested.filter(|l| !l.trim().is_empty()) else {
+            return Some(WatchFormat::Json);
+        };
+        list.split(',').map(str::trim).find_map(|p| match p {
+            Self::JSON_PROTOCOL => Some(WatchFormat::Json),
+            Self::PROTO_PROTOCOL => Some(WatchFormat::Proto),
+            _ => None,
+        })
+    }
+}
+
+/// What kind of frame a JSON watcher receives (`"type"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    /// The full current state, sent first on connect (or instead of an impossible resume).
+    Snapshot,
+    /// The state after one change.
+    Update,
+}
+
+#[derive(Serialize)]
+struct JsonFrame<'a> {
+    #[serde(rename = "type")]
+    kind: FrameKind,
+    #[serde(flatten)]
+    view: &'a OrderView,
+    recovered: bool,
+}
+
+/// One state of an order, encoded for both kinds of watcher.
+#[derive(Debug)]
+pub struct Frame {
+    pub view: OrderView,
+    pub json: String,
+    pub proto: Bytes,
+    /// The order is delivered or cancelled: the watcher closes after this frame.
+    pub is_final: bool,
+}
+
+impl Frame {
+    /// Encodes `view`. `recovered` is true on frames replayed after a successful resume, and false
+    /// on a snapshot sent because a resume was no longer possible.
+    pub fn encode(view: OrderView, kind: FrameKind, recovered: bool) -> Arc<Frame> {
+        // unwrap: an OrderView is plain data (strings, numbers, options): serde_json cannot fail on it
+        let json = serde_json::to_string(&JsonFrame {
+            kind,
+            view: &view,
+            recovered,
+        })
+        .unwrap();
+        let proto = Bytes::from(view.to_update(recovered).encode_to_vec());
+        let is_final = view.status.is_final();
+        Arc::new(Frame {
+            view,
+            json,
+            proto,
+            is_final,
+        })
+    }
+
+    /// The same state, replayed to a watcher that resumed.
+    pub fn replayed(&self) -> Arc<Frame> {
+        Frame::encode(self.view.clone(), FrameKind::Update, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_the_clients_order_and_defaults_to_json() {
+        assert_eq!(WatchFormat::negotiate(None), Some(WatchFormat::Json));
+        assert_eq!(
+            WatchFormat::negotiate(Some("trackline.v1.proto, trackline.v1.json")),
+            Some(WatchFormat::Proto)
+        );
+        assert_eq!(
+            WatchFormat::negotiate(Some("mqtt, trackline.v1.json")),
+            Some(WatchFormat::Json)
+        );
+        assert_eq!(WatchFormat::negotiate(Some("mqtt")), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! The watch stream: one session actor per customer (or ops) connection to one order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::frames::{Frame, WatchFormat};
+use crate::order_actor::{OrderActor, Push, Resume, Subscribe, Unsubscribe};
+use crate::session::{close, keep_alive, Heartbeat};
+use crate::AppState;
+
+static NEXT_WATCHER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where the session's frames come from.
+pub enum Source {
+    /// An active order: subscribe to its actor.
+    Live(Addr<OrderActor>, Option<Resume>),
+    /// An order that has ended: send its final state and close.
+    Ended(Arc<Frame>),
+}
+
+pub struct WatchSession {
+    id: u64,
+    format: WatchFormat,
+    expires_s: i64,
+    app: Arc<AppState>,
+    source: Option<Source>,
+    order: Option<Addr<OrderActor>>,
+    last_heard: Instant,
+}
+
+impl WatchSession {
+    pub fn new(format: WatchFormat, expires_s: i64, app: Arc<AppState>, source: Source) -> Self {
+        Self {
+            id: NEXT_WATCHER_ID.fetch_add(1, Ordering::Relaxed),
+            format,
+            expires_s,
+            app,
+            source: Some(source),
+            order: None,
+            last_heard: Instant::now(),
+        }
+    }
+
+    fn write(&self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
+        match self.format {
+            WatchFormat::Json => ctx.text(frame.json.clone()),
+            WatchFormat::Proto => ctx.binary(frame.proto.clone()),
+        }
+        metrics::counter!("trackline_watch_frames_sent_total").increment(1);
+        if frame.is_final {
+            close(
+                ctx,
+                ws::CloseCode::Normal,
+                &format!("order {}", frame.view.status),
+            );
+        }
+    }
+}
+
+impl Heartbeat for WatchSession {
+    fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+}
+
+impl Actor for WatchSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!("trackline_watch_connections").increment(1.0);
+        let config = &self.app.config;
+        keep_alive(
+            ctx,
+            config.heartbeat(),
+            config.client_timeout(),
+            self.expires_s,
+            self.app.shutdown.clone(),
+        );
+        match self.source.take() {
+            Some(Source::Ended(frame)) => self.write(&frame, ctx),
+            Some(Source::Live(order, resume)) => {
+                let subscribe = Subscribe {
+                    watcher_id: self.id,
+                    watcher: ctx.address().recipient(),
+                    resume,
+                };
+                self.order = Some(order.clone());
+                // wait(): live pushes must not overtake the snapshot or the replay.
+                ctx.wait(order.send(subscribe).into_actor(self).map(
+                    |first, act, ctx| match first {
+                        Ok(frames) => frames.iter().for_each(|f| act.write(f, ctx)),
+                        Err(_) => close(
+                            ctx,
+                            ws::CloseCode::Away,
+                            "order is no longer served here; reconnect",
+                        ),
+                    },
+                ));
+            }
+            None => {}
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::gauge!("trackline_watch_connections").decrement(1.0);
+        if let Some(order) = &self.order {
+            order.do_send(Unsubscribe {
+                watcher_id: self.id,
+            });
+        }
+    }
+}
+
+impl Handler<Push> for WatchSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        self.write(&msg.0, ctx);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WatchSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            // The watch stream is one-way; anything the client says besides pings is ignored.
+            Ok(_) => {}
+            Err(ws::ProtocolError::Overflow) => close(ctx, ws::CloseCode::Size, "frame too large"),
+            Err(e) => close(
+                ctx,
+                ws::CloseCode::Protocol,
+                &format!("websocket protocol error: {e}"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! A small client for the server's HTTP API (PROTOCOL.md): the calls trackctl makes, with errors
+//! that say what to do next.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use trackline_core::LatLon;
+
+/// How long one HTTP call may take before we call the server unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The server at one base URL.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// `POST /v1/orders` body.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewOrder {
+    pub order_id: String,
+    pub destination: LatLon,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub courier_id: Option<String>,
+    /// `[[lat, lon], ...]`
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<[f64; 2]>,
+}
+
+/// `POST /v1/orders` answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatedOrder {
+    pub order_id: String,
+    pub watch_token: String,
+}
+
+/// The server answered with an error status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{doing}: the server answered {status}: {detail}{hint}")]
+pub struct HttpError {
+    /// What we were doing, e.g. "creating order o-1".
+    pub doing: String,
+    pub status: u16,
+    /// The server's message and code, or the body.
+    pub detail: String,
+    hint: &'static str,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl Api {
+    /// A client for `server`, e.g. `http://127.0.0.1:8080`.
+    ///
+    /// # Errors
+    /// When `server` is not an `http://` URL (TLS is not built in yet).
+    pub fn new(server: &str) -> anyhow::Result<Self> {
+        let base = server.trim().trim_end_matches('/').to_string();
+        if base.starts_with("https://") {
+            bail!("{server}: https is not supported by this build of trackctl yet; use http:// (e.g. through a local tunnel)");
+        }
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            bail!("--server {server:?} must be an http:// URL such as http://127.0.0.1:8080");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, base })
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The WebSocket URL of `path` (which starts with `/`).
+    pub fn ws_url(&self, path: &str) -> String {
+        // new() guarantees the http:// prefix
+        format!("ws://{}{path}", &self.base["http://".len()..])
+    }
+
+    /// The live-map page of an order, openable in a browser.
+    pub fn watch_url(&self, order_id: &str, watch_token: &str) -> String {
+        // ids are [A-Za-z0-9_.-] and tokens base64url with dots: nothing to escape
+        format!("{}/track/{order_id}?token={watch_token}", self.base)
+    }
+
+    /// `POST /v1/orders` with an ops token.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses (409 when the order exists, 400 when invalid).
+    pub async fn create_order(
+        &self,
+        token: &str,
+        order: &NewOrder,
+    ) -> anyhow::Result<CreatedOrder> {
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/v1/orders"))
+                    .bearer_auth(token)
+                    .json(order),
+            )
+            .await?;
+        let response = check(response, &format!("creating order {}", order.order_id)).await?;
+        response
+            .json()
+            .await
+            .with_context(|| format!("reading the answer to creating order {}", order.order_id))
+    }
+
+    /// `POST /v1/tokens` with an ops token: a token minted by the server, for when we have no secret.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses.
+    pub async fn mint_token(
+        &self,
+        token: &str,
+        role: &str,
+        subject: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let body = serde_json::json!({ "role": role, "subject": subject });
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/v1/tokens"))
+                    .bearer_auth(token)
+                    .json(&body),
+            )
+            .await?;
+        let response = check(response, &format!("asking the server for a {role} token")).await?;
+        let answer: TokenAnswer = response.json().await.context("reading the minted token")?;
+        Ok(answer.token)
+    }
+
+    /// `POST /v1/orders/{id}/status`.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses (409 on an illegal transition).
+    pub async fn set_status(
+        &self,
+        token: &str,
+        order_id: &str,
+        status: &str,
+    ) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "status": status });
+        let url = self.url(&format!("/v1/orders/{order_id}/status"));
+        let response = self
+            .send(self.http.post(url).bearer_auth(token).json(&body))
+            .await?;
+        check(response, &format!("marking order {order_id} {status}")).await?;
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        request.send().await.map_err(|err| {
+            let hint = if err.is_connect() || err.is_timeout() {
+                format!(
+                    "; is the server running at {}? start it with `trackline`, or point --server / TRACKLINE_SERVER at it",
+                    self.base
+                )
+            } else {
+                String::new()
+            };
+            anyhow::Error::new(err).context(format!("reaching {}{hint}", self.base))
+        })
+    }
+}
+
+/// Turns a non-2xx answer into an error carrying the server's `{"error": {...}}` message.
+async fn check(response: reqwest::Response, doing: &str) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let doing = doing.to_string();
+    let detail = match serde_json::from_str::<ErrorBody>(&body) {
+        Ok(ErrorBody { error }) => format!("{} ({})", error.message, error.code),
+        Err(_) if body.trim().is_empty() => status
+            .canonical_reason()
+            .unwrap_or("no reason given")
+            .to_string(),
+        Err(_) => body.trim().chars().take(300).collect(),
+    };
+    let hint = match status.as_u16() {
+        401 => "; the token is missing, expired or signed with another secret: mint one with `trackctl token ops --secret ...`",
+        403 => "; this needs an ops token (`trackctl token ops`)",
+        _ => "",
+    };
+    Err(HttpError {
+        doing,
+        status: status.as_u16(),
+        detail,
+        hint,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_derived_from_the_base() {
+        let api = Api::new("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(api.base(), "http://127.0.0.1:8080");
+        assert_eq!(
+            api.ws_url("/v1/courier/ws"),
+            "ws://127.0.0.1:8080/v1/courier/ws"
+        );
+        assert_eq!(
+            api.watch_url("o-1", "a.b.c"),
+            "http://127.0.0.1:8080/track/o-1?token=a.b.c"
+        );
+    }
+
+    #[test]
+    fn only_http_servers_are_accepted() {
+        assert!(Api::new("https://example.org").is_err());
+        assert!(Api::new("127.0.0.1:8080").is_err());
+        assert!(Api::new("http://").is_err());
+    }
+
+    #[test]
+    fn new_order_serialises_as_the_protocol_says() {
+        let order = NewOrder {
+            order_id: "o1".into(),
+            destination: LatLon::new(45.0, 13.0),
+            courier_id: Some("c1".into()),
+            route: vec![[45.1, 13.1], [45.0, 13.0]],
+        };
+        let json = serde_json::to_value(&order).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"order_id": "o1", "destination": {"lat": 45.0, "lon": 13.0}, "courier_id": "c1",
+                               "route": [[45.1, 13.1], [45.0, 13.0]]})
+        );
+    }
+}

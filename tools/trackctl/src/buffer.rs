@@ -1,0 +1,230 @@
+//! The courier app's outbox: fixes not yet acknowledged, which of them went out on the current
+//! connection, and what to resend after a reconnect.
+
+use std::collections::VecDeque;
+
+use trackline_proto::v1;
+
+/// Fixes waiting for an `Ack`, oldest first, with strictly increasing `seq`.
+///
+/// A fix leaves the buffer when an `Ack` covers it (durable on the server) or a `Rejected` names it
+/// (the server will never take it, so resending is pointless). After a reconnect everything left
+/// is sent again with the same seqs; the server de-duplicates.
+#[derive(Debug)]
+pub struct UnackedBuffer {
+    fixes: VecDeque<v1::Fix>,
+    /// How many fixes at the front were sent on the current connection.
+    sent: usize,
+    /// The highest seq ever handed out for sending, to tell a resend from a first send.
+    max_sent_seq: u64,
+    /// The last seq pushed, which outlives its fix: seqs must keep increasing after an ack.
+    last_seq: Option<u64>,
+    capacity: usize,
+    dropped: u64,
+}
+
+/// What [`UnackedBuffer::push`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqNotIncreasing {
+    pub seq: u64,
+    pub last: u64,
+}
+
+impl UnackedBuffer {
+    /// A buffer that keeps at most `capacity` fixes; beyond that the oldest are dropped, as a phone
+    /// that has been offline too long gives up on its oldest positions rather than on the newest.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            fixes: VecDeque::new(),
+            sent: 0,
+            max_sent_seq: 0,
+            last_seq: None,
+            capacity: capacity.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Adds a new fix.
+    ///
+    /// # Errors
+    /// When its seq is not above the last one buffered: the protocol needs strictly increasing seqs.
+    pub fn push(&mut self, fix: v1::Fix) -> Result<(), SeqNotIncreasing> {
+        if let Some(last) = self.last_seq {
+            if fix.seq <= last {
+                return Err(SeqNotIncreasing { seq: fix.seq, last });
+            }
+        }
+        self.last_seq = Some(fix.seq);
+        if self.fixes.len() == self.capacity {
+            self.fixes.pop_front();
+            self.sent = self.sent.saturating_sub(1);
+            self.dropped += 1;
+        }
+        self.fixes.push_back(fix);
+        Ok(())
+    }
+
+    /// Fixes not acknowledged yet.
+    pub fn len(&self) -> usize {
+        self.fixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fixes.is_empty()
+    }
+
+    /// Fixes not sent on the current connection.
+    pub fn unsent_len(&self) -> usize {
+        self.fixes.len() - self.sent
+    }
+
+    /// Fixes dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Up to `max` of the oldest unsent fixes, now counted as sent, and how many of them are resends.
+    pub fn take_unsent(&mut self, max: usize) -> (Vec<v1::Fix>, usize) {
+        let end = self.fixes.len().min(self.sent + max);
+        let batch: Vec<v1::Fix> = self.fixes.range(self.sent..end).cloned().collect();
+        self.sent = end;
+        let resent = batch.iter().filter(|f| f.seq <= self.max_sent_seq).count();
+        if let Some(last) = batch.last() {
+            self.max_sent_seq = self.max_sent_seq.max(last.seq);
+        }
+        (batch, resent)
+    }
+
+    /// The connection is gone: everything still buffered must go out again on the next one.
+    pub fn connection_lost(&mut self) {
+        self.sent = 0;
+    }
+
+    /// `Ack { seq }`: every fix up to `seq` is durable. Returns how many left the buffer.
+    pub fn ack(&mut self, seq: u64) -> usize {
+        let acked = self.fixes.partition_point(|f| f.seq <= seq);
+        self.fixes.drain(..acked);
+        self.sent = self.sent.saturating_sub(acked);
+        acked
+    }
+
+    /// `Rejected { seq }`: that fix will never be taken. Returns false when it was not buffered
+    /// (already acknowledged, or never sent by us).
+    pub fn reject(&mut self, seq: u64) -> bool {
+        let Ok(index) = self.fixes.binary_search_by_key(&seq, |f| f.seq) else {
+            return false;
+        };
+        self.fixes.remove(index);
+        if index < self.sent {
+            self.sent -= 1;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(seq: u64) -> v1::Fix {
+        v1::Fix {
+            seq,
+            time_ms: 1_700_000_000_000 + seq as i64,
+            ..Default::default()
+        }
+    }
+
+    fn seqs(fixes: &[v1::Fix]) -> Vec<u64> {
+        fixes.iter().map(|f| f.seq).collect()
+    }
+
+    fn buffer_with(range: std::ops::RangeInclusive<u64>) -> UnackedBuffer {
+        let mut buffer = UnackedBuffer::new(100);
+        for seq in range {
+            buffer.push(fix(seq)).unwrap();
+        }
+        buffer
+    }
+
+    #[test]
+    fn sends_in_batches_and_acks_drop_the_prefix() {
+        let mut buffer = buffer_with(1..=5);
+        let (first, resent) = buffer.take_unsent(2);
+        assert_eq!((seqs(&first), resent), (vec![1, 2], 0));
+        assert_eq!(buffer.unsent_len(), 3);
+        assert_eq!(buffer.ack(1), 1);
+        assert_eq!(buffer.len(), 4);
+        assert_eq!(seqs(&buffer.take_unsent(10).0), [3, 4, 5]);
+        assert_eq!(buffer.ack(4), 3);
+        assert_eq!(seqs(&buffer.take_unsent(10).0), Vec::<u64>::new());
+        assert_eq!(buffer.len(), 1);
+    }
+
+    #[test]
+    fn after_a_reconnect_everything_unacked_is_resent_with_the_same_seqs() {
+        let mut buffer = buffer_with(10..=14);
+        buffer.take_unsent(5);
+        buffer.ack(11);
+        buffer.connection_lost();
+        buffer.push(fix(15)).unwrap();
+        let (again, resent) = buffer.take_unsent(100);
+        assert_eq!(seqs(&again), [12, 13, 14, 15]);
+        // 15 goes out for the first time
+        assert_eq!(resent, 3);
+    }
+
+    #[test]
+    fn an_ack_for_unsent_or_unknown_seqs_is_harmless() {
+        let mut buffer = buffer_with(5..=7);
+        assert_eq!(buffer.ack(4), 0);
+        assert_eq!(buffer.ack(100), 3);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.unsent_len(), 0);
+    }
+
+    #[test]
+    fn rejected_fixes_are_never_resent() {
+        let mut buffer = buffer_with(1..=4);
+        buffer.take_unsent(3);
+        assert!(buffer.reject(2));
+        assert!(!buffer.reject(2));
+        assert_eq!(buffer.unsent_len(), 1);
+        assert_eq!(seqs(&buffer.take_unsent(10).0), [4]);
+        buffer.connection_lost();
+        assert_eq!(seqs(&buffer.take_unsent(10).0), [1, 3, 4]);
+        // rejecting an unsent fix leaves the sent count alone
+        let mut buffer = buffer_with(1..=3);
+        buffer.take_unsent(1);
+        assert!(buffer.reject(3));
+        assert_eq!(buffer.unsent_len(), 1);
+    }
+
+    #[test]
+    fn seqs_must_increase() {
+        let mut buffer = buffer_with(1..=3);
+        assert_eq!(
+            buffer.push(fix(3)),
+            Err(SeqNotIncreasing { seq: 3, last: 3 })
+        );
+        // even when everything before was acknowledged
+        buffer.ack(3);
+        assert_eq!(
+            buffer.push(fix(2)),
+            Err(SeqNotIncreasing { seq: 2, last: 3 })
+        );
+        assert!(buffer.push(fix(4)).is_ok());
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest() {
+        let mut buffer = UnackedBuffer::new(3);
+        for seq in 1..=3 {
+            buffer.push(fix(seq)).unwrap();
+        }
+        buffer.take_unsent(2);
+        buffer.push(fix(4)).unwrap();
+        assert_eq!(buffer.dropped(), 1);
+        assert_eq!(buffer.unsent_len(), 2);
+        assert_eq!(seqs(&buffer.take_unsent(10).0), [3, 4]);
+    }
+}

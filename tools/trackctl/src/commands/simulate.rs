@@ -1,0 +1,181 @@
+//! `trackctl simulate`: loads the trips, prepares the run, announces the watch links, streams until
+//! done or Ctrl-C, and prints the summary.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::cli::{GlobalArgs, SimulateArgs};
+use crate::courier::Stop;
+use crate::simulate::{SimConfig, Simulation, Summary};
+use crate::trip::Trip;
+
+/// Above this many orders the start lists only the first few links (`--json` has them all).
+const LIST_ALL_ORDERS_UP_TO: usize = 20;
+const LISTED_WHEN_MANY: usize = 5;
+
+pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let trips = args
+        .trips
+        .iter()
+        .map(|path| Trip::from_path(path).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = SimConfig {
+        server: global.server.clone(),
+        couriers: args.couriers.map_or(trips.len(), |n| n as usize),
+        trips,
+        speedup: args.speedup,
+        order_prefix: args
+            .order_prefix
+            .clone()
+            .unwrap_or_else(default_order_prefix),
+        courier_prefix: args.courier_prefix.clone(),
+        create_orders: !args.no_create_orders,
+        deliver: args.deliver,
+        batch: args.batch as usize,
+        looping: args.looping,
+        retry_for: args.retry_for,
+        drain_timeout: args.drain_timeout,
+        route_spacing_m: args.route_spacing,
+        secret: global.secret.clone(),
+        token: global.token.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(simulate(config, args.json))
+}
+
+async fn simulate(config: SimConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let simulation = Simulation::prepare(config).await?;
+    announce(&simulation);
+
+    let (stop, stop_requests) = watch::channel(Stop::Run);
+    tokio::spawn(async move {
+        // first Ctrl-C: finish politely (wait for the last acks); second: now
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.send_replace(Stop::Drain);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.send_replace(Stop::Abort);
+            }
+        }
+        // keep the sender (and so "keep running") until the runtime ends
+        std::future::pending::<()>().await;
+    });
+    let finished = simulation.run(stop_requests, true).await;
+
+    let summary = finished.summary;
+    summary
+        .write_human(std::io::stderr().lock())
+        .context("writing the summary")?;
+    if json {
+        write_json(&summary)?;
+    }
+    if let Some(err) = finished.error {
+        return Err(err);
+    }
+    if summary.unacked > 0 && !summary.interrupted {
+        eprintln!(
+            "trackctl: error: {} fixes were never acknowledged; raise --drain-timeout or check the server's logs",
+            summary.unacked
+        );
+        return Ok(ExitCode::from(crate::exit::ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn announce(simulation: &Simulation) {
+    let orders = simulation.orders();
+    if orders.is_empty() {
+        let couriers: Vec<&str> = simulation.courier_ids().collect();
+        eprintln!(
+            "streaming as {} (no orders created: fixes go to the orders already assigned)",
+            summarise_list(&couriers)
+        );
+        return;
+    }
+    let listed = if orders.len() <= LIST_ALL_ORDERS_UP_TO {
+        orders.len()
+    } else {
+        LISTED_WHEN_MANY
+    };
+    for order in &orders[..listed] {
+        eprintln!(
+            "order {} ({} riding {})",
+            order.order_id, order.courier_id, order.trip
+        );
+        eprintln!("  watch: {}", order.watch_url);
+    }
+    if listed < orders.len() {
+        eprintln!(
+            "... and {} more orders (--json lists them all)",
+            orders.len() - listed
+        );
+    }
+    if !std::io::stderr().is_terminal() {
+        eprintln!("streaming {} couriers", orders.len());
+    }
+}
+
+fn summarise_list(items: &[&str]) -> String {
+    match items {
+        [one] => format!("courier {one}"),
+        [first, .., last] => format!("{} couriers ({first} .. {last})", items.len()),
+        [] => "no courier".to_string(),
+    }
+}
+
+fn write_json(summary: &Summary) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, summary)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(stdout))
+        .and_then(|()| stdout.flush())
+        .context("writing the summary to stdout")
+}
+
+/// `sim-<unix seconds in base 36>-`: new on every run, so rerunning never collides with the
+/// orders of the last run, and short enough to read in a URL.
+fn default_order_prefix() -> String {
+    let mut seconds = u64::try_from(trackline_core::now_ms() / 1000).unwrap_or(0);
+    let mut digits = Vec::new();
+    loop {
+        let digit = (seconds % 36) as u8;
+        digits.push(if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        });
+        seconds /= 36;
+        if seconds == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    format!("sim-{}-", String::from_utf8_lossy(&digits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_order_prefix_makes_valid_ids() {
+        let prefix = default_order_prefix();
+        assert!(
+            prefix.starts_with("sim-") && prefix.ends_with('-'),
+            "{prefix}"
+        );
+        assert!(trackline_core::OrderId::new(&format!("{prefix}9999")).is_ok());
+    }
+
+    #[test]
+    fn long_courier_lists_are_shortened() {
+        assert_eq!(summarise_list(&["a"]), "courier a");
+        assert_eq!(summarise_list(&["a", "b", "c"]), "3 couriers (a .. c)");
+    }
+}

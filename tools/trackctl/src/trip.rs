@@ -1,0 +1,295 @@
+//! A recorded trip: the `t_unix,lat,lon` CSV files that drive simulated couriers, and the planned
+//! route an order gets from one.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context};
+use geo::{LineString, SimplifyIdx};
+use trackline_core::LatLon;
+
+/// One recorded fix of a trip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TripPoint {
+    /// Recording time in seconds (unix seconds in the files; only differences matter here).
+    pub t_s: f64,
+    pub pos: LatLon,
+}
+
+/// A trip as recorded: at least one point, times never going backwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trip {
+    /// Where it came from, for messages (usually the file name).
+    pub name: String,
+    pub points: Vec<TripPoint>,
+}
+
+/// Column names accepted in a header line, first match wins.
+const TIME_COLUMNS: &[&str] = &["t_unix", "t", "time", "timestamp"];
+const LAT_COLUMNS: &[&str] = &["lat", "latitude"];
+const LON_COLUMNS: &[&str] = &["lon", "lng", "longitude"];
+
+/// Routes longer than this are thinned further: a route is sent in one JSON body and drawn on a map.
+const MAX_ROUTE_POINTS: usize = 1000;
+
+impl Trip {
+    /// Reads a trip from a CSV file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or a line is not `time,lat,lon` (see [`Trip::from_reader`]).
+    pub fn from_path(path: &Path) -> anyhow::Result<Trip> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening trip {}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Trip::from_reader(&name, file).with_context(|| format!("reading trip {}", path.display()))
+    }
+
+    /// Reads CSV `t_unix,lat,lon`: seconds (fractions allowed) and WGS84 degrees.
+    ///
+    /// A header line is optional; when present its names pick the columns, so extra columns and
+    /// another order are fine. Lines starting with `#` are comments.
+    ///
+    /// # Errors
+    /// When there is no point, a value is not a number, a coordinate is out of range, or time goes
+    /// backwards; the message names the line.
+    pub fn from_reader(name: &str, reader: impl Read) -> anyhow::Result<Trip> {
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .comment(Some(b'#'))
+            .from_reader(reader);
+        let mut columns = [0usize, 1, 2];
+        let mut points: Vec<TripPoint> = Vec::new();
+        for (index, record) in csv.records().enumerate() {
+            let record = record.context("malformed CSV")?;
+            let line = record
+                .position()
+                .map_or(index as u64 + 1, csv::Position::line);
+            if index == 0
+                && record
+                    .get(0)
+                    .is_some_and(|first| first.parse::<f64>().is_err())
+            {
+                columns =
+                    header_columns(&record).with_context(|| format!("line {line}: header"))?;
+                continue;
+            }
+            let point = parse_point(&record, columns).with_context(|| format!("line {line}"))?;
+            if let Some(prev) = points.last() {
+                ensure!(
+                    point.t_s >= prev.t_s,
+                    "line {line}: time {} is before the previous fix's {}; trips must be in time order",
+                    point.t_s,
+                    prev.t_s
+                );
+            }
+            points.push(point);
+        }
+        ensure!(
+            !points.is_empty(),
+            "no fixes: expected CSV lines `t_unix,lat,lon`"
+        );
+        Ok(Trip {
+            name: name.to_string(),
+            points,
+        })
+    }
+
+    /// The last point: where the trip, and so the simulated order, ends.
+    pub fn destination(&self) -> LatLon {
+        // points is never empty: both constructors refuse an empty trip
+        self.points.last().map_or(LatLon::new(0.0, 0.0), |p| p.pos)
+    }
+
+    /// Recorded duration in seconds.
+    pub fn duration_s(&self) -> f64 {
+        match (self.points.first(), self.points.last()) {
+            (Some(first), Some(last)) => last.t_s - first.t_s,
+            _ => 0.0,
+        }
+    }
+
+    /// The trip's path as a planned route: one point every `spacing_m` or so, straightened where
+    /// it barely bends, first and last points kept.
+    ///
+    /// This is crude on purpose: a route only needs to be good enough for an along-route ETA, and
+    /// GPS noise (a walk zig-zagging over the street) should not become part of the plan.
+    pub fn simplified_route(&self, spacing_m: f64) -> Vec<LatLon> {
+        let mut spacing_m = spacing_m.max(1.0);
+        loop {
+            let route = simplify(&self.points, spacing_m);
+            if route.len() <= MAX_ROUTE_POINTS {
+                return route;
+            }
+            spacing_m *= 2.0;
+        }
+    }
+}
+
+fn header_columns(header: &csv::StringRecord) -> anyhow::Result<[usize; 3]> {
+    let find = |names: &[&str]| {
+        header
+            .iter()
+            .position(|h| names.iter().any(|n| h.eq_ignore_ascii_case(n)))
+            .with_context(|| {
+                format!(
+                    "no column named {} in {:?}",
+                    names.join(" or "),
+                    header.iter().collect::<Vec<_>>()
+                )
+            })
+    };
+    Ok([find(TIME_COLUMNS)?, find(LAT_COLUMNS)?, find(LON_COLUMNS)?])
+}
+
+fn parse_point(record: &csv::StringRecord, [t, lat, lon]: [usize; 3]) -> anyhow::Result<TripPoint> {
+    let field = |index: usize, what: &str| -> anyhow::Result<f64> {
+        let raw = record
+            .get(index)
+            .with_context(|| format!("missing {what} (column {})", index + 1))?;
+        let value: f64 = raw
+            .parse()
+            .with_context(|| format!("{what} {raw:?} is not a number"))?;
+        ensure!(value.is_finite(), "{what} {raw:?} is not a finite number");
+        Ok(value)
+    };
+    let point = TripPoint {
+        t_s: field(t, "time")?,
+        pos: LatLon::new(field(lat, "lat")?, field(lon, "lon")?),
+    };
+    if !point.pos.is_valid() {
+        bail!(
+            "position {}, {} is outside lat -90..90, lon -180..180",
+            point.pos.lat,
+            point.pos.lon
+        );
+    }
+    Ok(point)
+}
+
+fn simplify(points: &[TripPoint], spacing_m: f64) -> Vec<LatLon> {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return Vec::new();
+    };
+    // keep a point whenever we are spacing_m away from the last kept one
+    let mut kept = vec![first.pos];
+    for point in &points[1..] {
+        if kept
+            .last()
+            .is_some_and(|k| k.distance_m(point.pos) >= spacing_m)
+        {
+            kept.push(point.pos);
+        }
+    }
+    if kept.len() > 1
+        && kept
+            .last()
+            .is_some_and(|k| k.distance_m(last.pos) < spacing_m / 2.0)
+    {
+        // the destination replaces a kept point that is nearly on top of it
+        kept.pop();
+    }
+    if kept.last() != Some(&last.pos) {
+        kept.push(last.pos);
+    }
+    // then drop points that sit on a straight line: Douglas-Peucker in local metres
+    // (degrees of longitude shrink with latitude, so plain degrees would be anisotropic)
+    let metres_per_deg_lat = 111_320.0;
+    let metres_per_deg_lon = metres_per_deg_lat * first.pos.lat.to_radians().cos();
+    let local: LineString<f64> = kept
+        .iter()
+        .map(|p| {
+            (
+                (p.lon - first.pos.lon) * metres_per_deg_lon,
+                (p.lat - first.pos.lat) * metres_per_deg_lat,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into();
+    local
+        .simplify_idx(spacing_m / 10.0)
+        .into_iter()
+        .map(|i| kept[i])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_header_comments_and_fractional_seconds() {
+        let csv =
+            "t_unix,lat,lon\n# a comment\n1608272150.5, 45.27, 13.71\n1608272151.25,45.28,13.72\n";
+        let trip = Trip::from_reader("t", csv.as_bytes()).unwrap();
+        assert_eq!(trip.points.len(), 2);
+        assert_eq!(
+            trip.points[0],
+            TripPoint {
+                t_s: 1608272150.5,
+                pos: LatLon::new(45.27, 13.71)
+            }
+        );
+        assert!((trip.duration_s() - 0.75).abs() < 1e-9);
+        assert_eq!(trip.destination(), LatLon::new(45.28, 13.72));
+    }
+
+    #[test]
+    fn header_names_pick_the_columns() {
+        let csv = "lon,speed,lat,time\n13.71,3,45.27,10\n13.72,3,45.28,11\n";
+        let trip = Trip::from_reader("t", csv.as_bytes()).unwrap();
+        assert_eq!(
+            trip.points[1],
+            TripPoint {
+                t_s: 11.0,
+                pos: LatLon::new(45.28, 13.72)
+            }
+        );
+    }
+
+    #[test]
+    fn headerless_files_are_positional() {
+        let trip = Trip::from_reader("t", "1,45.0,13.0\n2,45.1,13.1\n".as_bytes()).unwrap();
+        assert_eq!(trip.points.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("t_unix,lat,lon\n1,45,13\n2,95,13\n", "line 3"),
+            ("t_unix,lat,lon\n1,45,13\n2,abc,13\n", "line 3"),
+            ("t_unix,lat,lon\n5,45,13\n4,45,13\n", "line 3"),
+            ("t_unix,lat,lon\n1,45\n", "line 2"),
+            ("t_unix,lat,lon\n", "no fixes"),
+            ("when,where\n1,2\n", "header"),
+        ];
+        for (csv, expected) in cases {
+            let message = format!("{:#}", Trip::from_reader("t", csv.as_bytes()).unwrap_err());
+            assert!(message.contains(expected), "{csv:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn route_keeps_ends_and_thins_the_middle() {
+        // a straight line north, one point every ~11 m over ~1.1 km
+        let points: Vec<TripPoint> = (0..=100)
+            .map(|i| TripPoint {
+                t_s: f64::from(i),
+                pos: LatLon::new(45.0 + f64::from(i) * 1e-4, 13.0),
+            })
+            .collect();
+        let trip = Trip {
+            name: "line".into(),
+            points,
+        };
+        let route = trip.simplified_route(50.0);
+        assert_eq!(route.first(), Some(&LatLon::new(45.0, 13.0)));
+        assert_eq!(route.last(), Some(&trip.destination()));
+        // a straight line needs nothing but its ends
+        assert_eq!(route.len(), 2);
+    }
+}
