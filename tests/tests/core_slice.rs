@@ -21,8 +21,9 @@ const COURIER: &str = "courier-1";
 const RUN_FIXES: usize = 300;
 /// Fixes per courier frame.
 const BATCH: usize = 10;
-/// How far a watcher's position may be from the fix it shows: the E7 round trip is ~1 cm.
-const SAME_PLACE_M: f64 = 0.5;
+/// How far a shown position may be from the fix it was computed from: the GPS filter smooths the
+/// track and holds a stopped marker still, within its hold radius (30 m by default).
+const SHOWN_WITHIN_M: f64 = 30.0;
 
 /// The first five minutes of a clean jog in Vincennes (1 fix/s, no jumps, no duplicates).
 fn run_points() -> Vec<TripPoint> {

@@ -137,6 +137,9 @@ pub struct EtaEstimator {
     route: Option<Route>,
     /// Distance along the route covered, metres, once matched.
     progress_m: Option<f64>,
+    /// The furthest progress matched so far: the window never reaches further back than
+    /// [`EtaConfig::back_tolerance_m`] behind it, so repeated small steps back cannot add up.
+    furthest_m: f64,
     /// When the position first failed to match the route (off-route pending or confirmed).
     unmatched_since_ms: Option<i64>,
     off_route: bool,
@@ -158,6 +161,7 @@ impl EtaEstimator {
             destination,
             route,
             progress_m: None,
+            furthest_m: 0.0,
             unmatched_since_ms: None,
             off_route: false,
             route_speed: prior.clone(),
@@ -177,6 +181,11 @@ impl EtaEstimator {
     /// Length of the planned route, metres (None without one).
     pub fn route_length_m(&self) -> Option<f64> {
         self.route.as_ref().map(Route::length)
+    }
+
+    /// The long and recent mean speeds of route progress, m/s (for diagnostics).
+    pub fn route_speeds(&self) -> (f64, f64) {
+        (self.route_speed.long(), self.route_speed.recent())
     }
 
     /// True while the courier is matched on the planned route.
@@ -278,7 +287,7 @@ impl EtaEstimator {
                 let reach = moved_m
                     .max(self.route_speed.long() * dt_s)
                     .max(self.route_speed.recent() * dt_s);
-                let from = s - cfg.back_tolerance_m;
+                let from = self.furthest_m - cfg.back_tolerance_m;
                 let near = route.best_match(
                     shown,
                     from,
@@ -305,6 +314,7 @@ impl EtaEstimator {
         match found {
             Some(s) => {
                 self.progress_m = Some(s);
+                self.furthest_m = self.furthest_m.max(s);
                 self.unmatched_since_ms = None;
                 self.off_route = false;
             }

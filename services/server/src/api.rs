@@ -43,6 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/courier/ws", web::get().to(courier_stream))
             .route("/tokens", web::post().to(mint_token)),
     )
+    .route("/track/{id}", web::get().to(track_page))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(crate::metrics::render));
@@ -165,7 +166,25 @@ async fn get_order(caller: Caller, app: App, path: web::Path<String>) -> ApiResu
     let order = order_id(&path)?;
     caller.require_reader_of(&order)?;
     let view = view_of(&app, &order).await?;
-    Ok(HttpResponse::Ok().json(for_caller(view, &caller)))
+    let store = app.store.clone();
+    let route = web::block(move || store.order(&order))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .and_then(|record| record.route)
+        .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect::<Vec<_>>());
+    let mut body = serde_json::to_value(for_caller(view, &caller)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["route"] = json!(route);
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /track/{id}?token=`: the live page for one order, embedded in the binary.
+async fn track_page(req: HttpRequest, app: App, path: web::Path<String>) -> ApiResult<HttpResponse> {
+    let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
+    caller.require_reader_of(&order_id(&path)?)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(include_str!("../assets/track.html")))
 }
 
 async fn active_order(
