@@ -368,7 +368,7 @@ fn run_trip(
                 let e = estimator.update(&fix, shown);
                 if std::env::var("TRACE_FIX").is_ok() {
                     let (l, r) = estimator.route_speeds();
-                    eprintln!("fix t={:.0} prog={:?} long={l:.2} recent={r:.2} v={:.2}", (time_ms - t_first) as f64 / 1000.0, estimator.progress_m(), e.speed_mps);
+                    eprintln!("fix t={:.0} prog={:?} long={l:.2} recent={r:.2} v={:.2} on={}", (time_ms - t_first) as f64 / 1000.0, estimator.progress_m(), e.speed_mps, e.on_route);
                 }
                 current = Some((
                     e.arrive_at_ms,
