@@ -81,6 +81,8 @@ pub struct EtaConfig {
     pub back_tolerance_m: f64,
     /// The match window always reaches at least this far ahead of the progress, metres.
     pub window_ahead_m: f64,
+    /// When nothing matches in the window, a close match this far ahead is a rejoin, metres.
+    pub rejoin_ahead_m: f64,
     /// Metres of lateral distance one metre of progress away from the expected one costs.
     pub progress_weight: f64,
     /// Time constant of the published arrival time, seconds.
@@ -104,6 +106,7 @@ impl Default for EtaConfig {
             off_route_confirm_s: 10.0,
             back_tolerance_m: 30.0,
             window_ahead_m: 150.0,
+            rejoin_ahead_m: 2000.0,
             progress_weight: 0.1,
             smoothing_s: 20.0,
         }
@@ -140,6 +143,8 @@ pub struct EtaEstimator {
     /// The furthest progress matched so far: the window never reaches further back than
     /// [`EtaConfig::back_tolerance_m`] behind it, so repeated small steps back cannot add up.
     furthest_m: f64,
+    /// Device time and shown position of the last position matched on the route.
+    matched: Option<(i64, LatLon)>,
     /// When the position first failed to match the route (off-route pending or confirmed).
     unmatched_since_ms: Option<i64>,
     off_route: bool,
@@ -162,6 +167,7 @@ impl EtaEstimator {
             route,
             progress_m: None,
             furthest_m: 0.0,
+            matched: None,
             unmatched_since_ms: None,
             off_route: false,
             route_speed: prior.clone(),
@@ -221,12 +227,15 @@ impl EtaEstimator {
         } else {
             None
         };
-        self.match_route(now, shown, dt_s, moved_m, accuracy_m);
+        self.match_route(now, shown, accuracy_m);
         if let (Some(before), Some(after), true) =
             (progress_before, self.progress_m, self.on_route())
         {
+            // Not capped: a jump of progress is route consumed (a loop of the planned route the
+            // courier skipped, a stretch covered during a gap), and the remaining distance no
+            // longer counts it either.
             self.route_speed
-                .observe((after - before).min(cap), dt_s, stopped, &self.config);
+                .observe(after - before, dt_s, stopped, &self.config);
         }
 
         let to_destination_m = shown.distance_m(self.destination);
@@ -264,13 +273,46 @@ impl EtaEstimator {
     }
 
     /// Moves the progress along the route to where `shown` matches, or marks it off the route.
-    fn match_route(&mut self, now: i64, shown: LatLon, dt_s: f64, moved_m: f64, accuracy_m: f64) {
+    fn match_route(&mut self, now: i64, shown: LatLon, accuracy_m: f64) {
         let Some(route) = &self.route else { return };
         let cfg = &self.config;
         let threshold = cfg.off_route_m + accuracy_m;
-        let found = match self.progress_m {
-            None => {
-                // First position: the courier is at the start of the route as planned, or joins
+        let found = match (self.progress_m, self.matched) {
+            (Some(s), Some((matched_ms, matched_pos))) => {
+                // Where the courier should be if it followed the route since the last match,
+                // and how far along the route it can plausibly have got: the window grows with
+                // the time unmatched, so a courier who cut a corner or skipped a loop of the
+                // plan is found again where it rejoins, without ever searching the whole route.
+                let since_s = (now - matched_ms).max(0) as f64 / 1000.0;
+                let moved_m = matched_pos.distance_m(shown);
+                let speed = self.route_speed.long().max(self.route_speed.recent());
+                let reach = moved_m.max(speed * since_s);
+                let from = self.furthest_m - cfg.back_tolerance_m;
+                let near = route.best_match(
+                    shown,
+                    from,
+                    s + cfg.window_ahead_m + 2.0 * reach,
+                    threshold,
+                    s + moved_m,
+                    cfg.progress_weight,
+                );
+                // Nothing close where expected: the plan may have a detour the courier skipped
+                // (a loop, a spur) and it rejoins further on. Look further ahead, but accept only
+                // a close match, so a later leg that merely passes nearby does not capture a
+                // courier who is really off the route.
+                near.or_else(|| {
+                    route.best_match(
+                        shown,
+                        from,
+                        s + cfg.rejoin_ahead_m + 4.0 * reach,
+                        threshold / 2.0,
+                        s + moved_m,
+                        cfg.progress_weight,
+                    )
+                })
+            }
+            _ => {
+                // Not matched yet: the courier is at the start of the route as planned, or joins
                 // it somewhere; prefer the earliest place it passes close by.
                 route.best_match(
                     shown,
@@ -281,40 +323,12 @@ impl EtaEstimator {
                     cfg.progress_weight,
                 )
             }
-            Some(s) => {
-                // Where the courier should be if it followed the route since the last match.
-                let expected = s + moved_m;
-                let reach = moved_m
-                    .max(self.route_speed.long() * dt_s)
-                    .max(self.route_speed.recent() * dt_s);
-                let from = self.furthest_m - cfg.back_tolerance_m;
-                let near = route.best_match(
-                    shown,
-                    from,
-                    s + cfg.window_ahead_m + 2.0 * reach,
-                    threshold,
-                    expected,
-                    cfg.progress_weight,
-                );
-                // Not near the route where expected: the courier may have cut a corner and
-                // rejoined further on. Accept that only for a close match, so a loop that
-                // merely passes nearby later does not capture an off-route courier.
-                near.or_else(|| {
-                    route.best_match(
-                        shown,
-                        from,
-                        route.length(),
-                        threshold / 2.0,
-                        expected,
-                        cfg.progress_weight,
-                    )
-                })
-            }
         };
         match found {
             Some(s) => {
                 self.progress_m = Some(s);
                 self.furthest_m = self.furthest_m.max(s);
+                self.matched = Some((now, shown));
                 self.unmatched_since_ms = None;
                 self.off_route = false;
             }

@@ -610,3 +610,84 @@ mod tests {
         assert!(p.trackline.mae_s < p.straight_line.mae_s, "{report}");
     }
 }
+
+#[cfg(test)]
+mod sweep {
+    use super::*;
+
+    #[test]
+    fn sweep() {
+        if std::env::var("SWEEP").is_err() {
+            return;
+        }
+        let trips: Vec<(String, Trip)> = tests::TRIPS
+            .iter()
+            .map(|n| {
+                let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(n);
+                (n.to_string(), read_trip_file(&p).unwrap())
+            })
+            .collect();
+        let run = |label: &str, cfg: EvalConfig| {
+            let r = evaluate(&trips, &cfg).unwrap();
+            let per: Vec<String> = r.trips.iter().map(|t| format!("{:.0}", t.trackline.mae_s)).collect();
+            eprintln!(
+                "{label:<28} pooled {:.0} s {:.1}% ratio {:.2} | {}",
+                r.pooled.trackline.mae_s,
+                r.pooled.trackline.mape_pct,
+                r.pooled.mae_ratio_to_route_true_progress,
+                per.join(" ")
+            );
+        };
+        run("default", EvalConfig::default());
+        for v in [2.0, 3.0, 6.0, 8.0] {
+            let mut c = EvalConfig::default();
+            c.eta.default_speed_mps = v;
+            run(&format!("default_speed {v}"), c);
+        }
+        for v in [30.0, 60.0, 300.0] {
+            let mut c = EvalConfig::default();
+            c.eta.prior_weight_s = v;
+            run(&format!("prior_weight {v}"), c);
+        }
+        for v in [300.0, 600.0, 1800.0, 1e9] {
+            let mut c = EvalConfig::default();
+            c.eta.long_memory_s = v;
+            run(&format!("long_memory {v}"), c);
+        }
+        for v in [20.0, 90.0] {
+            let mut c = EvalConfig::default();
+            c.eta.recent_memory_s = v;
+            run(&format!("recent_memory {v}"), c);
+        }
+        for v in [1.0, 120.0, 900.0] {
+            let mut c = EvalConfig::default();
+            c.eta.reversion_s = v;
+            run(&format!("reversion {v}"), c);
+        }
+        for v in [1.0, 60.0] {
+            let mut c = EvalConfig::default();
+            c.eta.smoothing_s = v;
+            run(&format!("smoothing {v}"), c);
+        }
+        for v in [0.0, 0.3, 1.0] {
+            let mut c = EvalConfig::default();
+            c.eta.progress_weight = v;
+            run(&format!("progress_weight {v}"), c);
+        }
+        for v in [30.0, 100.0] {
+            let mut c = EvalConfig::default();
+            c.eta.off_route_m = v;
+            run(&format!("off_route {v}"), c);
+        }
+        for v in [1.5, 2.0, 4.0] {
+            let mut c = EvalConfig::default();
+            c.filter.hold_sigmas = v;
+            run(&format!("hold_sigmas {v}"), c);
+        }
+        for v in [10.0, 60.0, 1e9] {
+            let mut c = EvalConfig::default();
+            c.eta.stop_detect_s = v;
+            run(&format!("stop_detect {v}"), c);
+        }
+    }
+}

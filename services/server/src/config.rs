@@ -42,6 +42,15 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_RESUME_BUFFER", default_value_t = 512)]
     pub resume_buffer: usize,
 
+    /// Frames that may wait for one watcher before it counts as slow and gets only the latest
+    /// state (conflation).
+    #[arg(long, env = "TRACKLINE_WATCHER_QUEUE", default_value_t = 16)]
+    pub watcher_queue: usize,
+
+    /// A watcher that stays slow this long is closed with 4008, in seconds.
+    #[arg(long, env = "TRACKLINE_SLOW_WATCHER_TIMEOUT_S", default_value_t = 10)]
+    pub slow_watcher_timeout_s: u64,
+
     /// Largest WebSocket frame accepted, in bytes (larger: close 1009).
     #[arg(long, env = "TRACKLINE_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
     pub max_frame_bytes: usize,
@@ -92,6 +101,7 @@ impl Config {
         config.heartbeat_s = 1;
         config.client_timeout_s = 5;
         config.shutdown_grace_s = 5;
+        config.slow_watcher_timeout_s = 2;
         config
     }
 

@@ -199,6 +199,7 @@ pub async fn run(
     let order_settings = Arc::new(order_actor::OrderSettings {
         arrival_radius_m: config.arrival_radius_m,
         resume_buffer: config.resume_buffer,
+        slow_watcher_timeout: Duration::from_secs(config.slow_watcher_timeout_s),
         ..Default::default()
     });
     let recovered = records.len();

@@ -23,6 +23,10 @@ use crate::registry::{Registry, Relink};
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
 const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
+/// How often the latest state is offered again to watchers that were too slow to take it.
+const RETRY_SLOW_EVERY: Duration = Duration::from_millis(200);
+/// The close code of a watcher that stopped reading.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
 
 /// What every order actor shares.
 #[derive(Clone)]
@@ -37,14 +41,66 @@ pub struct OrderDeps {
 pub struct OrderSettings {
     pub arrival_radius_m: f64,
     pub resume_buffer: usize,
+    /// A watcher slow for this long is closed with 4008.
+    pub slow_watcher_timeout: Duration,
     pub filter: FilterConfig,
     pub eta: EtaConfig,
 }
 
-/// A frame pushed to one watcher.
+/// What an order sends its watchers.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Push(pub Arc<Frame>);
+pub enum Push {
+    /// The next frame to write.
+    Frame(Arc<Frame>),
+    /// Close with `code`: the watcher stopped reading.
+    Evict { code: u16, reason: String },
+}
+
+/// One watcher of the order.
+///
+/// A watcher's session is driven by its socket: while the peer does not read, the session does
+/// not run and its mailbox (bounded, `--watcher-queue`) fills. A full mailbox is the signal that
+/// the watcher is slow; from then on it is offered only the latest state (conflation) until it
+/// takes one, and after `slow_watcher_timeout` it is dropped and told to close with 4008. So the
+/// memory a slow watcher costs is its mailbox, never a queue that grows with the stream.
+struct Watcher {
+    recipient: Recipient<Push>,
+    lagging: Option<Lag>,
+}
+
+/// The newest frame a slow watcher has not been able to take, and since when it is slow.
+struct Lag {
+    since: std::time::Instant,
+    latest: Arc<Frame>,
+}
+
+enum Offer {
+    Taken,
+    Lagging,
+    Gone,
+}
+
+impl Watcher {
+    fn offer(&mut self, frame: Arc<Frame>) -> Offer {
+        use actix::dev::SendError;
+        match self.recipient.try_send(Push::Frame(frame)) {
+            Ok(()) => {
+                self.lagging = None;
+                Offer::Taken
+            }
+            Err(SendError::Full(Push::Frame(frame))) => {
+                let since = self.lagging.as_ref().map_or_else(std::time::Instant::now, |lag| lag.since);
+                if self.lagging.is_none() {
+                    metrics::counter!("trackline_watchers_conflated_total").increment(1);
+                }
+                self.lagging = Some(Lag { since, latest: frame });
+                Offer::Lagging
+            }
+            Err(SendError::Full(Push::Evict { .. }) | SendError::Closed(_)) => Offer::Gone,
+        }
+    }
+}
 
 /// Fixes of the order's courier, in seq order.
 #[derive(Message)]
@@ -111,7 +167,9 @@ pub struct OrderActor {
     filter: GpsFilter,
     eta: EtaEstimator,
     deps: OrderDeps,
-    watchers: HashMap<u64, Recipient<Push>>,
+    watchers: HashMap<u64, Watcher>,
+    /// A retry of slow watchers is scheduled.
+    retry_scheduled: bool,
     /// Durable frames, newest last, for watchers that resume.
     replay: VecDeque<Arc<Frame>>,
     /// Frames whose changes are not yet known to be durable, oldest first.
@@ -135,6 +193,7 @@ impl OrderActor {
             eta,
             deps,
             watchers: HashMap::new(),
+            retry_scheduled: false,
             replay: VecDeque::new(),
             unpublished: VecDeque::new(),
             published,
@@ -158,9 +217,7 @@ impl OrderActor {
         {
             // unwrap: the loop condition saw a front element
             let frame = self.unpublished.pop_front().unwrap();
-            for watcher in self.watchers.values() {
-                watcher.do_send(Push(frame.clone()));
-            }
+            self.fan_out(&frame, ctx);
             metrics::counter!("trackline_updates_published_total").increment(1);
             if self.replay.len() >= self.deps.settings.resume_buffer.max(1) {
                 self.replay.pop_front();
@@ -171,6 +228,66 @@ impl OrderActor {
         if self.published.is_final {
             self.watchers.clear();
             ctx.run_later(LINGER_AFTER_FINAL, |_, ctx| ctx.stop());
+        }
+    }
+
+    /// Offers `frame` to every watcher; a slow one keeps it as its latest instead.
+    fn fan_out(&mut self, frame: &Arc<Frame>, ctx: &mut Context<Self>) {
+        let mut lagging = false;
+        self.watchers.retain(|_, watcher| {
+            let offer = match &mut watcher.lagging {
+                // Still slow: the new frame replaces the one it has not taken.
+                Some(lag) => {
+                    lag.latest = frame.clone();
+                    Offer::Lagging
+                }
+                None => watcher.offer(frame.clone()),
+            };
+            lagging |= matches!(offer, Offer::Lagging);
+            !matches!(offer, Offer::Gone)
+        });
+        if lagging {
+            self.schedule_retry(ctx);
+        }
+    }
+
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
+        if !self.retry_scheduled {
+            self.retry_scheduled = true;
+            ctx.run_later(RETRY_SLOW_EVERY, |act, ctx| {
+                act.retry_scheduled = false;
+                act.retry_slow(ctx);
+            });
+        }
+    }
+
+    /// Offers slow watchers their latest frame again; drops those slow for too long.
+    fn retry_slow(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.deps.settings.slow_watcher_timeout;
+        let mut still_lagging = false;
+        self.watchers.retain(|id, watcher| {
+            let Some(lag) = &watcher.lagging else { return true };
+            if lag.since.elapsed() > timeout {
+                tracing::warn!(watcher_id = id, lag_ms = lag.since.elapsed().as_millis() as u64, "watcher too slow, closing");
+                metrics::counter!("trackline_watchers_evicted_total").increment(1);
+                // do_send ignores the full mailbox: the close is the next thing the watcher sees
+                // once it reads again; until then it costs only what is already queued.
+                let reason = format!("too slow: not reading for {} s", timeout.as_secs());
+                watcher.recipient.do_send(Push::Evict { code: CLOSE_TOO_SLOW, reason });
+                return false;
+            }
+            let latest = lag.latest.clone();
+            match watcher.offer(latest) {
+                Offer::Taken => true,
+                Offer::Lagging => {
+                    still_lagging = true;
+                    true
+                }
+                Offer::Gone => false,
+            }
+        });
+        if still_lagging {
+            self.schedule_retry(ctx);
         }
     }
 
@@ -307,7 +424,7 @@ impl Handler<Subscribe> for OrderActor {
             )]
         });
         if !current.is_final {
-            self.watchers.insert(msg.watcher_id, msg.watcher);
+            self.watchers.insert(msg.watcher_id, Watcher { recipient: msg.watcher, lagging: None });
         }
         MessageResult(first)
     }

@@ -72,6 +72,8 @@ impl Actor for WatchSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!("trackline_watch_connections").increment(1.0);
+        // The bound that tells the order this watcher is slow (see order_actor::Watcher).
+        ctx.set_mailbox_capacity(self.app.config.watcher_queue.max(1));
         let config = &self.app.config;
         keep_alive(
             ctx,
@@ -119,7 +121,10 @@ impl Handler<Push> for WatchSession {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        self.write(&msg.0, ctx);
+        match msg {
+            Push::Frame(frame) => self.write(&frame, ctx),
+            Push::Evict { code, reason } => close(ctx, ws::CloseCode::Other(code), &reason),
+        }
     }
 }
 

@@ -131,6 +131,8 @@ pub struct Stats {
     pub connected: AtomicU64,
     /// Successful connections after a courier's first.
     pub reconnects: AtomicU64,
+    /// Fixes never acknowledged, counted as each courier ends.
+    pub unacked: AtomicU64,
     pub rejected_by_code: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -188,8 +190,45 @@ pub async fn run_courier(
     settings: CourierSettings,
     tokens: Arc<TokenSource>,
     stats: Arc<Stats>,
-    mut stop: watch::Receiver<Stop>,
+    stop: watch::Receiver<Stop>,
 ) -> anyhow::Result<CourierReport> {
+    // owned here, so that what is left is counted and closed however the ride ends
+    let mut outbox = UnackedBuffer::new(MAX_UNACKED);
+    let mut ws: Option<Ws> = None;
+    let ridden = ride(
+        &plan,
+        &settings,
+        &tokens,
+        &stats,
+        stop,
+        &mut outbox,
+        &mut ws,
+    )
+    .await;
+    if let Some(mut conn) = ws.take() {
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
+        // a polite goodbye; the server treats a vanished socket the same way, so do not wait long
+        let _ = timeout(Duration::from_secs(1), conn.close(None)).await;
+    }
+    Stats::add(&stats.unacked, outbox.len());
+    let completed = ridden?;
+    Ok(CourierReport {
+        courier_id: plan.courier_id,
+        unacked: outbox.len(),
+        completed,
+    })
+}
+
+/// The courier's loop; returns whether the whole trip was ridden.
+async fn ride(
+    plan: &CourierPlan,
+    settings: &CourierSettings,
+    tokens: &TokenSource,
+    stats: &Stats,
+    mut stop: watch::Receiver<Stop>,
+    outbox: &mut UnackedBuffer,
+    ws: &mut Option<Ws>,
+) -> anyhow::Result<bool> {
     let id = plan.courier_id.clone();
     let start = Instant::now() + plan.start_delay;
     let start_ms =
@@ -202,14 +241,12 @@ pub async fn run_courier(
     )
     .peekable();
     let mut next_seq = first_seq();
-    let mut outbox = UnackedBuffer::new(MAX_UNACKED);
     let mut token = tokens
         .courier_token(&id)
         .await
         .with_context(|| format!("courier {id}: getting a token"))?;
     let mut token_renewed_at: Option<Instant> = None;
 
-    let mut ws: Option<Ws> = None;
     let mut ever_connected = false;
     // a fresh connection flushes the whole outbox at once, whatever the batch size
     let mut flush_all = false;
@@ -250,8 +287,8 @@ pub async fn run_courier(
         if let Some(conn) = ws.as_mut() {
             let sent = send_ready(
                 conn,
-                &mut outbox,
-                &settings,
+                outbox,
+                settings,
                 frame_limit,
                 flush_all || !riding,
                 &stats,
@@ -262,8 +299,8 @@ pub async fn run_courier(
                 Err(err) => {
                     let why = format!("sending: {err}");
                     lose(
-                        &mut ws,
-                        &mut outbox,
+                        ws,
+                        outbox,
                         &stats,
                         &mut backoff,
                         &mut reconnect_at,
@@ -291,7 +328,7 @@ pub async fn run_courier(
                     Stats::add(&stats.dropped, usize::try_from(outbox.dropped() - dropped_before).unwrap_or(0));
                 }
             }
-            message = next_message(&mut ws) => match message {
+            message = next_message(ws) => match message {
                 Some(Ok(Message::Binary(bytes))) => match v1::ServerFrame::decode(bytes.as_ref()) {
                     Ok(v1::ServerFrame { kind: Some(Kind::Ack(ack)) }) => {
                         Stats::add(&stats.acked, outbox.ack(ack.seq));
@@ -319,23 +356,23 @@ pub async fn run_courier(
                         _ => {}
                     }
                     let why = format!("server closed the connection ({}) {reason}", code.map_or(0, u16::from));
-                    lose(&mut ws, &mut outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
                 // pings are answered by tungstenite itself; text frames mean nothing to a courier
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     let why = format!("connection broke: {err}");
-                    lose(&mut ws, &mut outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
                 None => {
                     let why = "connection ended".to_string();
-                    lose(&mut ws, &mut outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
             },
             () = sleep_until(reconnect_at), if ws.is_none() => match connect(&settings.ws_url, &token).await {
                 Ok(conn) => {
                     info!(courier = %id, unacked = outbox.len(), "connected");
-                    ws = Some(conn);
+                    *ws = Some(conn);
                     flush_all = true;
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     if ever_connected {
@@ -377,17 +414,7 @@ pub async fn run_courier(
         }
     }
 
-    if let Some(mut conn) = ws.take() {
-        stats.connected.fetch_sub(1, Ordering::Relaxed);
-        // a polite goodbye; the server treats a vanished socket the same way, so do not wait long
-        let _ = timeout(Duration::from_secs(1), conn.close(None)).await;
-    }
-    let completed = schedule.peek().is_none();
-    Ok(CourierReport {
-        courier_id: id,
-        unacked: outbox.len(),
-        completed,
-    })
+    Ok(schedule.peek().is_none())
 }
 
 /// The wire form of a planned fix.

@@ -416,7 +416,7 @@ impl Simulation {
             acked: load(&stats.acked),
             rejected: load(&stats.rejected),
             rejected_by_code: stats.rejected_codes(),
-            unacked: reports.iter().map(|r| r.unacked as u64).sum(),
+            unacked: load(&stats.unacked),
             dropped: load(&stats.dropped),
             reconnects: load(&stats.reconnects),
         };

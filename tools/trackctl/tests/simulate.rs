@@ -18,7 +18,9 @@ use trackline_core::CourierId;
 const SECRET: &str = "sim-test-secret";
 
 fn config(server: &str, trip: &str) -> SimConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(trip);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(trip);
     SimConfig {
         server: server.to_string(),
         trips: vec![Arc::new(Trip::from_path(&path).unwrap())],
@@ -47,7 +49,9 @@ async fn unacked_fixes_are_resent_with_the_same_seqs_after_a_drop() {
         first_connection_drops_after: Some(6),
     })
     .await;
-    let simulation = Simulation::prepare(config(&server.url, "car_joensuu_head.csv")).await.unwrap();
+    let simulation = Simulation::prepare(config(&server.url, "car_joensuu_head.csv"))
+        .await
+        .unwrap();
     let (_keep, stop) = watch::channel(Stop::Run);
     let finished = simulation.run(stop, false).await;
     assert!(finished.error.is_none(), "{:?}", finished.error);
@@ -77,7 +81,10 @@ async fn unacked_fixes_are_resent_with_the_same_seqs_after_a_drop() {
     let keys = TokenKeys::new(SECRET.as_bytes());
     for auth in &seen.ws_auth {
         let token = auth.as_deref().unwrap().strip_prefix("Bearer ").unwrap();
-        assert_eq!(keys.verify(token).unwrap().0, Role::Courier(CourierId::new("c-1").unwrap()));
+        assert_eq!(
+            keys.verify(token).unwrap().0,
+            Role::Courier(CourierId::new("c-1").unwrap())
+        );
     }
 }
 
@@ -95,35 +102,62 @@ async fn orders_are_created_with_destination_route_and_courier() {
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0].order_id, "o-1");
     assert_eq!(orders[0].courier_id, "c-1");
-    assert_eq!(orders[0].watch_url, format!("{}/track/o-1?token=watch.o-1.sig", server.url));
+    assert_eq!(
+        orders[0].watch_url,
+        format!("{}/track/o-1?token=watch.o-1.sig", server.url)
+    );
 
     let (_keep, stop) = watch::channel(Stop::Run);
     let finished = simulation.run(stop, false).await;
     assert!(finished.error.is_none(), "{:?}", finished.error);
     assert_eq!((finished.summary.acked, finished.summary.unacked), (20, 0));
-    // 20 fixes in frames of 4
-    assert_eq!(finished.summary.frames, 5);
+    // 20 fixes in frames of 4 (plus one when a fix was due before the first connect, which
+    // flushes what is waiting)
+    assert!(
+        (5..=6).contains(&finished.summary.frames),
+        "{:?}",
+        finished.summary
+    );
 
     let seen = server.seen.lock().unwrap();
     let calls: Vec<&str> = seen.http.iter().map(|(line, _, _)| line.as_str()).collect();
-    assert_eq!(calls, ["POST /v1/orders", "POST /v1/orders/o-1/status", "POST /v1/orders/o-1/status"]);
+    assert_eq!(
+        calls,
+        [
+            "POST /v1/orders",
+            "POST /v1/orders/o-1/status",
+            "POST /v1/orders/o-1/status"
+        ]
+    );
     let (_, auth, body) = &seen.http[0];
     let token = auth.as_deref().unwrap().strip_prefix("Bearer ").unwrap();
-    assert_eq!(TokenKeys::new(SECRET.as_bytes()).verify(token).unwrap().0, Role::Ops);
+    assert_eq!(
+        TokenKeys::new(SECRET.as_bytes()).verify(token).unwrap().0,
+        Role::Ops
+    );
     let destination = trip.destination();
     assert_eq!(body["order_id"], "o-1");
     assert_eq!(body["courier_id"], "c-1");
-    assert_eq!(body["destination"], serde_json::json!({"lat": destination.lat, "lon": destination.lon}));
+    assert_eq!(
+        body["destination"],
+        serde_json::json!({"lat": destination.lat, "lon": destination.lon})
+    );
     let route = body["route"].as_array().unwrap();
     assert!(route.len() >= 2);
-    assert_eq!(route[0], serde_json::json!([trip.points[0].pos.lat, trip.points[0].pos.lon]));
-    assert_eq!(*route.last().unwrap(), serde_json::json!([destination.lat, destination.lon]));
+    assert_eq!(
+        route[0],
+        serde_json::json!([trip.points[0].pos.lat, trip.points[0].pos.lon])
+    );
+    assert_eq!(
+        *route.last().unwrap(),
+        serde_json::json!([destination.lat, destination.lon])
+    );
     assert_eq!(seen.http[1].2, serde_json::json!({"status": "picked_up"}));
     assert_eq!(seen.http[2].2, serde_json::json!({"status": "delivered"}));
 }
 
 #[tokio::test]
-async fn a_courier_refused_by_the_server_is_an_error_not_a_loop() {
+async fn an_unreachable_server_is_an_error_after_retry_for() {
     // nothing listens on this port once the listener is dropped: every connect fails
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

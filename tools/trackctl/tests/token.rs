@@ -10,7 +10,12 @@ const SECRET: &str = "test-secret-not-for-production";
 fn trackctl(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trackctl"));
     command.args(args);
-    for var in ["TRACKLINE_SECRET", "TRACKLINE_TOKEN", "TRACKLINE_SERVER", "RUST_LOG"] {
+    for var in [
+        "TRACKLINE_SECRET",
+        "TRACKLINE_TOKEN",
+        "TRACKLINE_SERVER",
+        "RUST_LOG",
+    ] {
         command.env_remove(var);
     }
     command
@@ -22,9 +27,16 @@ fn run(command: &mut Command) -> Output {
 
 /// The token on stdout, checking it is alone on one line.
 fn token_of(output: &Output) -> String {
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout.clone()).unwrap();
-    assert!(stdout.ends_with('\n') && stdout.lines().count() == 1, "{stdout:?}");
+    assert!(
+        stdout.ends_with('\n') && stdout.lines().count() == 1,
+        "{stdout:?}"
+    );
     stdout.trim_end().to_string()
 }
 
@@ -32,8 +44,14 @@ fn token_of(output: &Output) -> String {
 fn mints_each_role_verifiable_with_the_secret() {
     let keys = TokenKeys::new(SECRET.as_bytes());
     let cases = [
-        (vec!["token", "courier", "bike-7"], Role::Courier(CourierId::new("bike-7").unwrap())),
-        (vec!["token", "watch", "order-42"], Role::Watch(OrderId::new("order-42").unwrap())),
+        (
+            vec!["token", "courier", "bike-7"],
+            Role::Courier(CourierId::new("bike-7").unwrap()),
+        ),
+        (
+            vec!["token", "watch", "order-42"],
+            Role::Watch(OrderId::new("order-42").unwrap()),
+        ),
         (vec!["token", "ops"], Role::Ops),
     ];
     for (args, role) in cases {
@@ -49,12 +67,17 @@ fn mints_each_role_verifiable_with_the_secret() {
 #[test]
 fn secret_comes_from_the_environment_and_ttl_takes_units() {
     let output = run(trackctl(&["token", "ops", "--ttl", "90m"]).env("TRACKLINE_SECRET", SECRET));
-    let (_, exp) = TokenKeys::new(SECRET.as_bytes()).verify(&token_of(&output)).unwrap();
+    let (_, exp) = TokenKeys::new(SECRET.as_bytes())
+        .verify(&token_of(&output))
+        .unwrap();
     let ttl = exp - now_ms() / 1000;
     assert!((5390..=5400).contains(&ttl), "ttl {ttl}");
 
-    let output = run(trackctl(&["token", "--ttl", "30", "courier", "c1"]).env("TRACKLINE_SECRET", SECRET));
-    let (_, exp) = TokenKeys::new(SECRET.as_bytes()).verify(&token_of(&output)).unwrap();
+    let output =
+        run(trackctl(&["token", "--ttl", "30", "courier", "c1"]).env("TRACKLINE_SECRET", SECRET));
+    let (_, exp) = TokenKeys::new(SECRET.as_bytes())
+        .verify(&token_of(&output))
+        .unwrap();
     assert!(exp - now_ms() / 1000 <= 30);
 }
 
@@ -64,7 +87,10 @@ fn without_a_secret_it_says_how_to_pass_one() {
     assert_eq!(output.status.code(), Some(2));
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--secret") && stderr.contains("TRACKLINE_SECRET"), "{stderr}");
+    assert!(
+        stderr.contains("--secret") && stderr.contains("TRACKLINE_SECRET"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -93,5 +119,9 @@ fn a_closed_stdout_exits_quietly() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0));
-    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -8,7 +8,9 @@ use trackctl::trip::Trip;
 use trackline_core::LatLon;
 
 fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 #[test]
@@ -18,7 +20,10 @@ fn reads_a_real_recorded_trip() {
     assert_eq!(trip.points.len(), 104);
     assert_eq!(trip.points[0].t_s, 1_608_272_150.0);
     assert_eq!(trip.points[0].pos, LatLon::new(45.273518851, 13.7142099626));
-    assert_eq!(trip.destination(), LatLon::new(45.2733349521, 13.7139970623));
+    assert_eq!(
+        trip.destination(),
+        LatLon::new(45.2733349521, 13.7139970623)
+    );
     assert_eq!(trip.duration_s(), 514.0);
 }
 
@@ -45,7 +50,11 @@ fn the_route_of_a_trip_is_thinned_and_ends_at_the_destination() {
     let route = trip.simplified_route(50.0);
     assert_eq!(route.first(), Some(&trip.points[0].pos));
     assert_eq!(route.last(), Some(&trip.destination()));
-    assert!(route.len() >= 2 && route.len() < trip.points.len(), "{} points", route.len());
+    assert!(
+        route.len() >= 2 && route.len() < trip.points.len(),
+        "{} points",
+        route.len()
+    );
 }
 
 #[test]

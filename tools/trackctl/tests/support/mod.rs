@@ -68,10 +68,15 @@ impl FakeServer {
 async fn courier_stream(stream: TcpStream, script: Script, state: Arc<Mutex<Seen>>) {
     let mut auth = None;
     let callback = |request: &Request, response: Response| {
-        auth = request.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+        auth = request
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
         Ok(response)
     };
-    let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+        .await
+        .unwrap();
     let index = {
         let mut seen = state.lock().unwrap();
         seen.ws_auth.push(auth);
@@ -81,7 +86,9 @@ async fn courier_stream(stream: TcpStream, script: Script, state: Arc<Mutex<Seen
     let first = index == 0;
     let mut received = 0usize;
     while let Some(Ok(message)) = ws.next().await {
-        let Message::Binary(bytes) = message else { continue };
+        let Message::Binary(bytes) = message else {
+            continue;
+        };
         let frame = v1::CourierFrame::decode(bytes.as_ref()).unwrap();
         let mut replies = Vec::new();
         for fix in &frame.fixes {
@@ -95,7 +102,10 @@ async fn courier_stream(stream: TcpStream, script: Script, state: Arc<Mutex<Seen
                 };
                 replies.push(Kind::Rejected(rejected));
             }
-            let acking = !first || script.first_connection_acks_through.is_none_or(|n| received <= n);
+            let acking = !first
+                || script
+                    .first_connection_acks_through
+                    .is_none_or(|n| received <= n);
             if acking {
                 replies.push(Kind::Ack(v1::Ack { seq: fix.seq }));
             }
@@ -104,7 +114,11 @@ async fn courier_stream(stream: TcpStream, script: Script, state: Arc<Mutex<Seen
             let frame = v1::ServerFrame { kind: Some(kind) }.encode_to_vec();
             ws.send(Message::Binary(frame.into())).await.unwrap();
         }
-        if first && script.first_connection_drops_after.is_some_and(|n| received >= n) {
+        if first
+            && script
+                .first_connection_drops_after
+                .is_some_and(|n| received >= n)
+        {
             // vanish like a crashed server: no close frame
             return;
         }
@@ -126,7 +140,8 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<Seen>>) {
     let header = |name: &str| {
         head.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
         })
     };
     let length: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
@@ -134,8 +149,16 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<Seen>>) {
         let n = stream.read(&mut buf).await.unwrap();
         raw.extend_from_slice(&buf[..n]);
     }
-    let body: serde_json::Value = serde_json::from_slice(&raw[head_end..head_end + length]).unwrap();
-    let request_line: String = head.lines().next().unwrap().rsplit_once(' ').unwrap().0.to_string();
+    let body: serde_json::Value =
+        serde_json::from_slice(&raw[head_end..head_end + length]).unwrap();
+    let request_line: String = head
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit_once(' ')
+        .unwrap()
+        .0
+        .to_string();
     let (status, answer) = if request_line == "POST /v1/orders" {
         let id = body["order_id"].as_str().unwrap().to_string();
         let token = format!("watch.{id}.sig");
@@ -144,7 +167,11 @@ async fn http(mut stream: TcpStream, state: Arc<Mutex<Seen>>) {
     } else {
         ("200 OK", serde_json::json!({}))
     };
-    state.lock().unwrap().http.push((request_line, header("authorization"), body));
+    state
+        .lock()
+        .unwrap()
+        .http
+        .push((request_line, header("authorization"), body));
     let answer = answer.to_string();
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
