@@ -828,7 +828,7 @@ pub fn accepted(fixes: &[v1::Fix], rejected: &[u64]) -> Vec<v1::Fix> {
     fixes
         .iter()
         .filter(|f| !rejected.contains(&f.seq))
-        .cloned()
+        .copied()
         .collect()
 }
 

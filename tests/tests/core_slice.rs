@@ -495,7 +495,7 @@ async fn history_returns_every_accepted_fix_oldest_first() {
 async fn nearby_returns_live_couriers_nearest_first_with_their_distance() {
     let server = TestServer::start();
     let (_, streamed) = run_scenario(&server).await;
-    let c1_fix = streamed.accepted.last().unwrap().clone();
+    let c1_fix = *streamed.accepted.last().unwrap();
     let c1_pos = fix_pos(&c1_fix);
 
     // A second courier on its own order, 1.1 km north of the first.
@@ -518,7 +518,7 @@ async fn nearby_returns_live_couriers_nearest_first_with_their_distance() {
             heading_deg: 0.0,
         })
         .collect();
-    let c2_fix = c2_fixes.last().unwrap().clone();
+    let c2_fix = *c2_fixes.last().unwrap();
     stream_fixes(&server, "courier-2", c2_fixes).await;
 
     // 220 m north of courier 1: it is the nearer one.

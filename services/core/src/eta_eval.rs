@@ -366,10 +366,6 @@ fn run_trip(
             Verdict::Live(shown) => {
                 live += 1;
                 let e = estimator.update(&fix, shown);
-                if std::env::var("TRACE_FIX").is_ok() {
-                    let (l, r) = estimator.route_speeds();
-                    eprintln!("fix t={:.0} prog={:?} long={l:.2} recent={r:.2} v={:.2} on={}", (time_ms - t_first) as f64 / 1000.0, estimator.progress_m(), e.speed_mps, e.on_route);
-                }
                 current = Some((
                     e.arrive_at_ms,
                     estimator.progress_m(),
@@ -543,23 +539,30 @@ mod tests {
         .unwrap()
     }
 
-    /// Prints the trace of one trip: `TRACE=car_visnjan_hr.csv cargo test -p trackline-core trace -- --nocapture`.
     #[test]
-    fn trace() {
-        let Ok(name) = std::env::var("TRACE") else {
-            return;
-        };
-        for r in trace_trip(&name, &testdata(&name), &EvalConfig::default()).unwrap() {
-            eprintln!(
-                "t={:6.0} truth={:6.0} ours={:6.0} b={:6.0} prog={:6.0}/{:6.0} on={} v={:.2}",
+    fn the_trace_matches_the_report_and_follows_the_route() {
+        let trip = testdata("run_vincennes_DC2_garmin.csv");
+        let config = EvalConfig::default();
+        let report = evaluate_trip("run", &trip, &config).unwrap();
+        let rows = trace_trip("run", &trip, &config).unwrap();
+        assert_eq!(rows.len(), report.instants);
+        let mae = rows
+            .iter()
+            .map(|r| (r.trackline_s - r.truth_s).abs())
+            .sum::<f64>()
+            / rows.len() as f64;
+        assert!((mae - report.trackline.mae_s).abs() < 1e-6);
+        // The run is laps around the same loop: matching must keep to the right lap, so the
+        // estimator's own progress stays close to the true one all along.
+        for r in &rows {
+            assert!(r.on_route, "off route at {} s", r.t_s);
+            let off = (r.matched_progress_m.unwrap() - r.true_progress_m).abs();
+            assert!(
+                off < 150.0,
+                "at {} s matched {:?} vs true {}",
                 r.t_s,
-                r.truth_s,
-                r.trackline_s,
-                r.route_true_progress_s,
-                r.matched_progress_m.unwrap_or(-1.0),
-                r.true_progress_m,
-                r.on_route,
-                r.speed_mps
+                r.matched_progress_m,
+                r.true_progress_m
             );
         }
     }
@@ -608,86 +611,5 @@ mod tests {
         let p = &report.pooled;
         assert!(p.trackline.mae_s < p.route_true_progress.mae_s, "{report}");
         assert!(p.trackline.mae_s < p.straight_line.mae_s, "{report}");
-    }
-}
-
-#[cfg(test)]
-mod sweep {
-    use super::*;
-
-    #[test]
-    fn sweep() {
-        if std::env::var("SWEEP").is_err() {
-            return;
-        }
-        let trips: Vec<(String, Trip)> = tests::TRIPS
-            .iter()
-            .map(|n| {
-                let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(n);
-                (n.to_string(), read_trip_file(&p).unwrap())
-            })
-            .collect();
-        let run = |label: &str, cfg: EvalConfig| {
-            let r = evaluate(&trips, &cfg).unwrap();
-            let per: Vec<String> = r.trips.iter().map(|t| format!("{:.0}", t.trackline.mae_s)).collect();
-            eprintln!(
-                "{label:<28} pooled {:.0} s {:.1}% ratio {:.2} | {}",
-                r.pooled.trackline.mae_s,
-                r.pooled.trackline.mape_pct,
-                r.pooled.mae_ratio_to_route_true_progress,
-                per.join(" ")
-            );
-        };
-        run("default", EvalConfig::default());
-        for v in [2.0, 3.0, 6.0, 8.0] {
-            let mut c = EvalConfig::default();
-            c.eta.default_speed_mps = v;
-            run(&format!("default_speed {v}"), c);
-        }
-        for v in [30.0, 60.0, 300.0] {
-            let mut c = EvalConfig::default();
-            c.eta.prior_weight_s = v;
-            run(&format!("prior_weight {v}"), c);
-        }
-        for v in [300.0, 600.0, 1800.0, 1e9] {
-            let mut c = EvalConfig::default();
-            c.eta.long_memory_s = v;
-            run(&format!("long_memory {v}"), c);
-        }
-        for v in [20.0, 90.0] {
-            let mut c = EvalConfig::default();
-            c.eta.recent_memory_s = v;
-            run(&format!("recent_memory {v}"), c);
-        }
-        for v in [1.0, 120.0, 900.0] {
-            let mut c = EvalConfig::default();
-            c.eta.reversion_s = v;
-            run(&format!("reversion {v}"), c);
-        }
-        for v in [1.0, 60.0] {
-            let mut c = EvalConfig::default();
-            c.eta.smoothing_s = v;
-            run(&format!("smoothing {v}"), c);
-        }
-        for v in [0.0, 0.3, 1.0] {
-            let mut c = EvalConfig::default();
-            c.eta.progress_weight = v;
-            run(&format!("progress_weight {v}"), c);
-        }
-        for v in [30.0, 100.0] {
-            let mut c = EvalConfig::default();
-            c.eta.off_route_m = v;
-            run(&format!("off_route {v}"), c);
-        }
-        for v in [1.5, 2.0, 4.0] {
-            let mut c = EvalConfig::default();
-            c.filter.hold_sigmas = v;
-            run(&format!("hold_sigmas {v}"), c);
-        }
-        for v in [10.0, 60.0, 1e9] {
-            let mut c = EvalConfig::default();
-            c.eta.stop_detect_s = v;
-            run(&format!("stop_detect {v}"), c);
-        }
     }
 }

@@ -159,13 +159,13 @@ pub fn validate(raw: &v1::Fix, now_ms: i64, bounds: TimeBounds) -> Result<Fix, R
         ));
     }
     let accuracy_m = match raw.accuracy_m {
-        a if !a.is_finite() || a < 0.0 || a > MAX_ACCURACY_M => {
+        a if !a.is_finite() || !(0.0..=MAX_ACCURACY_M).contains(&a) => {
             return Err(Rejection::new(
                 RejectCode::BadAccuracy,
                 format!("accuracy {a} m is not in [0, {MAX_ACCURACY_M}]"),
             ));
         }
-        a if a == 0.0 => None,
+        0.0 => None,
         a => Some(a),
     };
     let speed_mps = match raw.speed_mps {

@@ -388,6 +388,8 @@ impl Handler<Ingest> for OrderActor {
             }
         }
         report.stored = stored.len();
+        // Committed even when nothing is new: a resend of fixes still in flight must not be
+        // acked before the flush that covers them, and this job queues behind that flush.
         Box::pin(self.persist(stored).map(move |outcome, _, _| {
             report.failed = outcome.err();
             report
