@@ -75,12 +75,12 @@ async fn stream_fixes(server: &TestServer, courier: &str, fixes: Vec<v1::Fix>) -
 }
 
 /// Creates the run order and streams the jog on it.
-async fn run_scenario(server: &TestServer) -> (NewOrder, Streamed) {
+async fn run_scenario(server: &TestServer) -> Streamed {
     let points = run_points();
-    let order = run_order(ORDER, COURIER, &points);
-    server.create_order(&order).await;
-    let streamed = stream_fixes(server, COURIER, trip_fixes(&points, 1)).await;
-    (order, streamed)
+    server
+        .create_order(&run_order(ORDER, COURIER, &points))
+        .await;
+    stream_fixes(server, COURIER, trip_fixes(&points, 1)).await
 }
 
 /// Runs `watcher` on its own task until it has seen an update at `last_time_ms`.
@@ -132,8 +132,8 @@ fn assert_eta_consistent(update: &Update) {
 }
 
 /// The watcher contract for a streamed trip: after the snapshot, updates come with offsets
-/// increasing by one, in one epoch, each showing a fix that was sent (in time order) with an ETA,
-/// the last one showing the last fix.
+/// increasing by one, in one epoch, in time order, each at the time of a fix that was sent and
+/// near its place (the filter smooths), each with a consistent ETA; the last shows the last fix.
 fn assert_updates_follow_fixes(
     snapshot: &Update,
     updates: &[Update],
@@ -439,7 +439,7 @@ async fn proto_watcher_gets_the_snapshot_then_every_update_in_offset_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn history_returns_every_accepted_fix_oldest_first() {
     let server = TestServer::start();
-    let (_, streamed) = run_scenario(&server).await;
+    let streamed = run_scenario(&server).await;
     let history = server.history(ORDER).await;
     assert_eq!(
         history.iter().map(|f| f.seq).collect::<Vec<_>>(),
@@ -494,7 +494,7 @@ async fn history_returns_every_accepted_fix_oldest_first() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nearby_returns_live_couriers_nearest_first_with_their_distance() {
     let server = TestServer::start();
-    let (_, streamed) = run_scenario(&server).await;
+    let streamed = run_scenario(&server).await;
     let c1_fix = *streamed.accepted.last().unwrap();
     let c1_pos = fix_pos(&c1_fix);
 

@@ -13,11 +13,12 @@
 //! chosen minimises the lateral distance plus [`EtaConfig::progress_weight`] times its distance
 //! from where the courier is expected to be; so a route that loops, U-turns or uses the same
 //! street twice is followed leg by leg instead of jumping to whichever leg is nearest. When no
-//! route point lies within [`EtaConfig::off_route_m`] plus the fix accuracy, the rest of the
-//! remaining route is searched (the courier may have cut a corner and rejoined further on); if
-//! that fails for [`EtaConfig::off_route_confirm_s`] the courier is off route and the estimate
-//! falls back to the straight line times [`EtaConfig::detour_factor`] until a position matches
-//! the route again. Without a route it is always the straight line times the detour factor
+//! route point lies within [`EtaConfig::off_route_m`] plus the fix accuracy, a close match (half
+//! that distance) up to [`EtaConfig::rejoin_ahead_m`] further on is accepted as a rejoin: the
+//! courier skipped a loop or a spur of the plan. If nothing matches for
+//! [`EtaConfig::off_route_confirm_s`] the courier is off route and the estimate falls back to the
+//! straight line times [`EtaConfig::detour_factor`] until a position matches the route again
+//! (the window keeps growing with the time since the last match, so the rejoin is found). Without a route it is always the straight line times the detour factor
 //! (1.3 by default: the circuity of urban road networks measured in the literature is 1.2-1.4).
 //!
 //! **Speed.** Speed is measured in the same unit as the distance it divides: route progress per
@@ -124,7 +125,8 @@ pub struct EtaEstimate {
     pub to_destination_m: f64,
     /// True when the remaining distance was measured along the planned route.
     pub on_route: bool,
-    /// The speed the estimate assumes for what remains, metres per second (of route when on it).
+    /// The speed the estimate assumes for what remains, metres per second (of route progress
+    /// when on the route).
     pub speed_mps: f64,
 }
 

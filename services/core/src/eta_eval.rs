@@ -335,6 +335,15 @@ pub fn trace_trip(
     run_trip(name, trip, config).map(|(_, rows)| rows)
 }
 
+/// What the estimator had published after a fix.
+#[derive(Debug, Clone, Copy)]
+struct InForce {
+    arrive_at_ms: i64,
+    progress_m: Option<f64>,
+    on_route: bool,
+    speed_mps: f64,
+}
+
 fn run_trip(
     name: &str,
     trip: &[(i64, LatLon)],
@@ -350,8 +359,7 @@ fn run_trip(
 
     // The arrival time in force after each fix (the last live estimate so far).
     let (mut live, mut history_only, mut rejected) = (0, 0, 0);
-    let mut arrival_after: Vec<Option<(i64, Option<f64>, bool, f64)>> =
-        Vec::with_capacity(trip.len());
+    let mut in_force_after: Vec<Option<InForce>> = Vec::with_capacity(trip.len());
     let mut current = None;
     for (i, &(time_ms, pos)) in trip.iter().enumerate() {
         let fix = Fix {
@@ -366,18 +374,18 @@ fn run_trip(
             Verdict::Live(shown) => {
                 live += 1;
                 let e = estimator.update(&fix, shown);
-                current = Some((
-                    e.arrive_at_ms,
-                    estimator.progress_m(),
-                    e.on_route,
-                    e.speed_mps,
-                ));
+                current = Some(InForce {
+                    arrive_at_ms: e.arrive_at_ms,
+                    progress_m: estimator.progress_m(),
+                    on_route: e.on_route,
+                    speed_mps: e.speed_mps,
+                });
             }
             Verdict::HistoryOnly => history_only += 1,
             Verdict::Rejected(_) => rejected += 1,
             Verdict::Duplicate => {}
         }
-        arrival_after.push(current);
+        in_force_after.push(current);
     }
 
     let step_ms = (config.step_s * 1000.0).round().max(1.0) as i64;
@@ -409,9 +417,10 @@ fn run_trip(
         let from_fix_s = (fix_ms - instant) as f64 / 1000.0;
         let straight_s = from_fix_s + fix_pos.distance_m(destination) / mean_speed;
         let perfect_s = from_fix_s + (route.length_m - done_m) / mean_speed;
-        // The first fix is always live, so an estimate is always in force.
-        if let Some((arrival, matched, on_route, speed)) = arrival_after[i] {
-            let ours_s = (arrival - instant) as f64 / 1000.0;
+        // Without accuracies the first fix is always live, so an estimate is in force; if it
+        // were not, the instant would be skipped for every method alike.
+        if let Some(estimate) = in_force_after[i] {
+            let ours_s = (estimate.arrive_at_ms - instant) as f64 / 1000.0;
             ours.add(ours_s, truth_s);
             straight.add(straight_s, truth_s);
             perfect.add(perfect_s, truth_s);
@@ -422,9 +431,9 @@ fn run_trip(
                 straight_line_s: straight_s,
                 route_true_progress_s: perfect_s,
                 true_progress_m: done_m,
-                matched_progress_m: matched,
-                on_route,
-                speed_mps: speed,
+                matched_progress_m: estimate.progress_m,
+                on_route: estimate.on_route,
+                speed_mps: estimate.speed_mps,
             });
         }
         instant += step_ms;

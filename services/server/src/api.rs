@@ -172,13 +172,18 @@ async fn get_order(caller: Caller, app: App, path: web::Path<String>) -> ApiResu
         .map_err(|e| ApiError::Internal(e.to_string()))??
         .and_then(|record| record.route)
         .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect::<Vec<_>>());
-    let mut body = serde_json::to_value(for_caller(view, &caller)).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut body = serde_json::to_value(for_caller(view, &caller))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     body["route"] = json!(route);
     Ok(HttpResponse::Ok().json(body))
 }
 
 /// `GET /track/{id}?token=`: the live page for one order, embedded in the binary.
-async fn track_page(req: HttpRequest, app: App, path: web::Path<String>) -> ApiResult<HttpResponse> {
+async fn track_page(
+    req: HttpRequest,
+    app: App,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
     let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
     caller.require_reader_of(&order_id(&path)?)?;
     Ok(HttpResponse::Ok()

@@ -90,11 +90,17 @@ impl Watcher {
                 Offer::Taken
             }
             Err(SendError::Full(Push::Frame(frame))) => {
-                let since = self.lagging.as_ref().map_or_else(std::time::Instant::now, |lag| lag.since);
+                let since = self
+                    .lagging
+                    .as_ref()
+                    .map_or_else(std::time::Instant::now, |lag| lag.since);
                 if self.lagging.is_none() {
                     metrics::counter!("trackline_watchers_conflated_total").increment(1);
                 }
-                self.lagging = Some(Lag { since, latest: frame });
+                self.lagging = Some(Lag {
+                    since,
+                    latest: frame,
+                });
                 Offer::Lagging
             }
             Err(SendError::Full(Push::Evict { .. }) | SendError::Closed(_)) => Offer::Gone,
@@ -266,14 +272,23 @@ impl OrderActor {
         let timeout = self.deps.settings.slow_watcher_timeout;
         let mut still_lagging = false;
         self.watchers.retain(|id, watcher| {
-            let Some(lag) = &watcher.lagging else { return true };
+            let Some(lag) = &watcher.lagging else {
+                return true;
+            };
             if lag.since.elapsed() > timeout {
-                tracing::warn!(watcher_id = id, lag_ms = lag.since.elapsed().as_millis() as u64, "watcher too slow, closing");
+                tracing::warn!(
+                    watcher_id = id,
+                    lag_ms = lag.since.elapsed().as_millis() as u64,
+                    "watcher too slow, closing"
+                );
                 metrics::counter!("trackline_watchers_evicted_total").increment(1);
                 // do_send ignores the full mailbox: the close is the next thing the watcher sees
                 // once it reads again; until then it costs only what is already queued.
                 let reason = format!("too slow: not reading for {} s", timeout.as_secs());
-                watcher.recipient.do_send(Push::Evict { code: CLOSE_TOO_SLOW, reason });
+                watcher.recipient.do_send(Push::Evict {
+                    code: CLOSE_TOO_SLOW,
+                    reason,
+                });
                 return false;
             }
             let latest = lag.latest.clone();
@@ -426,7 +441,13 @@ impl Handler<Subscribe> for OrderActor {
             )]
         });
         if !current.is_final {
-            self.watchers.insert(msg.watcher_id, Watcher { recipient: msg.watcher, lagging: None });
+            self.watchers.insert(
+                msg.watcher_id,
+                Watcher {
+                    recipient: msg.watcher,
+                    lagging: None,
+                },
+            );
         }
         MessageResult(first)
     }
