@@ -55,6 +55,13 @@ enum Job {
     Create(Box<OrderRecord>, oneshot::Sender<Result<bool>>),
 }
 
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeStats {
+    pub fixes: usize,
+    pub orders: usize,
+}
+
 /// Figures about the group commit, for metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CommitStats {
@@ -268,6 +275,43 @@ impl HistoryStore {
     /// How many fixes are stored for all orders (blocking: walks the tree; for tests and tools).
     pub fn fix_count(&self) -> usize {
         self.fixes.len()
+    }
+
+    /// Deletes every fix older than `cutoff_ms`, and ended orders (delivered or cancelled) last
+    /// updated before it with their routes, then flushes (blocking: walks every order).
+    ///
+    /// Location history is personal data: this is what the retention period and `trackctl purge`
+    /// run. An active order keeps its record, whatever its age.
+    ///
+    /// # Errors
+    /// When sled fails or a record does not decode.
+    pub fn purge_before(&self, cutoff_ms: i64) -> Result<PurgeStats> {
+        let mut stats = PurgeStats::default();
+        for item in self.orders.iter() {
+            let (key, value) = item?;
+            let record = decode_order(&key, &value)?;
+            let ended_long_ago = record.status.is_final() && record.updated_at_ms < cutoff_ms;
+            let fixes_until = if ended_long_ago {
+                i64::MAX
+            } else {
+                cutoff_ms.saturating_sub(1)
+            };
+            let start = fix_key(&record.order_id, i64::MIN, 0);
+            let end = fix_key(&record.order_id, fixes_until, u64::MAX);
+            let mut doomed = sled::Batch::default();
+            for old in self.fixes.range(start..=end).keys() {
+                doomed.remove(old?);
+                stats.fixes += 1;
+            }
+            self.fixes.apply_batch(doomed)?;
+            if ended_long_ago {
+                self.orders.remove(&key)?;
+                self.routes.remove(&key)?;
+                stats.orders += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(stats)
     }
 
     /// Flushes everything to disk (blocking).
@@ -524,6 +568,64 @@ mod tests {
         );
         assert_eq!(store.all_orders().count(), 1);
         assert_eq!(store.fix_count(), 1);
+    }
+
+    #[test]
+    fn purge_drops_old_fixes_and_long_ended_orders_only() {
+        use crate::order::OrderStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let (active, ended_old, ended_new) =
+            (order("active"), order("ended-old"), order("ended-new"));
+        for record in [&active, &ended_old, &ended_new] {
+            assert!(block_on(store.create_order(record.clone())).unwrap());
+        }
+        let mut closed_old = ended_old.clone();
+        (closed_old.status, closed_old.updated_at_ms) = (OrderStatus::Delivered, 50);
+        let mut closed_new = ended_new.clone();
+        (closed_new.status, closed_new.updated_at_ms) = (OrderStatus::Cancelled, 500);
+        let mut fixes = Vec::new();
+        for record in [&active, &ended_old, &ended_new] {
+            fixes.extend([
+                (record.order_id.clone(), fix(1, 10)),
+                (record.order_id.clone(), fix(2, 400)),
+            ]);
+        }
+        block_on(store.commit(WriteBatch {
+            fixes,
+            orders: vec![closed_old, closed_new],
+        }))
+        .unwrap();
+
+        let stats = store.purge_before(100).unwrap();
+        assert_eq!(
+            stats,
+            PurgeStats {
+                fixes: 4,
+                orders: 1
+            }
+        );
+        let times = |id: &OrderId| {
+            store
+                .fixes(id, i64::MIN, i64::MAX)
+                .unwrap()
+                .iter()
+                .map(|f| f.time_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(&active.order_id), [400]);
+        assert_eq!(times(&ended_new.order_id), [400]);
+        assert!(times(&ended_old.order_id).is_empty());
+        assert!(store.order(&ended_old.order_id).unwrap().is_none());
+        assert!(
+            store.order(&active.order_id).unwrap().is_some(),
+            "an active order keeps its record"
+        );
+        assert_eq!(
+            store.purge_before(100).unwrap(),
+            PurgeStats::default(),
+            "a second purge finds nothing"
+        );
     }
 
     #[test]

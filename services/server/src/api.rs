@@ -19,6 +19,7 @@ use crate::history_formats::{self, HistoryFormat};
 use crate::live_index::NearbyQuery;
 use crate::order_actor::{Assign, GetView, Resume, SetStatus};
 use crate::registry::{Create, Find};
+use crate::session::ConnectionSlot;
 use crate::watch_ws::{Source, WatchSession};
 use crate::AppState;
 
@@ -41,7 +42,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders/{id}/watch", web::get().to(watch))
             .route("/couriers/nearby", web::get().to(nearby))
             .route("/courier/ws", web::get().to(courier_stream))
-            .route("/tokens", web::post().to(mint_token)),
+            .route("/tokens", web::post().to(mint_token))
+            .route("/admin/purge", web::post().to(purge)),
     )
     .route("/track/{id}", web::get().to(track_page))
     .route("/healthz", web::get().to(healthz))
@@ -381,7 +383,8 @@ async fn courier_stream(
 ) -> ApiResult<HttpResponse> {
     let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
     let courier = caller.require_courier()?;
-    let session = CourierSession::new(courier, caller.expires_s, app.get_ref().clone());
+    let slot = ConnectionSlot::take(&app.connections, app.config.max_connections)?;
+    let session = CourierSession::new(courier, caller.expires_s, app.get_ref().clone(), slot);
     actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(app.config.max_frame_bytes)
         .start()
@@ -436,7 +439,14 @@ async fn watch(
             Source::Ended(Frame::encode(view, FrameKind::Snapshot, false))
         }
     };
-    let session = WatchSession::new(format, caller.expires_s, app.get_ref().clone(), source);
+    let slot = ConnectionSlot::take(&app.connections, app.config.max_connections)?;
+    let session = WatchSession::new(
+        format,
+        caller.expires_s,
+        app.get_ref().clone(),
+        source,
+        slot,
+    );
     let mut builder = actix_web_actors::ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(app.config.max_frame_bytes);
     let protocols = [format.protocol()];
@@ -446,6 +456,39 @@ async fn watch(
     builder
         .start()
         .map_err(|e| ApiError::BadRequest("bad_upgrade", e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    /// Purge fixes older than this (unix ms); default: now minus the retention period.
+    before_ms: Option<i64>,
+}
+
+async fn purge(caller: Caller, app: App, body: web::Json<PurgeBody>) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let before_ms = match (body.before_ms, app.config.retention()) {
+        (Some(before), _) => before,
+        (None, Some(retention)) => now_ms() - retention.as_millis() as i64,
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "bad_purge",
+                "no retention period is configured: give before_ms".into(),
+            ));
+        }
+    };
+    let store = app.store.clone();
+    let stats = web::block(move || store.purge_before(before_ms))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    tracing::info!(
+        before_ms,
+        fixes = stats.fixes,
+        orders = stats.orders,
+        "purged on request"
+    );
+    Ok(HttpResponse::Ok()
+        .json(json!({"before_ms": before_ms, "fixes": stats.fixes, "orders": stats.orders})))
 }
 
 /// Request bodies are small JSON documents; a planned route is the largest (20,000 points).

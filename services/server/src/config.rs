@@ -84,6 +84,36 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Fixes older than this many days are purged in the background, and so are orders that
+    /// ended before then (location history is personal data). 0 keeps everything.
+    #[arg(long, env = "TRACKLINE_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+
+    /// How often the retention purge runs, in seconds.
+    #[arg(long, env = "TRACKLINE_PURGE_EVERY_S", default_value_t = 3600)]
+    pub purge_every_s: u64,
+
+    /// Frames per second a courier connection may send on average (bursts of twice that pass);
+    /// above it the connection is closed with 1008.
+    #[arg(long, env = "TRACKLINE_MAX_FRAMES_PER_S", default_value_t = 20.0)]
+    pub max_frames_per_s: f64,
+
+    /// WebSocket connections (courier and watch) the server holds at once; more get 503.
+    #[arg(long, env = "TRACKLINE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Courier-stream connections one courier may hold; a newer one closes the oldest with 1008.
+    #[arg(
+        long,
+        env = "TRACKLINE_MAX_CONNECTIONS_PER_COURIER",
+        default_value_t = 1
+    )]
+    pub max_connections_per_courier: usize,
+
+    /// Time a client has to send its request head (the WebSocket upgrade included), in seconds.
+    #[arg(long, env = "TRACKLINE_HANDSHAKE_TIMEOUT_S", default_value_t = 5)]
+    pub handshake_timeout_s: u64,
+
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -102,7 +132,15 @@ impl Config {
         config.client_timeout_s = 5;
         config.shutdown_grace_s = 5;
         config.slow_watcher_timeout_s = 2;
+        // Tests stream recorded trips as fast as acks come back.
+        config.max_frames_per_s = 1000.0;
         config
+    }
+
+    /// The retention period, if any.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(self.retention_days) * 24 * 3600))
     }
 
     pub fn heartbeat(&self) -> Duration {

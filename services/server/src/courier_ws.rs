@@ -19,11 +19,14 @@ use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
 use crate::live_index::Upsert;
-use crate::registry::Route;
-use crate::session::{close, keep_alive, Heartbeat};
+use crate::registry::{CourierJoined, CourierLeft, Route, Supersede};
+use crate::session::{close, keep_alive, ConnectionSlot, Heartbeat, RateLimit};
 use crate::AppState;
 
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub struct CourierSession {
+    id: u64,
     courier: CourierId,
     expires_s: i64,
     app: Arc<AppState>,
@@ -34,12 +37,24 @@ pub struct CourierSession {
     last_heard: Instant,
     /// A fragmented binary message being reassembled.
     partial: Option<BytesMut>,
+    rate: RateLimit,
+    _slot: ConnectionSlot,
 }
 
 impl CourierSession {
-    pub fn new(courier: CourierId, expires_s: i64, app: Arc<AppState>) -> Self {
+    pub fn new(
+        courier: CourierId,
+        expires_s: i64,
+        app: Arc<AppState>,
+        slot: ConnectionSlot,
+    ) -> Self {
         let filter = GpsFilter::new(app.order_settings.filter.clone());
+        let rate = RateLimit::new(
+            app.config.max_frames_per_s,
+            2.0 * app.config.max_frames_per_s,
+        );
         Self {
+            id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             courier,
             expires_s,
             app,
@@ -47,6 +62,8 @@ impl CourierSession {
             filter,
             last_heard: Instant::now(),
             partial: None,
+            rate,
+            _slot: slot,
         }
     }
 
@@ -68,6 +85,14 @@ impl CourierSession {
     }
 
     fn on_frame(&mut self, bytes: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.rate.allow() {
+            metrics::counter!("trackline_rate_limited_total").increment(1);
+            let reason = format!(
+                "rate limit: more than {} frames per second",
+                self.app.config.max_frames_per_s
+            );
+            return close(ctx, ws::CloseCode::Policy, &reason);
+        }
         let frame = match CourierFrame::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -206,12 +231,33 @@ impl Actor for CourierSession {
             self.expires_s,
             self.app.shutdown.clone(),
         );
+        self.app.registry.do_send(CourierJoined {
+            courier: self.courier.clone(),
+            session_id: self.id,
+            session: ctx.address().recipient(),
+        });
         tracing::debug!(courier_id = %self.courier, "courier connected");
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::gauge!("trackline_courier_connections").decrement(1.0);
+        self.app.registry.do_send(CourierLeft {
+            courier: self.courier.clone(),
+            session_id: self.id,
+        });
         tracing::debug!(courier_id = %self.courier, "courier disconnected");
+    }
+}
+
+impl Handler<Supersede> for CourierSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Supersede, ctx: &mut Self::Context) {
+        close(
+            ctx,
+            ws::CloseCode::Policy,
+            "superseded by a newer connection of this courier",
+        );
     }
 }
 

@@ -40,6 +40,8 @@ pub struct AppState {
     order_settings: Arc<order_actor::OrderSettings>,
     /// Turns true when the server begins to shut down; sessions then close with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections, against `--max-connections`.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The token secret from the config, or a random one with a loud warning.
@@ -77,6 +79,30 @@ fn recover(
     });
     let index = SpatialIndex::bulk_load(live);
     Ok((records, index))
+}
+
+/// Deletes history past the retention period every `every`, off the async threads.
+async fn purge_periodically(store: HistoryStore, retention: Duration, every: Duration) {
+    let mut ticks = actix_rt::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let cutoff = trackline_core::now_ms() - retention.as_millis() as i64;
+        let store = store.clone();
+        match actix_web::rt::task::spawn_blocking(move || store.purge_before(cutoff)).await {
+            Ok(Ok(stats)) => {
+                ::metrics::counter!("trackline_purged_fixes_total").increment(stats.fixes as u64);
+                if stats.fixes > 0 || stats.orders > 0 {
+                    tracing::info!(
+                        fixes = stats.fixes,
+                        orders = stats.orders,
+                        "retention purge"
+                    );
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "retention purge failed"),
+            Err(error) => tracing::error!(%error, "retention purge panicked"),
+        }
+    }
 }
 
 /// A running server, started by [`spawn`].
@@ -208,12 +234,14 @@ pub async fn run(
         arbiters.iter().map(Arbiter::handle).collect(),
         store.clone(),
         order_settings.clone(),
+        config.max_connections_per_courier,
     )
     .start();
     let live_index = live_index::LiveIndex::new(index, config.live_ttl_s).start();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let keys = token_keys(&config);
     let grace = config.shutdown_grace();
+    let handshake_timeout_s = config.handshake_timeout_s.max(1);
     let listen = listener.local_addr()?;
     let state = Arc::new(AppState {
         config,
@@ -223,7 +251,15 @@ pub async fn run(
         live_index,
         order_settings,
         shutdown: shutdown_rx,
+        connections: Arc::default(),
     });
+    if let Some(retention) = state.config.retention() {
+        actix_rt::spawn(purge_periodically(
+            store.clone(),
+            retention,
+            Duration::from_secs(state.config.purge_every_s.max(1)),
+        ));
+    }
     let data = web::Data::new(state.clone());
     let server = HttpServer::new(move || {
         App::new()
@@ -236,6 +272,7 @@ pub async fn run(
     })
     .workers(workers)
     .disable_signals()
+    .client_request_timeout(Duration::from_secs(handshake_timeout_s))
     .shutdown_timeout(grace.as_secs())
     .listen(listener)?
     .run();

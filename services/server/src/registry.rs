@@ -1,7 +1,7 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
 //! order arbiters) and routes each courier's fixes to every active order assigned to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -22,6 +22,9 @@ enum Slot {
 pub struct Registry {
     orders: HashMap<OrderId, Slot>,
     couriers: HashMap<CourierId, Vec<OrderId>>,
+    /// Each courier's open stream sessions, oldest first.
+    sessions: HashMap<CourierId, VecDeque<(u64, Recipient<Supersede>)>>,
+    max_sessions_per_courier: usize,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     /// Set once the registry has started (the deps name the registry's own address).
@@ -37,10 +40,13 @@ impl Registry {
         arbiters: Vec<ArbiterHandle>,
         store: trackline_core::history::HistoryStore,
         settings: Arc<crate::order_actor::OrderSettings>,
+        max_sessions_per_courier: usize,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
             couriers: HashMap::new(),
+            sessions: HashMap::new(),
+            max_sessions_per_courier: max_sessions_per_courier.max(1),
             arbiters,
             next_arbiter: 0,
             deps: None,
@@ -226,6 +232,56 @@ impl Handler<Relink> for Registry {
                 // Ended: later lookups read the final record from the store.
                 self.orders.remove(&msg.order);
                 metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
+            }
+        }
+    }
+}
+
+/// Tells a courier session that a newer one of the same courier replaced it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Supersede;
+
+/// A courier stream session opened; the oldest of the courier's sessions beyond the limit is
+/// superseded (an app that reconnects before its old connection timed out wins).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CourierJoined {
+    pub courier: CourierId,
+    pub session_id: u64,
+    pub session: Recipient<Supersede>,
+}
+
+impl Handler<CourierJoined> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: CourierJoined, _: &mut Context<Self>) {
+        let open = self.sessions.entry(msg.courier).or_default();
+        open.push_back((msg.session_id, msg.session));
+        while open.len() > self.max_sessions_per_courier {
+            if let Some((_, oldest)) = open.pop_front() {
+                oldest.do_send(Supersede);
+            }
+        }
+    }
+}
+
+/// A courier stream session closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CourierLeft {
+    pub courier: CourierId,
+    pub session_id: u64,
+}
+
+impl Handler<CourierLeft> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: CourierLeft, _: &mut Context<Self>) {
+        if let Some(open) = self.sessions.get_mut(&msg.courier) {
+            open.retain(|(id, _)| *id != msg.session_id);
+            if open.is_empty() {
+                self.sessions.remove(&msg.courier);
             }
         }
     }

@@ -4,6 +4,8 @@
 //! actix-ws); everything that names that crate stays in this file and the two session modules,
 //! so that moving to another WebSocket stack is a local change.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -62,4 +64,98 @@ where
         description: Some(reason.to_string()),
     }));
     ctx.stop();
+}
+
+/// One of the server's WebSocket connections, counted while it lives.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    /// Takes a slot unless `max` are taken.
+    ///
+    /// # Errors
+    /// 503 when the server holds `max` connections already.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Result<Self, crate::error::ApiError> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("trackline_connections_refused_total").increment(1);
+            return Err(crate::error::ApiError::Unavailable(format!(
+                "server holds {max} connections already; retry later"
+            )));
+        }
+        Ok(Self(count.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A token bucket: `rate` per second on average, bursts up to `burst`.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn allow(&mut self) -> bool {
+        self.allow_at(Instant::now())
+    }
+
+    fn allow_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(10.0, 20.0);
+        limit.refilled = start;
+        assert_eq!((0..25).filter(|_| limit.allow_at(start)).count(), 20);
+        assert!(!limit.allow_at(start + Duration::from_millis(50)));
+        assert!(limit.allow_at(start + Duration::from_millis(100)));
+        assert_eq!(
+            (0..30)
+                .filter(|_| limit.allow_at(start + Duration::from_secs(1)))
+                .count(),
+            9
+        );
+    }
+
+    #[test]
+    fn connection_slots_are_bounded_and_given_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = ConnectionSlot::take(&count, 2).unwrap();
+        let _second = ConnectionSlot::take(&count, 2).unwrap();
+        assert!(ConnectionSlot::take(&count, 2).is_err());
+        drop(first);
+        assert!(ConnectionSlot::take(&count, 2).is_ok());
+    }
 }

@@ -9,7 +9,7 @@ use actix_web_actors::ws;
 
 use crate::frames::{Frame, WatchFormat};
 use crate::order_actor::{OrderActor, Push, Resume, Subscribe, Unsubscribe};
-use crate::session::{close, keep_alive, Heartbeat};
+use crate::session::{close, keep_alive, ConnectionSlot, Heartbeat};
 use crate::AppState;
 
 static NEXT_WATCHER_ID: AtomicU64 = AtomicU64::new(1);
@@ -30,10 +30,17 @@ pub struct WatchSession {
     source: Option<Source>,
     order: Option<Addr<OrderActor>>,
     last_heard: Instant,
+    _slot: ConnectionSlot,
 }
 
 impl WatchSession {
-    pub fn new(format: WatchFormat, expires_s: i64, app: Arc<AppState>, source: Source) -> Self {
+    pub fn new(
+        format: WatchFormat,
+        expires_s: i64,
+        app: Arc<AppState>,
+        source: Source,
+        slot: ConnectionSlot,
+    ) -> Self {
         Self {
             id: NEXT_WATCHER_ID.fetch_add(1, Ordering::Relaxed),
             format,
@@ -42,6 +49,7 @@ impl WatchSession {
             source: Some(source),
             order: None,
             last_heard: Instant::now(),
+            _slot: slot,
         }
     }
 
