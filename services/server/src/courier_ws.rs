@@ -223,14 +223,7 @@ impl Actor for CourierSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!("trackline_courier_connections").increment(1.0);
-        let config = &self.app.config;
-        keep_alive(
-            ctx,
-            config.heartbeat(),
-            config.client_timeout(),
-            self.expires_s,
-            self.app.shutdown.clone(),
-        );
+        keep_alive(ctx, &self.app, self.expires_s);
         self.app.registry.do_send(CourierJoined {
             courier: self.courier.clone(),
             session_id: self.id,

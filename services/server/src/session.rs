@@ -10,22 +10,22 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use tokio::sync::watch;
 
 /// A WebSocket session actor that keeps a heartbeat.
 pub trait Heartbeat: Actor<Context = ws::WebsocketContext<Self>> {
     fn last_heard(&self) -> Instant;
 }
 
-/// Pings every `interval` and drops the peer when it has been silent for `timeout`; closes with
-/// 1008 when the token expires (`expires_s`, unix seconds) and with 1001 on server shutdown.
+/// Pings every `--heartbeat-s` and drops the peer when it has been silent for
+/// `--client-timeout-s`; closes with 1008 when the token expires (`expires_s`, unix seconds) and
+/// with 1001 on server shutdown.
 pub fn keep_alive<A: Heartbeat>(
     ctx: &mut ws::WebsocketContext<A>,
-    interval: Duration,
-    timeout: Duration,
+    app: &crate::AppState,
     expires_s: i64,
-    mut shutdown: watch::Receiver<bool>,
 ) {
+    let (interval, timeout) = (app.config.heartbeat(), app.config.client_timeout());
+    let mut shutdown = app.shutdown.clone();
     ctx.run_interval(interval, move |act, ctx| {
         if act.last_heard().elapsed() > timeout {
             tracing::debug!("peer silent past the timeout, dropping it");

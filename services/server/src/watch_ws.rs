@@ -82,14 +82,7 @@ impl Actor for WatchSession {
         metrics::gauge!("trackline_watch_connections").increment(1.0);
         // The bound that tells the order this watcher is slow (see order_actor::Watcher).
         ctx.set_mailbox_capacity(self.app.config.watcher_queue.max(1));
-        let config = &self.app.config;
-        keep_alive(
-            ctx,
-            config.heartbeat(),
-            config.client_timeout(),
-            self.expires_s,
-            self.app.shutdown.clone(),
-        );
+        keep_alive(ctx, &self.app, self.expires_s);
         match self.source.take() {
             Some(Source::Ended(frame)) => self.write(&frame, ctx),
             Some(Source::Live(order, resume)) => {
