@@ -81,6 +81,14 @@ fn recover(
     Ok((records, index))
 }
 
+/// One line per request. The path is logged without its query: WebSocket upgrades and the live
+/// page carry their token there, and tokens must not end up in logs.
+fn access_log() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new(r#"%a "%{method}xi %U" %s %b %T"#)
+        .custom_request_replace("method", |req| req.method().to_string())
+        .log_target("trackline::http")
+}
+
 /// Deletes history past the retention period every `every`, off the async threads.
 async fn purge_periodically(store: HistoryStore, retention: Duration, every: Duration) {
     let mut ticks = actix_rt::time::interval(every);
@@ -268,7 +276,7 @@ pub async fn run(
             .app_data(api::query_config())
             .configure(api::routes)
             .default_service(web::to(api::not_found))
-            .wrap(actix_web::middleware::Logger::default().log_target("trackline::http"))
+            .wrap(access_log())
     })
     .workers(workers)
     .disable_signals()
