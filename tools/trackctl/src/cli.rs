@@ -32,6 +32,7 @@ pub struct Cli {
 
 /// Flags every command takes (before or after the subcommand).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server and credentials")]
 pub struct GlobalArgs {
     /// Base URL of the trackline server
     #[arg(
@@ -150,13 +151,16 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1.0, value_parser = parse_speedup, value_name = "X")]
     pub speedup: f64,
 
-    /// Order ids are PREFIX1, PREFIX2, ... [default: sim-<run stamp>-, new on every run]
+    /// Order ids are PREFIX1, PREFIX2, ... [default: sim-STAMP-o, STAMP new on every run]
     #[arg(long, value_name = "PREFIX")]
     pub order_prefix: Option<String>,
 
-    /// Courier ids are PREFIX1, PREFIX2, ...
-    #[arg(long, default_value = "sim-courier-", value_name = "PREFIX")]
-    pub courier_prefix: String,
+    /// Courier ids are PREFIX1, PREFIX2, ... [default: sim-STAMP-c, STAMP new on every run]
+    ///
+    /// Fixes go to every active order of a courier, so reusing courier ids across runs also feeds
+    /// the orders earlier runs left open; seqs stay increasing across runs either way.
+    #[arg(long, value_name = "PREFIX")]
+    pub courier_prefix: Option<String>,
 
     /// Create each courier's order first (the default): destination = the trip's last point,
     /// route = its path thinned to a point every ~50 m, the courier assigned

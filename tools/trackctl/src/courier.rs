@@ -291,7 +291,7 @@ async fn ride(
                 settings,
                 frame_limit,
                 flush_all || !riding,
-                &stats,
+                stats,
             )
             .await;
             match sent {
@@ -301,7 +301,7 @@ async fn ride(
                     lose(
                         ws,
                         outbox,
-                        &stats,
+                        stats,
                         &mut backoff,
                         &mut reconnect_at,
                         &mut failing,
@@ -356,17 +356,17 @@ async fn ride(
                         _ => {}
                     }
                     let why = format!("server closed the connection ({}) {reason}", code.map_or(0, u16::from));
-                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
                 // pings are answered by tungstenite itself; text frames mean nothing to a courier
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     let why = format!("connection broke: {err}");
-                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
                 None => {
                     let why = "connection ended".to_string();
-                    lose(ws, outbox, &stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
+                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
                 }
             },
             () = sleep_until(reconnect_at), if ws.is_none() => match connect(&settings.ws_url, &token).await {
@@ -424,9 +424,9 @@ pub fn wire_fix(planned: &PlannedFix, seq: u64) -> v1::Fix {
         time_ms: planned.time_ms,
         lat_e7: to_e7(planned.pos.lat),
         lon_e7: to_e7(planned.pos.lon),
-        // the recorded trips carry no accuracy: 0 means unknown
+        // the recorded trips carry no accuracy (0 means unknown) and no speed (negative: unknown)
         accuracy_m: 0.0,
-        speed_mps: planned.speed_mps,
+        speed_mps: -1.0,
         heading_deg: planned.heading_deg,
     }
 }
@@ -583,8 +583,7 @@ mod tests {
             due: Duration::ZERO,
             time_ms: 1_700_000_000_123,
             pos: LatLon::new(45.273518851, 13.7142099626),
-            speed_mps: 3.5,
-            heading_deg: -1.0,
+            heading_deg: 90.0,
         };
         let fix = wire_fix(&planned, 42);
         assert_eq!(
@@ -593,7 +592,7 @@ mod tests {
         );
         assert_eq!(
             (fix.speed_mps, fix.heading_deg, fix.accuracy_m),
-            (3.5, -1.0, 0.0)
+            (-1.0, 90.0, 0.0)
         );
     }
 

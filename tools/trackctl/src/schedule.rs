@@ -1,6 +1,10 @@
 //! When each simulated fix is sent and what it says: a trip's relative times, divided by the
-//! speedup, laid from "now" (so the first fix is stamped now), with speed and heading derived from
-//! the previous fix the way a phone reports them.
+//! speedup, laid from "now" (so the first fix is stamped now), with a heading derived from the
+//! previous fix.
+//!
+//! No speed is reported: the recordings carry none, and a speed derived from position differences
+//! is GPS noise (a standing walker "moves" at several m/s) that a phone's Doppler speed is not. The
+//! server derives its own from the positions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,14 +22,12 @@ pub struct PlannedFix {
     /// Device time stamped on it: the start's unix ms plus `due`.
     pub time_ms: i64,
     pub pos: LatLon,
-    /// Metres per second since the previous fix in device time; negative when unknown.
-    pub speed_mps: f32,
     /// Degrees clockwise from north since the previous fix; negative when unknown or standing still.
     pub heading_deg: f32,
 }
 
 /// Moves shorter than this between two fixes say nothing about heading (GPS jitter).
-const MIN_HEADING_MOVE_M: f64 = 1.0;
+const MIN_HEADING_MOVE_M: f64 = 3.0;
 
 /// The fixes of one courier riding one trip, in order; with `looping` it rides the trip back in
 /// reverse, then forward again, forever.
@@ -43,7 +45,7 @@ pub struct Schedule {
     forward: bool,
     /// Index of the next point of the current lap (counting along the lap's direction).
     step: usize,
-    prev: Option<(f64, LatLon)>,
+    prev: Option<LatLon>,
 }
 
 impl Schedule {
@@ -106,31 +108,18 @@ impl Iterator for Schedule {
         let pos = self.trip.points[index].pos;
         let elapsed_s = (self.lap_base_s + self.lap_offset_s(index)) / self.speedup;
         let due = Duration::from_secs_f64(elapsed_s.max(0.0));
-        let (speed_mps, heading_deg) = match self.prev {
-            Some((prev_s, prev_pos)) => {
-                let moved_m = prev_pos.distance_m(pos);
-                let dt_s = elapsed_s - prev_s;
-                let speed = if dt_s > 0.0 {
-                    (moved_m / dt_s) as f32
-                } else {
-                    -1.0
-                };
-                let heading = if moved_m >= MIN_HEADING_MOVE_M {
-                    Haversine.bearing(prev_pos.point(), pos.point()) as f32
-                } else {
-                    -1.0
-                };
-                (speed, heading)
+        let heading_deg = match self.prev {
+            Some(prev) if prev.distance_m(pos) >= MIN_HEADING_MOVE_M => {
+                Haversine.bearing(prev.point(), pos.point()) as f32
             }
-            None => (-1.0, -1.0),
+            _ => -1.0,
         };
-        self.prev = Some((elapsed_s, pos));
+        self.prev = Some(pos);
         let due_ms = i64::try_from(due.as_millis()).unwrap_or(i64::MAX);
         Some(PlannedFix {
             due,
             time_ms: self.start_ms.saturating_add(due_ms),
             pos,
-            speed_mps,
             heading_deg,
         })
     }
@@ -170,23 +159,17 @@ mod tests {
             [1_700_000_000_000, 1_700_000_002_500, 1_700_000_010_000]
         );
         assert_eq!(fixes[1].due, Duration::from_millis(2500));
-        assert!(fixes[0].speed_mps < 0.0 && fixes[0].heading_deg < 0.0);
-        // ~111 m in 2.5 s, heading north
-        assert!(
-            (fixes[1].speed_mps - 44.5).abs() < 0.5,
-            "{}",
-            fixes[1].speed_mps
-        );
+        // no heading before there is a previous fix; then north
+        assert!(fixes[0].heading_deg < 0.0);
         assert!(fixes[1].heading_deg.abs() < 0.01);
     }
 
     #[test]
-    fn speedup_compresses_time_and_scales_speed() {
+    fn speedup_compresses_time() {
         let trip = trip(&[(100.0, 45.0), (110.0, 45.001)]);
         let fixes: Vec<_> = Schedule::new(trip, 1_000, 10.0, false).collect();
         assert_eq!(fixes[1].time_ms, 2_000);
         assert_eq!(fixes[1].due, Duration::from_secs(1));
-        assert!((fixes[1].speed_mps - 111.2).abs() < 1.0);
     }
 
     #[test]

@@ -31,6 +31,42 @@ const SETUP_CONCURRENCY: usize = 8;
 /// Couriers of one run start spread over this window instead of all in the same millisecond.
 const START_SPREAD: Duration = Duration::from_secs(1);
 
+/// The server's default limit on a courier's speed between two fixes (its GPS filter's
+/// `max_speed_mps`); faster apparent movement is refused as an impossible jump.
+pub const SERVER_MAX_SPEED_MPS: f64 = 55.0;
+
+/// A trip that, at the chosen speedup, moves faster than the server believes a courier can.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TooFast {
+    pub trip: String,
+    /// Its typical speed as the server will see it, metres per second.
+    pub apparent_mps: f64,
+    /// The largest speedup that keeps it plausible.
+    pub max_speedup: f64,
+}
+
+/// The trips that `speedup` makes implausibly fast: time is compressed, so speeds are multiplied,
+/// and the server rejects what a courier could not do (`impossible_speed`).
+pub fn too_fast(trips: &[Arc<Trip>], speedup: f64) -> Vec<TooFast> {
+    let mut found: Vec<TooFast> = Vec::new();
+    for trip in trips {
+        let Some(typical) = trip.typical_speed_mps().filter(|s| *s > 0.0) else {
+            continue;
+        };
+        let apparent_mps = typical * speedup;
+        if apparent_mps > SERVER_MAX_SPEED_MPS && !found.iter().any(|f| f.trip == trip.name) {
+            // half the limit: real trips often go twice their median speed (open roads, GPS noise)
+            let max_speedup = SERVER_MAX_SPEED_MPS * 0.5 / typical;
+            found.push(TooFast {
+                trip: trip.name.clone(),
+                apparent_mps,
+                max_speedup,
+            });
+        }
+    }
+    found
+}
+
 /// Everything a simulation needs; the CLI fills it from flags.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -501,11 +537,12 @@ impl Summary {
         };
         writeln!(
             out,
-            "{} courier{} {how} {:.1}s: {} fixes, {} sent in {} frames ({} resent, {} reconnect{})",
+            "{} courier{} {how} {:.1}s: {} fix{}, {} sent in {} frames ({} resent, {} reconnect{})",
             self.couriers,
             plural(self.couriers as u64),
             self.elapsed_s,
             self.fixes_generated,
+            if self.fixes_generated == 1 { "" } else { "es" },
             self.fixes_sent,
             self.frames,
             self.fixes_resent,
@@ -605,6 +642,28 @@ mod tests {
         assert!(empty.contains("--secret"), "{empty}");
         let watch = crate::token::mint(&keys(), "watch", Some("o1"), 60).unwrap();
         assert!(resolve_credentials(None, Some(&watch), false, 1).is_err());
+    }
+
+    #[test]
+    fn speedups_that_outrun_the_server_are_found() {
+        use crate::trip::TripPoint;
+        use trackline_core::LatLon;
+        // ~11 m every second: 11 m/s, a car in town
+        let points = (0..10)
+            .map(|i| TripPoint {
+                t_s: f64::from(i),
+                pos: LatLon::new(45.0 + f64::from(i) * 1e-4, 13.0),
+            })
+            .collect();
+        let trips = vec![Arc::new(Trip {
+            name: "car".into(),
+            points,
+        })];
+        assert!(too_fast(&trips, 4.0).is_empty());
+        let found = too_fast(&trips, 10.0);
+        assert_eq!(found.len(), 1);
+        assert!((found[0].apparent_mps - 111.0).abs() < 2.0, "{found:?}");
+        assert!((found[0].max_speedup - 2.5).abs() < 0.1, "{found:?}");
     }
 
     #[test]

@@ -113,6 +113,26 @@ impl Trip {
         }
     }
 
+    /// A typical moving speed in metres per second: the median of the speeds between consecutive
+    /// fixes while moving (stops and single GPS jumps do not move a median). `None` when the trip
+    /// never moves.
+    pub fn typical_speed_mps(&self) -> Option<f64> {
+        // below this a "move" between two fixes is GPS jitter of someone standing still
+        const MOVING_MPS: f64 = 0.5;
+        let mut speeds: Vec<f64> = self
+            .points
+            .windows(2)
+            .filter(|w| w[1].t_s > w[0].t_s)
+            .map(|w| w[0].pos.distance_m(w[1].pos) / (w[1].t_s - w[0].t_s))
+            .filter(|speed| *speed >= MOVING_MPS)
+            .collect();
+        if speeds.is_empty() {
+            return None;
+        }
+        speeds.sort_by(f64::total_cmp);
+        speeds.get(speeds.len() / 2).copied()
+    }
+
     /// The trip's path as a planned route: one point every `spacing_m` or so, straightened where
     /// it barely bends, first and last points kept.
     ///
@@ -271,6 +291,29 @@ mod tests {
             let message = format!("{:#}", Trip::from_reader("t", csv.as_bytes()).unwrap_err());
             assert!(message.contains(expected), "{csv:?}: {message}");
         }
+    }
+
+    #[test]
+    fn typical_speed_ignores_one_jump() {
+        // 10 s apart, ~11 m steps (1.1 m/s), and one wild jump of ~11 km
+        let mut points: Vec<TripPoint> = (0..20)
+            .map(|i| TripPoint {
+                t_s: f64::from(i) * 10.0,
+                pos: LatLon::new(45.0 + f64::from(i) * 1e-4, 13.0),
+            })
+            .collect();
+        points[10].pos.lat += 0.1;
+        let trip = Trip {
+            name: "t".into(),
+            points,
+        };
+        let speed = trip.typical_speed_mps().unwrap();
+        assert!((speed - 1.11).abs() < 0.05, "{speed}");
+        let still = Trip {
+            name: "s".into(),
+            points: trip.points[..1].to_vec(),
+        };
+        assert_eq!(still.typical_speed_mps(), None);
     }
 
     #[test]

@@ -23,6 +23,20 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
         .iter()
         .map(|path| Trip::from_path(path).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for fast in crate::simulate::too_fast(&trips, args.speedup) {
+        eprintln!(
+            "warning: at --speedup {} {} moves at about {:.0} m/s, faster than the server believes a courier \
+             can ({:.0} m/s): expect impossible_speed rejections; --speedup {:.1} or less keeps it plausible",
+            args.speedup,
+            fast.trip,
+            fast.apparent_mps,
+            crate::simulate::SERVER_MAX_SPEED_MPS,
+            fast.max_speedup
+        );
+    }
+    // one stamp for the run's default ids: a rerun never collides with (or feeds) the orders an
+    // earlier run created or left open
+    let stamp = run_stamp();
     let config = SimConfig {
         server: global.server.clone(),
         couriers: args.couriers.map_or(trips.len(), |n| n as usize),
@@ -31,8 +45,11 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
         order_prefix: args
             .order_prefix
             .clone()
-            .unwrap_or_else(default_order_prefix),
-        courier_prefix: args.courier_prefix.clone(),
+            .unwrap_or_else(|| format!("{stamp}o")),
+        courier_prefix: args
+            .courier_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{stamp}c")),
         create_orders: !args.no_create_orders,
         deliver: args.deliver,
         batch: args.batch as usize,
@@ -117,7 +134,8 @@ fn announce(simulation: &Simulation) {
         );
     }
     if !std::io::stderr().is_terminal() {
-        eprintln!("streaming {} couriers", orders.len());
+        let s = if orders.len() == 1 { "" } else { "s" };
+        eprintln!("streaming {} courier{s}", orders.len());
     }
 }
 
@@ -138,9 +156,8 @@ fn write_json(summary: &Summary) -> anyhow::Result<()> {
         .context("writing the summary to stdout")
 }
 
-/// `sim-<unix seconds in base 36>-`: new on every run, so rerunning never collides with the
-/// orders of the last run, and short enough to read in a URL.
-fn default_order_prefix() -> String {
+/// `sim-<unix seconds in base 36>-`: new every second, and short enough to read in a URL.
+fn run_stamp() -> String {
     let mut seconds = u64::try_from(trackline_core::now_ms() / 1000).unwrap_or(0);
     let mut digits = Vec::new();
     loop {
@@ -164,8 +181,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_order_prefix_makes_valid_ids() {
-        let prefix = default_order_prefix();
+    fn run_stamp_makes_valid_ids() {
+        let prefix = run_stamp();
         assert!(
             prefix.starts_with("sim-") && prefix.ends_with('-'),
             "{prefix}"

@@ -67,6 +67,8 @@ impl FakeServer {
 
 async fn courier_stream(stream: TcpStream, script: Script, state: Arc<Mutex<Seen>>) {
     let mut auth = None;
+    // the handshake callback's signature is tungstenite's, large error type included
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         auth = request
             .headers()
