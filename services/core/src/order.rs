@@ -169,6 +169,13 @@ pub struct OrderRecord {
     pub eta: Option<Eta>,
     /// The highest courier seq applied to this order: a resent fix at or below it is a duplicate.
     pub last_seq: u64,
+    /// Every status the order has had and when it began (unix ms; server time, but the fix's
+    /// device time for `arriving`, which a fix causes), oldest first.
+    #[serde(default)]
+    pub status_log: Vec<StatusChange>,
+    /// How many of the courier's fixes were refused while it carried this order, by code.
+    #[serde(default)]
+    pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
 impl OrderRecord {
@@ -200,7 +207,25 @@ impl OrderRecord {
             position: None,
             eta: None,
             last_seq: 0,
+            status_log: vec![StatusChange {
+                status,
+                at_ms: now_ms,
+            }],
+            rejected: Default::default(),
         }
+    }
+
+    /// Moves to `status` at `at_ms`, logging the change (a no-op when the status is unchanged).
+    pub fn set_status(&mut self, status: OrderStatus, at_ms: i64) {
+        if self.status != status {
+            self.status = status;
+            self.status_log.push(StatusChange { status, at_ms });
+        }
+    }
+
+    /// Counts one refused fix of the order's courier.
+    pub fn count_rejected(&mut self, code: crate::fix::RejectCode) {
+        *self.rejected.entry(code.as_str().to_string()).or_default() += 1;
     }
 
     /// The order state of the protocol (`GET /v1/orders/{id}` and each watcher update).
@@ -218,6 +243,13 @@ impl OrderRecord {
             promised_at_ms: self.promised_at_ms,
         }
     }
+}
+
+/// One entry of an order's status log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: OrderStatus,
+    pub at_ms: i64,
 }
 
 /// A fresh epoch id: random, so that two lives of an order never share one.

@@ -35,20 +35,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
             .route("/orders", web::post().to(create_order))
+            .route("/orders", web::get().to(list_orders))
             .route("/orders/{id}", web::get().to(get_order))
             .route("/orders/{id}/assign", web::post().to(assign))
             .route("/orders/{id}/status", web::post().to(set_status))
             .route("/orders/{id}/history", web::get().to(history))
             .route("/orders/{id}/watch", web::get().to(watch))
             .route("/couriers/nearby", web::get().to(nearby))
+            .route(
+                "/couriers/within",
+                web::get().to(crate::pages::couriers_within),
+            )
             .route("/courier/ws", web::get().to(courier_stream))
             .route("/tokens", web::post().to(mint_token))
             .route("/admin/purge", web::post().to(purge)),
     )
-    .route("/track/{id}", web::get().to(track_page))
+    // the live pages (/track/{id}, /ops/map) and their assets
+    .configure(crate::pages::routes)
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(crate::metrics::render));
+    #[cfg(feature = "conformance-echo")]
+    cfg.route("/test/echo", web::get().to(crate::echo_ws::echo));
 }
 
 fn order_id(raw: &str) -> ApiResult<OrderId> {
@@ -169,29 +177,77 @@ async fn get_order(caller: Caller, app: App, path: web::Path<String>) -> ApiResu
     caller.require_reader_of(&order)?;
     let view = view_of(&app, &order).await?;
     let store = app.store.clone();
-    let route = web::block(move || store.order(&order))
+    let record = web::block(move || store.order(&order))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-        .and_then(|record| record.route)
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let route = record
+        .as_ref()
+        .and_then(|r| r.route.as_ref())
         .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect::<Vec<_>>());
     let mut body = serde_json::to_value(for_caller(view, &caller))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     body["route"] = json!(route);
+    if let (Role::Ops, Some(record)) = (&caller.role, record) {
+        body["rejected"] = json!(record.rejected);
+        body["status_log"] = json!(record.status_log);
+    }
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// `GET /track/{id}?token=`: the live page for one order, embedded in the binary.
-async fn track_page(
-    req: HttpRequest,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// `active` (default), `ended` or `all`.
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most orders one listing returns.
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `GET /v1/orders`: orders, most recently updated first.
+async fn list_orders(
+    caller: Caller,
     app: App,
-    path: web::Path<String>,
+    query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
-    let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
-    caller.require_reader_of(&order_id(&path)?)?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(include_str!("../assets/track.html")))
+    caller.require_ops()?;
+    let wanted: fn(OrderStatus) -> bool = match query.status.as_deref().unwrap_or("active") {
+        "active" => |s| !s.is_final(),
+        "ended" => OrderStatus::is_final,
+        "all" => |_| true,
+        other => {
+            return Err(ApiError::BadRequest(
+                "bad_query",
+                format!("status {other:?}: expected active, ended or all"),
+            ))
+        }
+    };
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::BadRequest(
+            "bad_limit",
+            format!("limit must be in [1, {MAX_LIST_LIMIT}]"),
+        ));
+    }
+    let store = app.store.clone();
+    let mut views = web::block(
+        move || -> Result<Vec<OrderView>, trackline_core::history::StoreError> {
+            let mut views = Vec::new();
+            for record in store.all_orders() {
+                let record = record?;
+                if wanted(record.status) {
+                    views.push(record.view());
+                }
+            }
+            Ok(views)
+        },
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    views.sort_by(|a, b| b.updated_at_ms.cmp(&a.updated_at_ms));
+    views.truncate(limit);
+    Ok(HttpResponse::Ok().json(json!({"orders": views})))
 }
 
 async fn active_order(

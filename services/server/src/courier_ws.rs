@@ -115,6 +115,7 @@ impl CourierSession {
         let now = now_ms();
         let bounds = self.app.config.time_bounds();
         let mut valid: Vec<Fix> = Vec::with_capacity(frame.fixes.len());
+        let mut invalid: Vec<RejectCode> = Vec::new();
         let mut ack = 0;
         for raw in &frame.fixes {
             ack = ack.max(raw.seq);
@@ -128,24 +129,30 @@ impl CourierSession {
                     raw.seq,
                     &Rejection::new(RejectCode::SeqNotIncreasing, why),
                 );
+                invalid.push(RejectCode::SeqNotIncreasing);
                 continue;
             }
             self.last_seq = raw.seq;
             match validate(raw, now, bounds) {
                 Ok(fix) => valid.push(fix),
-                Err(rejection) => Self::reject(ctx, raw.seq, &rejection),
+                Err(rejection) => {
+                    Self::reject(ctx, raw.seq, &rejection);
+                    invalid.push(rejection.code);
+                }
             }
         }
         self.update_live_position(&valid);
-        if valid.is_empty() {
+        if valid.is_empty() && invalid.is_empty() {
             if ack > 0 {
                 Self::send(ctx, Kind::Ack(Ack { seq: ack }));
             }
             return;
         }
+        // Routed even when every fix was refused: the orders count what their courier sent wrong.
         let route = self.app.registry.send(Route {
             courier: self.courier.clone(),
             fixes: Arc::from(valid),
+            invalid: Arc::from(invalid),
         });
         // wait(): the next frame is read only after this one is durable and acked.
         ctx.wait(route.into_actor(self).map(move |reports, act, ctx| {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use trackline_core::eta::{EtaConfig, EtaEstimator};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
-use trackline_core::fix::{Fix, Rejection};
+use trackline_core::fix::{Fix, RejectCode, Rejection};
 use trackline_core::history::{HistoryStore, WriteBatch};
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView, Position};
 use trackline_core::{now_ms, CourierId};
@@ -114,6 +114,8 @@ impl Watcher {
 pub struct Ingest {
     pub courier: CourierId,
     pub fixes: Arc<[Fix]>,
+    /// Why the courier's other fixes of the frame were refused by validation (counted only).
+    pub invalid: Arc<[RejectCode]>,
 }
 
 /// What became of an [`Ingest`], known once it is durable.
@@ -336,7 +338,7 @@ impl OrderActor {
         if self.record.status == OrderStatus::PickedUp
             && estimate.to_destination_m <= self.deps.settings.arrival_radius_m
         {
-            self.record.status = OrderStatus::Arriving;
+            self.record.set_status(OrderStatus::Arriving, fix.time_ms);
         }
         self.next_frame();
     }
@@ -386,6 +388,9 @@ impl Handler<Ingest> for OrderActor {
             // The courier was unassigned or the order ended while the fixes were on their way.
             return Box::pin(fut::ready(report));
         }
+        for code in msg.invalid.iter() {
+            self.record.count_rejected(*code);
+        }
         let mut stored = Vec::new();
         for fix in msg.fixes.iter() {
             if fix.seq <= self.record.last_seq {
@@ -399,7 +404,10 @@ impl Handler<Ingest> for OrderActor {
                 }
                 Verdict::HistoryOnly => stored.push((self.record.order_id.clone(), *fix)),
                 Verdict::Duplicate => {}
-                Verdict::Rejected(rejection) => report.rejected.push((fix.seq, rejection)),
+                Verdict::Rejected(rejection) => {
+                    self.record.count_rejected(rejection.code);
+                    report.rejected.push((fix.seq, rejection));
+                }
             }
         }
         report.stored = stored.len();
@@ -482,7 +490,7 @@ impl Handler<Assign> for OrderActor {
                 ));
             }
             if record.status == OrderStatus::Created {
-                record.status = OrderStatus::Assigned;
+                record.set_status(OrderStatus::Assigned, now_ms());
             }
             let from = record.courier_id.replace(msg.courier.clone());
             if from.as_ref() != Some(&msg.courier) {
@@ -513,7 +521,8 @@ impl Handler<SetStatus> for OrderActor {
                     )));
                 }
             }
-            record.status = record.status.request(msg.status)?;
+            let next = record.status.request(msg.status)?;
+            record.set_status(next, now_ms());
             Ok(record.status.is_final().then(|| Relink {
                 order: record.order_id.clone(),
                 from: record.courier_id.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
-use trackline_core::fix::Fix;
+use trackline_core::fix::{Fix, RejectCode};
 use trackline_core::order::OrderRecord;
 use trackline_core::{CourierId, OrderId};
 
@@ -176,6 +176,8 @@ impl Handler<Find> for Registry {
 pub struct Route {
     pub courier: CourierId,
     pub fixes: Arc<[Fix]>,
+    /// Why the courier's other fixes of the frame were refused before routing.
+    pub invalid: Arc<[RejectCode]>,
 }
 
 impl Handler<Route> for Registry {
@@ -189,6 +191,7 @@ impl Handler<Route> for Registry {
                 actor.send(Ingest {
                     courier: msg.courier.clone(),
                     fixes: msg.fixes.clone(),
+                    invalid: msg.invalid.clone(),
                 })
             });
             join_all(sent)
