@@ -114,6 +114,12 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_HANDSHAKE_TIMEOUT_S", default_value_t = 5)]
     pub handshake_timeout_s: u64,
 
+    /// Map tile URL template for the live pages (`/track/{id}`, `/ops/map`), e.g.
+    /// `https://tile.example.com/{z}/{x}/{y}.png` (Leaflet's `{s}`, `{z}`, `{x}`, `{y}`, `{r}`).
+    /// Without one the maps draw on a plain background with a scale, needing no network.
+    #[arg(long, env = "TRACKLINE_TILE_URL")]
+    pub tile_url: Option<String>,
+
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

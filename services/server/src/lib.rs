@@ -5,12 +5,15 @@ mod api;
 mod auth;
 pub mod config;
 mod courier_ws;
+#[cfg(feature = "conformance-echo")]
+mod echo_ws;
 mod error;
 mod frames;
 mod history_formats;
 mod live_index;
 mod metrics;
 mod order_actor;
+mod pages;
 mod registry;
 mod session;
 mod watch_ws;
