@@ -39,6 +39,58 @@ fn unit_vector(p: LatLon) -> [f64; 3] {
     [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
+/// The range of `f` over `[lo, hi]` for cos or sin, given where it peaks and troughs.
+fn trig_range(
+    lo: f64,
+    hi: f64,
+    f: fn(f64) -> f64,
+    peaks: [f64; 2],
+    troughs: [f64; 2],
+) -> (f64, f64) {
+    let has = |candidates: [f64; 2]| {
+        candidates.iter().any(|c| {
+            // Any c + 2πk inside [lo, hi]?
+            let k = ((lo - c) / std::f64::consts::TAU).ceil();
+            c + k * std::f64::consts::TAU <= hi
+        })
+    };
+    let (a, b) = (f(lo), f(hi));
+    let min = if has(troughs) { -1.0 } else { a.min(b) };
+    let max = if has(peaks) { 1.0 } else { a.max(b) };
+    (min, max)
+}
+
+/// The smallest axis-aligned 3-D box holding the unit-sphere patch of a lat/lon box.
+fn patch_envelope(south_west: LatLon, north_east: LatLon) -> rstar::AABB<[f64; 3]> {
+    use std::f64::consts::{FRAC_PI_2, PI};
+    let (s, n) = (south_west.lat.to_radians(), north_east.lat.to_radians());
+    let (w, e) = (south_west.lon.to_radians(), north_east.lon.to_radians());
+    let cos_lat = trig_range(s, n, f64::cos, [0.0, 0.0], [PI, PI]);
+    let cos_lon = trig_range(w, e, f64::cos, [0.0, 0.0], [PI, -PI]);
+    let sin_lon = trig_range(
+        w,
+        e,
+        f64::sin,
+        [FRAC_PI_2, FRAC_PI_2],
+        [-FRAC_PI_2, -FRAC_PI_2],
+    );
+    let product = |(a0, a1): (f64, f64), (b0, b1): (f64, f64)| {
+        let all = [a0 * b0, a0 * b1, a1 * b0, a1 * b1];
+        (
+            all.iter().copied().fold(f64::INFINITY, f64::min),
+            all.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    };
+    let (x0, x1) = product(cos_lat, cos_lon);
+    let (y0, y1) = product(cos_lat, sin_lon);
+    // A small margin absorbs rounding, so a point on the box's edge is never missed.
+    const EPS: f64 = 1e-12;
+    rstar::AABB::from_corners(
+        [x0 - EPS, y0 - EPS, s.sin() - EPS],
+        [x1 + EPS, y1 + EPS, n.sin() + EPS],
+    )
+}
+
 /// The squared chord between two points whose great-circle distance is `metres`.
 fn chord_sq_for(metres: f64) -> f64 {
     let angle = (metres / EARTH_RADIUS_M).min(std::f64::consts::PI);
@@ -140,20 +192,28 @@ impl SpatialIndex {
             .collect()
     }
 
-    /// Every courier inside the box from `south_west` to `north_east` (not across the antimeridian).
+    /// Every courier inside the box from `south_west` to `north_east` (not across the
+    /// antimeridian), nearest to the box's centre first.
+    ///
+    /// The R-tree is searched with the 3-D bounding box of the spherical patch, which holds every
+    /// point of the lat/lon box; the few extra candidates near its edges are then checked exactly.
     pub fn within_box(&self, south_west: LatLon, north_east: LatLon, limit: usize) -> Vec<Nearby> {
         let center = LatLon::new(
             (south_west.lat + north_east.lat) / 2.0,
             (south_west.lon + north_east.lon) / 2.0,
         );
+        let inside = |p: &LatLon| {
+            (south_west.lat..=north_east.lat).contains(&p.lat)
+                && (south_west.lon..=north_east.lon).contains(&p.lon)
+        };
+        let envelope = patch_envelope(south_west, north_east);
         let mut found: Vec<Nearby> = self
-            .latest
-            .iter()
-            .filter(|(_, (p, _))| {
-                (south_west.lat..=north_east.lat).contains(&p.lat)
-                    && (south_west.lon..=north_east.lon).contains(&p.lon)
+            .tree
+            .locate_in_envelope(&envelope)
+            .filter_map(|entry| {
+                let (pos, _) = self.latest.get(&entry.data)?;
+                inside(pos).then(|| self.found(&entry.data, pos.distance_m(center)))
             })
-            .map(|(id, (p, _))| self.found(id, p.distance_m(center)))
             .collect();
         found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
         found.truncate(limit);
@@ -239,6 +299,47 @@ mod tests {
         assert!(index.get(&id("a")).is_none());
         assert!(index.remove(&id("b")));
         assert!(index.is_empty() && index.nearest(LatLon::new(1.0, 1.0), 1e6, 10).is_empty());
+    }
+
+    #[test]
+    fn box_query_agrees_with_a_plain_scan_everywhere() {
+        // A deterministic spread of points over the whole globe, and boxes of many sizes.
+        let mut points = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for i in 0..5000 {
+            points.push((
+                id(&format!("p{i}")),
+                LatLon::new(next() * 180.0 - 90.0, next() * 360.0 - 180.0),
+                1,
+            ));
+        }
+        let index = SpatialIndex::bulk_load(points.clone());
+        for _ in 0..200 {
+            let (a, b) = (next() * 180.0 - 90.0, next() * 180.0 - 90.0);
+            let (c, d) = (next() * 360.0 - 180.0, next() * 360.0 - 180.0);
+            let (sw, ne) = (
+                LatLon::new(a.min(b), c.min(d)),
+                LatLon::new(a.max(b), c.max(d)),
+            );
+            let mut expected: Vec<&str> = points
+                .iter()
+                .filter(|(_, p, _)| {
+                    (sw.lat..=ne.lat).contains(&p.lat) && (sw.lon..=ne.lon).contains(&p.lon)
+                })
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            let found = index.within_box(sw, ne, usize::MAX);
+            let mut got: Vec<&str> = found.iter().map(|n| n.courier_id.as_str()).collect();
+            expected.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, expected, "box {sw:?} {ne:?}");
+        }
     }
 
     #[test]
