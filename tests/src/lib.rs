@@ -27,6 +27,8 @@ use trackline_proto::v1::{self, server_frame::Kind};
 use trackline_proto::{from_e7, to_e7, Message as _};
 use trackline_server::{Config, ServerHandle};
 
+pub mod raw;
+
 /// The token secret every test server is started with.
 pub const SECRET: &str = "test-secret";
 /// How long any single wait (a reply, an ack, an update) may take before the test fails.
@@ -34,14 +36,26 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long starting or stopping the server may take.
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client WebSocket of the harness.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A running server over its own temporary data dir; stopped (gracefully) when dropped.
+///
+/// The server runs in this process ([`TestServer::start`], [`TestServer::start_with`]) or as the
+/// real `trackline` binary in a child process ([`TestServer::start_binary`]); every HTTP and
+/// WebSocket helper works with both.
 pub struct TestServer {
-    handle: Option<ServerHandle>,
+    handle: Option<Backend>,
+    /// The configuration an in-process server is (re)started with.
+    config: Config,
+    /// The flags a binary server is (re)started with, besides listen, data dir and secret;
+    /// `None` for an in-process server.
+    binary_args: Option<Vec<String>>,
     addr: SocketAddr,
     keys: TokenKeys,
     http: reqwest::Client,
+    /// The store: the temporary dir itself in process, a directory inside it for the binary.
+    data: PathBuf,
     // Last field: removed only after the server has been stopped in `drop`.
     dir: TempDir,
 }
@@ -49,18 +63,55 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 with `Config::for_tests` over a fresh temporary dir.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("trackline-e2e-")
-            .tempdir()
-            .expect("creating a temporary data dir");
-        let handle = spawn_server(dir.path());
+        Self::start_with(|_| {})
+    }
+
+    /// Starts an in-process server with `Config::for_tests` changed by `configure` (kept for
+    /// restarts; the listen address and data dir are the harness's).
+    pub fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = temp_data_dir();
+        let mut config = Config::for_tests(dir.path(), SECRET);
+        configure(&mut config);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = dir.path().to_path_buf();
+        let handle = spawn_server(config.clone());
         let addr = handle.addr;
+        Self::new(Backend::InProcess(handle), config, None, addr, dir)
+    }
+
+    /// Starts the real `trackline` binary (next to the test executable in the target dir) as a
+    /// child process, on a free port of 127.0.0.1 over a fresh temporary dir, with the test secret
+    /// and `args` (more flags, e.g. `["--shutdown-grace-s", "5"]`). Its log goes to `server.log`
+    /// next to the data dir (see [`TestServer::log_tail`]). Returns once `/readyz` answers 200.
+    pub fn start_binary(args: &[&str]) -> Self {
+        let dir = temp_data_dir();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = ServerProcess::spawn(&binary_data_dir(dir.path()), &args);
+        let addr = child.addr;
+        let config = Config::for_tests(dir.path(), SECRET);
+        Self::new(Backend::Process(child), config, Some(args), addr, dir)
+    }
+
+    fn new(
+        backend: Backend,
+        config: Config,
+        binary_args: Option<Vec<String>>,
+        addr: SocketAddr,
+        dir: TempDir,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()
             .expect("building the HTTP client");
+        let data = match &binary_args {
+            None => dir.path().to_path_buf(),
+            Some(_) => binary_data_dir(dir.path()),
+        };
         Self {
-            handle: Some(handle),
+            handle: Some(backend),
+            config,
+            binary_args,
+            data,
             addr,
             keys: TokenKeys::new(SECRET.as_bytes()),
             http,
@@ -69,21 +120,100 @@ impl TestServer {
     }
 
     /// Stops the server gracefully and starts a new one on the same data dir (on a new port).
+    /// A binary server is stopped with SIGTERM.
     pub fn restart(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            stop_server(handle);
+        match self.handle.take() {
+            Some(Backend::InProcess(handle)) => stop_server(handle),
+            Some(Backend::Process(mut child)) => {
+                child.terminate(LIFECYCLE_TIMEOUT);
+            }
+            None => {}
         }
-        let handle = spawn_server(self.dir.path());
-        self.addr = handle.addr;
-        self.handle = Some(handle);
+        self.start_again();
+    }
+
+    /// Starts the server again on the same data dir (on a new port) after [`TestServer::kill`] or
+    /// [`TestServer::terminate`]; panics if it is running.
+    pub fn start_again(&mut self) {
+        assert!(self.handle.is_none(), "start_again: the server is running");
+        let backend = match &self.binary_args {
+            None => {
+                let handle = spawn_server(self.config.clone());
+                self.addr = handle.addr;
+                Backend::InProcess(handle)
+            }
+            Some(args) => {
+                let child = ServerProcess::spawn(&self.data, args);
+                self.addr = child.addr;
+                Backend::Process(child)
+            }
+        };
+        self.handle = Some(backend);
+    }
+
+    /// Kills the binary server with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill(&mut self) {
+        match self.handle.take() {
+            Some(Backend::Process(mut child)) => child.kill(),
+            Some(other) => {
+                self.handle = Some(other);
+                panic!("kill: only a binary server can be killed")
+            }
+            None => panic!("kill: the server is not running"),
+        }
+    }
+
+    /// Sends SIGTERM to the binary server and waits at most `within` for it to exit; the exit
+    /// status and how long the exit took (a timeout fails the test).
+    pub fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        match self.handle.take() {
+            Some(Backend::Process(mut child)) => child.terminate(within),
+            Some(other) => {
+                self.handle = Some(other);
+                panic!("terminate: only a binary server can be signalled")
+            }
+            None => panic!("terminate: the server is not running"),
+        }
+    }
+
+    /// The process id of the binary server.
+    pub fn pid(&self) -> u32 {
+        match &self.handle {
+            Some(Backend::Process(child)) => child.child.id(),
+            _ => panic!("pid: only a binary server has a process of its own"),
+        }
+    }
+
+    /// The binary server's resident set size (`VmRSS`) and its peak (`VmHWM`), in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {path}"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// The last lines of the binary server's log (for failure messages); empty in process.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(LOG_FILE)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// The server's data dir (its store).
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.data
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
@@ -207,19 +337,261 @@ impl TestServer {
             },
         }
     }
+
+    /// Opens the watch stream of `order` resuming after `since` in `epoch`
+    /// (`?since=<since>&epoch=<epoch>`).
+    pub async fn watch_resume(
+        &self,
+        order: &str,
+        since: u64,
+        epoch: &str,
+        token: TokenIn<'_>,
+        protocol: WatchProtocol,
+    ) -> Watcher {
+        let path = format!("/v1/orders/{order}/watch?since={since}&epoch={epoch}");
+        let ws = ws_connect(&self.ws_url(&path), token, protocol.name())
+            .await
+            .unwrap_or_else(|e| panic!("resuming the watch stream of {order} at {since}: {e:#}"));
+        Watcher { ws, protocol }
+    }
+
+    /// Opens the watch stream of `order` from a socket like a phone's on a slow mobile link: a
+    /// receive buffer of `recv_buffer` bytes and a maximum segment of `mss` bytes announced to
+    /// the server. (Over loopback the segment is 64 KiB, and the server's send buffer, sized
+    /// from it, grows to megabytes: a client that stops reading would never fill it, so the
+    /// server would never see it stall. With a real segment size its send buffer stays tens of
+    /// KiB, as on the internet.)
+    pub async fn watch_on_slow_link(
+        &self,
+        order: &str,
+        token: TokenIn<'_>,
+        protocol: WatchProtocol,
+        recv_buffer: u32,
+        mss: u32,
+    ) -> Watcher {
+        let url = self.ws_url(&format!("/v1/orders/{order}/watch"));
+        let connect = async {
+            let request = ws_request(&url, token, protocol.name())?;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(recv_buffer)?;
+            set_max_segment(&socket, mss)?;
+            let tcp = socket.connect(self.addr).await?;
+            let (ws, _response) =
+                tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+            anyhow::Ok(ws)
+        };
+        let ws = tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| panic!("no upgrade answer from {url} within {TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("opening the watch stream of {order}: {e:#}"));
+        Watcher { ws, protocol }
+    }
+}
+
+/// Sets `TCP_MAXSEG` on a socket before it connects (so it is announced in the SYN).
+fn set_max_segment(socket: &tokio::net::TcpSocket, mss: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(mss).map_err(std::io::Error::other)?;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The TCP socket under a WebSocket of the harness (always plain TCP): to read what the server
+/// sent without the WebSocket layer answering pings, or to see the connection end.
+pub fn tcp_of(ws: &mut Ws) -> &mut TcpStream {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!("the harness speaks plain ws://"),
+    }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            stop_server(handle);
+        match self.handle.take() {
+            Some(Backend::InProcess(handle)) => stop_server(handle),
+            Some(Backend::Process(mut child)) => child.kill(),
+            None => {}
         }
     }
 }
 
+/// How a [`TestServer`] runs.
+enum Backend {
+    InProcess(ServerHandle),
+    Process(ServerProcess),
+}
+
+fn temp_data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("trackline-e2e-")
+        .tempdir()
+        .expect("creating a temporary data dir")
+}
+
+/// The store of a binary server whose temporary dir is `root`.
+fn binary_data_dir(root: &Path) -> PathBuf {
+    root.join("data")
+}
+
+/// The log of a binary server, next to its store in the temporary dir (removed with it).
+const LOG_FILE: &str = "server.log";
+
+/// Where a binary server over `data_dir` writes its log.
+fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.with_file_name(LOG_FILE)
+}
+
+/// The `trackline` binary of the target dir this test executable was built into.
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the test executable");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/trackline
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let binary = dir.join(format!("trackline{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build -p trackline-server` first (tests/run.sh builds every \
+         binary before testing)",
+        binary.display()
+    );
+    binary
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("finding a free port")
+        .port()
+}
+
+/// The real `trackline` binary in a child process.
+struct ServerProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts the binary and waits until `/readyz` answers 200.
+    fn spawn(data_dir: &Path, args: &[String]) -> Self {
+        let binary = server_binary();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(data_dir))
+            .expect("opening the server log");
+        let err = log.try_clone().expect("cloning the log handle");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = std::process::Command::new(&binary);
+        // Flags win over the environment, but a stray TRACKLINE_* of the caller must not change
+        // the flags the test does not set.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TRACKLINE_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--secret")
+            .arg(SECRET)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut process = Self { child, addr };
+        process.wait_ready(data_dir);
+        process
+    }
+
+    fn wait_ready(&mut self, data_dir: &Path) {
+        let deadline = std::time::Instant::now() + LIFECYCLE_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the server process") {
+                let log = std::fs::read_to_string(log_path(data_dir)).unwrap_or_default();
+                panic!("the server exited with {status} before it was ready; its log:\n{log}");
+            }
+            if http_status(self.addr, "/readyz") == Some(200) {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                panic!(
+                    "the server at {} was not ready within {LIFECYCLE_TIMEOUT:?}",
+                    self.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        let started = std::time::Instant::now();
+        // SAFETY: kill(2) with a valid signal number on our own child; no memory is involved.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            sent,
+            0,
+            "sending SIGTERM to {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the server process") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                self.kill();
+                panic!("the server did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A blocking `GET path` over a fresh connection: the status, or `None` when there is no answer.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
 /// Starts the server on a thread of its own (outside any async runtime), with a timeout.
-fn spawn_server(data_dir: &Path) -> ServerHandle {
-    let config = Config::for_tests(data_dir, SECRET);
+fn spawn_server(config: Config) -> ServerHandle {
     run_with_timeout("starting the server", move || {
         trackline_server::spawn(config)
     })
@@ -385,11 +757,26 @@ pub enum TokenIn<'a> {
     Query(&'a str),
 }
 
-async fn ws_connect(
+/// Opens a WebSocket on `url` (which may carry a query) and hands back the stream, or the error:
+/// for clients that must outlive a server (no panics).
+pub async fn ws_connect(
     url: &str,
     token: TokenIn<'_>,
     subprotocol: Option<&str>,
 ) -> anyhow::Result<Ws> {
+    let request = ws_request(url, token, subprotocol)?;
+    let (ws, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("no upgrade answer from {url} within {TIMEOUT:?}"))??;
+    Ok(ws)
+}
+
+/// The upgrade request of `url`, with the token and subprotocol where asked.
+fn ws_request(
+    url: &str,
+    token: TokenIn<'_>,
+    subprotocol: Option<&str>,
+) -> anyhow::Result<tungstenite::handshake::client::Request> {
     let url = match token {
         TokenIn::Query(token) if url.contains('?') => format!("{url}&token={token}"),
         TokenIn::Query(token) => format!("{url}?token={token}"),
@@ -407,10 +794,7 @@ async fn ws_connect(
             .headers_mut()
             .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol)?);
     }
-    let (ws, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
-        .await
-        .map_err(|_| anyhow::anyhow!("no upgrade answer from {url} within {TIMEOUT:?}"))??;
-    Ok(ws)
+    Ok(request)
 }
 
 /// A courier app: sends `CourierFrame`s, reads `ServerFrame`s.
@@ -437,6 +821,23 @@ impl CourierClient {
         .await
         .expect("sending a courier frame timed out")
         .expect("sending a courier frame");
+    }
+
+    /// Sends one frame holding `fixes`; the error instead of a panic (the server may be going away).
+    pub async fn try_send(&mut self, fixes: &[v1::Fix]) -> Result<(), String> {
+        let frame = v1::CourierFrame {
+            fixes: fixes.to_vec(),
+        };
+        match tokio::time::timeout(
+            TIMEOUT,
+            self.ws.send(Message::binary(frame.encode_to_vec())),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("sending a frame took longer than {TIMEOUT:?}")),
+        }
     }
 
     /// Reads server frames until an ack covers `seq`, collecting rejections on the way.
@@ -512,6 +913,21 @@ impl CourierClient {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(TIMEOUT, self.ws.close(None)).await;
     }
+
+    /// The TCP socket under the stream (see [`tcp_of`]).
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        tcp_of(&mut self.ws)
+    }
+
+    /// The next server frame or close, without panicking on a failed connection: for checking
+    /// that a stream is still up (acks and pings answered) or has ended.
+    pub async fn next_message(&mut self, within: Duration) -> Option<Result<Message, String>> {
+        match tokio::time::timeout(within, self.ws.next()).await {
+            Err(_) => Some(Err(format!("nothing within {within:?}"))),
+            Ok(None) => None,
+            Ok(Some(result)) => Some(result.map_err(|e| e.to_string())),
+        }
+    }
 }
 
 /// The subprotocol a watcher asks for.
@@ -586,29 +1002,61 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// Opens the watch stream at `url` (e.g. `TestServer::ws_url` of a watch path, with or without
+    /// `?since=&epoch=`); the error instead of a panic, for watchers that outlive a server.
+    pub async fn connect(
+        url: &str,
+        token: TokenIn<'_>,
+        protocol: WatchProtocol,
+    ) -> anyhow::Result<Watcher> {
+        let ws = ws_connect(url, token, protocol.name()).await?;
+        Ok(Watcher { ws, protocol })
+    }
+}
+
+/// Why [`Watcher::try_next_event`] got nothing.
+#[derive(Debug)]
+pub enum WatchError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The connection failed (reset, protocol error).
+    Failed(tungstenite::Error),
+}
+
+impl Watcher {
     /// The next update, or a close; panics on a timeout or a frame of the wrong kind.
     pub async fn next_event(&mut self, within: Duration) -> WatchEvent {
+        match self.try_next_event(within).await {
+            Ok(event) => event,
+            Err(WatchError::Timeout) => panic!("no watch update within {within:?}"),
+            Err(WatchError::Failed(e)) => panic!("watch stream failed: {e}"),
+        }
+    }
+
+    /// The next update, or a close; a timeout or a failed connection is an error (for watchers
+    /// that outlive a server); panics on a frame of the wrong kind.
+    pub async fn try_next_event(&mut self, within: Duration) -> Result<WatchEvent, WatchError> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let message = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("no watch update within {within:?}"),
-                Ok(None) => return WatchEvent::Closed(None),
+                Err(_) => return Err(WatchError::Timeout),
+                Ok(None) => return Ok(WatchEvent::Closed(None)),
                 Ok(Some(Err(
                     tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                ))) => return WatchEvent::Closed(None),
-                Ok(Some(Err(e))) => panic!("watch stream failed: {e}"),
+                ))) => return Ok(WatchEvent::Closed(None)),
+                Ok(Some(Err(e))) => return Err(WatchError::Failed(e)),
                 Ok(Some(Ok(message))) => message,
             };
             match (message, self.protocol) {
                 (Message::Text(text), WatchProtocol::Json | WatchProtocol::Unspecified) => {
-                    return WatchEvent::Update(parse_json_update(&text));
+                    return Ok(WatchEvent::Update(parse_json_update(&text)));
                 }
                 (Message::Binary(bytes), WatchProtocol::Proto) => {
                     let update = v1::OrderUpdate::decode(bytes.as_ref())
                         .expect("binary watch frames decode as OrderUpdate");
-                    return WatchEvent::Update(from_proto_update(update));
+                    return Ok(WatchEvent::Update(from_proto_update(update)));
                 }
-                (Message::Close(frame), _) => return WatchEvent::Closed(frame),
+                (Message::Close(frame), _) => return Ok(WatchEvent::Closed(frame)),
                 (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => {}
                 (other, protocol) => {
                     panic!("unexpected frame on a {protocol:?} watch stream: {other:?}")
@@ -654,6 +1102,11 @@ impl Watcher {
 
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(TIMEOUT, self.ws.close(None)).await;
+    }
+
+    /// The TCP socket under the stream (see [`tcp_of`]).
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        tcp_of(&mut self.ws)
     }
 }
 

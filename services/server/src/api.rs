@@ -245,7 +245,7 @@ async fn list_orders(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    views.sort_by(|a, b| b.updated_at_ms.cmp(&a.updated_at_ms));
+    views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
     views.truncate(limit);
     Ok(HttpResponse::Ok().json(json!({"orders": views})))
 }

@@ -43,8 +43,9 @@ pub struct Config {
     pub resume_buffer: usize,
 
     /// Frames that may wait for one watcher before it counts as slow and gets only the latest
-    /// state (conflation).
-    #[arg(long, env = "TRACKLINE_WATCHER_QUEUE", default_value_t = 16)]
+    /// state (conflation). Frames are shared between watchers, so a queued frame costs a pointer;
+    /// the queue must hold a whole burst (a courier's offline buffer flushed at once).
+    #[arg(long, env = "TRACKLINE_WATCHER_QUEUE", default_value_t = 256)]
     pub watcher_queue: usize,
 
     /// A watcher that stays slow this long is closed with 4008, in seconds.

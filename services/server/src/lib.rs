@@ -84,6 +84,20 @@ fn recover(
     Ok((records, index))
 }
 
+/// Has the kernel abort a connection whose sent data stays unacknowledged for `timeout`.
+///
+/// A WebSocket session runs only while its socket takes data: a peer that stops reading freezes
+/// its session, and with it the session's own heartbeat and its 4008 close. TCP_USER_TIMEOUT
+/// (which also bounds zero-window probing) ends such a connection from below, so a stuck
+/// client gives its memory and its connection slot back.
+fn abort_when_unacknowledged(connection: &dyn std::any::Any, timeout: Duration) {
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+            tracing::warn!(%error, "cannot set TCP_USER_TIMEOUT; stuck clients stay until they go");
+        }
+    }
+}
+
 /// One line per request. The path is logged without its query: WebSocket upgrades and the live
 /// page carry their token there, and tokens must not end up in logs.
 fn access_log() -> actix_web::middleware::Logger {
@@ -253,6 +267,7 @@ pub async fn run(
     let keys = token_keys(&config);
     let grace = config.shutdown_grace();
     let handshake_timeout_s = config.handshake_timeout_s.max(1);
+    let client_timeout = config.client_timeout();
     let listen = listener.local_addr()?;
     let state = Arc::new(AppState {
         config,
@@ -282,6 +297,7 @@ pub async fn run(
             .wrap(access_log())
     })
     .workers(workers)
+    .on_connect(move |connection, _| abort_when_unacknowledged(connection, client_timeout))
     .disable_signals()
     .client_request_timeout(Duration::from_secs(handshake_timeout_s))
     .shutdown_timeout(grace.as_secs())

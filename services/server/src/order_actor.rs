@@ -243,14 +243,9 @@ impl OrderActor {
     fn fan_out(&mut self, frame: &Arc<Frame>, ctx: &mut Context<Self>) {
         let mut lagging = false;
         self.watchers.retain(|_, watcher| {
-            let offer = match &mut watcher.lagging {
-                // Still slow: the new frame replaces the one it has not taken.
-                Some(lag) => {
-                    lag.latest = frame.clone();
-                    Offer::Lagging
-                }
-                None => watcher.offer(frame.clone()),
-            };
+            // A slow watcher is offered every new frame too: the moment its queue has room it is
+            // back in step, and while it has none the new frame replaces the one it did not take.
+            let offer = watcher.offer(frame.clone());
             lagging |= matches!(offer, Offer::Lagging);
             !matches!(offer, Offer::Gone)
         });

@@ -4,8 +4,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use trackline_core::fix::Fix;
+use trackline_core::order::OrderView;
 use trackline_core::LatLon;
+
+use crate::history::{HistoryAnswer, OrderDetail, PurgeAnswer};
 
 /// How long one HTTP call may take before we call the server unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -166,6 +171,121 @@ impl Api {
             .await?;
         check(response, &format!("marking order {order_id} {status}")).await?;
         Ok(())
+    }
+
+    /// `GET /v1/orders/{id}` with an ops token: the state, route, status log and rejected counts.
+    /// `None` when the server does not know the order.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses.
+    pub async fn order(&self, token: &str, order_id: &str) -> anyhow::Result<Option<OrderDetail>> {
+        self.get_found(
+            token,
+            &format!("/v1/orders/{order_id}"),
+            &format!("reading order {order_id}"),
+        )
+        .await
+    }
+
+    /// `GET /v1/orders/{id}/history?format=json`: the stored fixes with `from_ms <= time_ms <=
+    /// to_ms`, oldest first. `None` when the server does not know the order.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses.
+    pub async fn history(
+        &self,
+        token: &str,
+        order_id: &str,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+    ) -> anyhow::Result<Option<Vec<Fix>>> {
+        let mut path = format!("/v1/orders/{order_id}/history?format=json");
+        for (name, value) in [("from_ms", from_ms), ("to_ms", to_ms)] {
+            if let Some(value) = value {
+                path.push_str(&format!("&{name}={value}"));
+            }
+        }
+        let answer: Option<HistoryAnswer> = self
+            .get_found(
+                token,
+                &path,
+                &format!("reading the history of order {order_id}"),
+            )
+            .await?;
+        Ok(answer.map(HistoryAnswer::into_fixes))
+    }
+
+    /// `GET /v1/orders?status=..&limit=..`: orders, most recently updated first.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses.
+    pub async fn orders(
+        &self,
+        token: &str,
+        status: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<OrderView>> {
+        #[derive(Deserialize)]
+        struct Listing {
+            orders: Vec<OrderView>,
+        }
+        let path = format!("/v1/orders?status={status}&limit={limit}");
+        let response = self
+            .send(self.http.get(self.url(&path)).bearer_auth(token))
+            .await?;
+        let response = check(response, "listing orders").await?;
+        let listing: Listing = response.json().await.context("reading the order list")?;
+        Ok(listing.orders)
+    }
+
+    /// `POST /v1/admin/purge`: deletes history older than `before_ms` (the server's retention
+    /// period when `None`).
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses (400 without a cutoff or a retention period).
+    pub async fn purge(&self, token: &str, before_ms: Option<i64>) -> anyhow::Result<PurgeAnswer> {
+        let body = match before_ms {
+            Some(before_ms) => serde_json::json!({ "before_ms": before_ms }),
+            None => serde_json::json!({}),
+        };
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/v1/admin/purge"))
+                    .bearer_auth(token)
+                    .json(&body),
+            )
+            .await?;
+        let response = check(response, "purging history").await?;
+        response.json().await.context("reading the purge counts")
+    }
+
+    /// A GET whose 404 `not_found` answer means "no such order" rather than an error.
+    async fn get_found<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        path: &str,
+        doing: &str,
+    ) -> anyhow::Result<Option<T>> {
+        let response = self
+            .send(self.http.get(self.url(path)).bearer_auth(token))
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            let body = response.text().await.unwrap_or_default();
+            return match serde_json::from_str::<ErrorBody>(&body) {
+                Ok(ErrorBody { error }) if error.code == "not_found" => Ok(None),
+                _ => bail!(
+                    "{doing}: the server answered 404 for {path}; is {} a trackline server of this version?",
+                    self.base
+                ),
+            };
+        }
+        let response = check(response, doing).await?;
+        let value = response
+            .json()
+            .await
+            .with_context(|| format!("{doing}: reading the answer"))?;
+        Ok(Some(value))
     }
 
     fn url(&self, path: &str) -> String {

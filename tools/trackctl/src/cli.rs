@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use trackline_core::OrderId;
+
 use crate::duration::{parse_duration, parse_seconds};
+use crate::export::Format;
+use crate::history::{parse_order_id, StatusFilter};
+use crate::when::parse_instant;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -13,14 +18,26 @@ Examples:
   export TRACKLINE_SECRET=dev-secret
   trackctl simulate ../shared/trajectories/car_visnjan_hr.csv --speedup 4
 
+  # what is going on, and where was the rider of o-1 at 10:05?
+  trackctl orders
+  trackctl replay o-1 --from '2024-05-01 10:04' --to '2024-05-01 10:06' --fast
+
+  # a route for a dispute, from a stopped server's data
+  trackctl export o-1 -o o-1.gpx --data-dir ./trackline-data
+
   # an ops token for curl
   TOKEN=$(trackctl token ops)
   curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/v1/orders/o-1";
 
-/// The trackline ops CLI: mint tokens and stream simulated couriers.
+/// The trackline ops CLI: tokens, simulated couriers, and the route history of orders.
 ///
-/// Talk goes to stderr and data to stdout, so `TOKEN=$(trackctl token ops)` works. Exit codes:
-/// 0 ok, 1 nothing found, 2 error.
+/// Talk goes to stderr and data to stdout, so `TOKEN=$(trackctl token ops)` and
+/// `trackctl export o-1 --format gpx > o-1.gpx` work. Exit codes: 0 ok, 1 nothing found (an
+/// unknown order, an empty range), 2 error.
+///
+/// The history commands (replay, export, stats, orders, purge) ask the server (--server, with an
+/// ops token from --token or minted from --secret), or read a stopped server's data dir with
+/// --data-dir.
 #[derive(Debug, Parser)]
 #[command(name = "trackctl", version, after_help = EXAMPLES)]
 pub struct Cli {
@@ -70,6 +87,257 @@ pub struct GlobalArgs {
 pub enum Command {
     Token(TokenArgs),
     Simulate(SimulateArgs),
+    Orders(OrdersArgs),
+    Replay(ReplayArgs),
+    Export(ExportArgs),
+    Stats(StatsArgs),
+    Purge(PurgeArgs),
+    EtaEval(EtaEvalArgs),
+}
+
+/// Where the history commands read from when not from the server.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Offline")]
+pub struct DataDirArg {
+    /// Read a stopped server's data dir instead of asking the server (read-only, except for
+    /// purge); refused while a server holds it
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A time range of an order's history.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// Only from this time on: 2024-05-01T10:00:00Z (RFC 3339), 2024-05-01 10:00 (UTC),
+    /// unix seconds, or a duration ago such as 2h
+    #[arg(long, value_parser = parse_instant, value_name = "TIME")]
+    pub from: Option<i64>,
+
+    /// Only up to this time (same forms as --from)
+    #[arg(long, value_parser = parse_instant, value_name = "TIME")]
+    pub to: Option<i64>,
+}
+
+const ORDERS_EXAMPLES: &str = "\
+Examples:
+  trackctl orders                          # active orders, most recently updated first
+  trackctl orders --status ended --limit 20
+  trackctl orders --status all --json | jq -r '.orders[].order_id'
+  trackctl orders --data-dir ./trackline-data";
+
+/// List orders with their status, courier, last position and ETA
+///
+/// Exit code 1 when no order matches.
+#[derive(Debug, Args)]
+#[command(after_help = ORDERS_EXAMPLES)]
+pub struct OrdersArgs {
+    /// Which orders
+    #[arg(long, value_enum, default_value = "active")]
+    pub status: StatusFilter,
+
+    /// At most this many, the most recently updated first
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+
+    /// Print `{"orders": [...]}` as the server answers it
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+const REPLAY_EXAMPLES: &str = "\
+Examples:
+  # where was the rider when the customer called at 10:05 (UTC)?
+  trackctl replay o-1 --from '2024-05-01 10:03' --to '2024-05-01 10:06' --fast
+
+  # watch it again at 20 times real time, one line every 10 s of trip
+  trackctl replay o-1 --speed 20 --every 10s
+
+  # machine-readable timeline, one JSON object per line
+  trackctl replay o-1 --fast --json | jq -c 'select(.type == \"status\")'
+
+  # re-stream o-1's route as the courier of o-2, to watch it on the live map
+  trackctl replay o-1 --to-order o-2 --speed 4
+
+Pacing: --speed N plays N times faster than recorded, --fast prints at once. Without either, a
+terminal gets --speed 10 and a pipe or file gets --fast; with --to-order the default is real time.
+
+The ETA of each line is recomputed by the server's own GPS filter and ETA estimator (default
+settings) over the stored history with the order's destination and planned route, so it is the
+ETA the customer saw at that moment. Refused fixes are not stored, so right after one the replay
+can differ from what was shown live.";
+
+/// Play an order's route history as a timeline: time, position, speed, status changes, and
+/// the ETA at each moment
+///
+/// Lines go to stdout (a table, or JSON lines with --json); a progress bar goes to stderr on a
+/// terminal. Exit code 1 for an unknown order or a range without fixes.
+#[derive(Debug, Args)]
+#[command(after_help = REPLAY_EXAMPLES)]
+pub struct ReplayArgs {
+    /// The order to replay
+    #[arg(value_parser = parse_order_id, value_name = "ORDER")]
+    pub order: OrderId,
+
+    /// Play N times faster than recorded (1 is real time)
+    #[arg(long, value_parser = parse_speedup, value_name = "N", conflicts_with = "fast")]
+    pub speed: Option<f64>,
+
+    /// Print the whole timeline at once (with --to-order: as fast as the server's speed limit
+    /// for couriers allows)
+    #[arg(long)]
+    pub fast: bool,
+
+    /// At most one fix line per this much trip time (status changes are always shown)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub every: Option<Duration>,
+
+    #[command(flatten)]
+    pub range: RangeArgs,
+
+    /// Also stream the route, live and paced, as the courier of this other order (which must
+    /// exist and have a courier assigned); its watchers see the courier move. Fixes go to every
+    /// active order of that courier, and a courier already streaming is disconnected by the server
+    #[arg(long, value_parser = parse_order_id, value_name = "OTHER")]
+    pub to_order: Option<OrderId>,
+
+    /// One JSON object per line: {"type": "fix", ...} and {"type": "status", ...}
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+const EXPORT_EXAMPLES: &str = "\
+Examples:
+  trackctl export o-1 --format gpx > o-1.gpx
+  trackctl export o-1 -o o-1.geojson               # the format follows the extension
+  trackctl export o-1 --format csv --from 2h | trackctl eta-eval /dev/stdin
+  trackctl export o-1 -o o-1.csv --data-dir ./trackline-data
+
+GPX and GeoJSON are written with the gpx and geojson crates and open in any GPS or GIS tool.
+CSV is `t_unix,lat,lon,seq,accuracy_m,speed_mps,heading_deg`, which simulate and eta-eval read.";
+
+/// Export an order's route history as GPX, GeoJSON or CSV
+///
+/// Exit code 1 for an unknown order or a range without fixes (no file is written then).
+#[derive(Debug, Args)]
+#[command(after_help = EXPORT_EXAMPLES)]
+pub struct ExportArgs {
+    /// The order to export
+    #[arg(value_parser = parse_order_id, value_name = "ORDER")]
+    pub order: OrderId,
+
+    /// Output format [default: from the extension of --output]
+    #[arg(long, short = 'f', value_enum)]
+    pub format: Option<Format>,
+
+    /// Write to this file instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub range: RangeArgs,
+
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+const STATS_EXAMPLES: &str = "\
+Examples:
+  trackctl stats o-1
+  trackctl stats o-1 --json | jq '.distance_filtered_m'
+  trackctl stats o-1 --stop-below 1 --stop-for 1m --data-dir ./trackline-data";
+
+/// Figures of an order's route: distance (raw and filtered), duration, moving time, stops,
+/// speeds, and the fixes refused and why
+///
+/// The filtered distance follows the marker as the server's GPS filter showed it; stops are
+/// found on that path. Exit code 1 for an unknown order or one without fixes.
+#[derive(Debug, Args)]
+#[command(after_help = STATS_EXAMPLES)]
+pub struct StatsArgs {
+    /// The order to measure
+    #[arg(value_parser = parse_order_id, value_name = "ORDER")]
+    pub order: OrderId,
+
+    /// A stop is slower than this on average, m/s...
+    #[arg(long, default_value_t = 0.5, value_parser = parse_positive, value_name = "M/S")]
+    pub stop_below: f64,
+
+    /// ...for at least this long
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub stop_for: Duration,
+
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+const PURGE_EXAMPLES: &str = "\
+Examples:
+  trackctl purge --older-than 30d
+  trackctl purge --before 2024-05-01
+  trackctl purge                                   # the server's own retention period
+  trackctl purge --older-than 90d --data-dir ./trackline-data";
+
+/// Delete old route history: fixes older than the cutoff, and orders that ended before it
+///
+/// Active orders keep their record whatever their age. Prints what was deleted.
+#[derive(Debug, Args)]
+#[command(after_help = PURGE_EXAMPLES)]
+pub struct PurgeArgs {
+    /// Delete history from before this time (same forms as replay --from)
+    #[arg(long, value_parser = parse_instant, value_name = "TIME", conflicts_with = "older_than")]
+    pub before: Option<i64>,
+
+    /// Delete history older than this: 30d, 12h, 2w
+    #[arg(long, value_parser = parse_seconds, value_name = "DURATION")]
+    pub older_than: Option<i64>,
+
+    /// Print `{"before_ms", "fixes", "orders"}`
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+const ETA_EVAL_EXAMPLES: &str = "\
+Examples:
+  trackctl eta-eval services/core/testdata/*.csv
+  trackctl eta-eval trip.csv --trace
+  trackctl export o-1 --format csv > o-1.csv && trackctl eta-eval o-1.csv --json
+
+Protocol: destination = the trip's last fix; planned route = its path simplified at 15 m; every
+fix through the server's GPS filter and ETA estimator; every 10 s of trip time while more than
+60 s remain, the ETA is compared with the time actually left. Baselines: (a) straight line /
+mean speed so far, (b) remaining route from the true progress / mean speed so far.";
+
+/// Score the ETA on recorded trips: MAE and MAPE per trip and pooled, for trackline and two
+/// baselines
+///
+/// Trips are CSV with a `t_unix,lat,lon` header (more columns are fine, e.g. from export).
+#[derive(Debug, Args)]
+#[command(after_help = ETA_EVAL_EXAMPLES)]
+pub struct EtaEvalArgs {
+    /// Trip files, CSV with a `t_unix,lat,lon` header
+    #[arg(required = true, value_name = "TRIP.csv")]
+    pub trips: Vec<PathBuf>,
+
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also print every evaluated instant of every trip
+    #[arg(long)]
+    pub trace: bool,
 }
 
 const TOKEN_EXAMPLES: &str = "\
@@ -200,6 +468,13 @@ pub struct SimulateArgs {
     pub json: bool,
 }
 
+fn parse_positive(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{raw:?} is not a positive number")),
+    }
+}
+
 fn parse_speedup(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
@@ -237,7 +512,7 @@ mod tests {
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).unwrap().command {
                 Command::Simulate(args) => !args.no_create_orders,
-                Command::Token(_) => unreachable!(),
+                _ => unreachable!(),
             }
         };
         assert!(parse(&[]));
@@ -253,8 +528,46 @@ mod tests {
             &["trackctl", "simulate", "t.csv", "-n", "0"],
             &["trackctl", "token", "ops", "--ttl", "0"],
             &["trackctl", "simulate"],
+            &["trackctl", "replay", "o-1", "--speed", "2", "--fast"],
+            &["trackctl", "replay", "bad id"],
+            &["trackctl", "export", "o-1", "--format", "kml"],
+            &[
+                "trackctl",
+                "purge",
+                "--before",
+                "2024-05-01",
+                "--older-than",
+                "30d",
+            ],
+            &["trackctl", "replay", "o-1", "--from", "yesterday"],
+            &["trackctl", "eta-eval"],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "{argv:?}");
         }
+    }
+
+    #[test]
+    fn history_commands_take_ranges_and_a_data_dir() {
+        let cli = Cli::try_parse_from([
+            "trackctl",
+            "replay",
+            "o-1",
+            "--from",
+            "2024-05-01T10:00:00Z",
+            "--to",
+            "1714557660",
+            "--to-order",
+            "o-2",
+            "--data-dir",
+            "/tmp/d",
+        ])
+        .unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(args.range.from, Some(1_714_557_600_000));
+        assert_eq!(args.range.to, Some(1_714_557_660_000));
+        assert_eq!(args.to_order.unwrap().as_str(), "o-2");
+        assert_eq!(args.data_dir.data_dir, Some(PathBuf::from("/tmp/d")));
     }
 }

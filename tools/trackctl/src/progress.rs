@@ -1,4 +1,5 @@
-//! A simulation's progress on stderr: a live bar on a terminal, nothing at all when piped.
+//! Progress on stderr: a live bar on a terminal, nothing at all when piped. One for simulations
+//! (fed by the couriers' counters) and one for replays (fed line by line).
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
@@ -14,6 +15,23 @@ use crate::courier::Stats;
 const REFRESH: Duration = Duration::from_millis(250);
 const BAR_TEMPLATE: &str = "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} fixes  {msg}";
 const SPINNER_TEMPLATE: &str = "{spinner} {elapsed_precise} {pos} fixes  {msg}";
+const TIMELINE_TEMPLATE: &str = "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} lines  {msg}";
+
+/// A bar over the `lines` of a replay, or `None` when stderr is not a terminal. Print data
+/// through [`ProgressBar::suspend`] so the bar does not tear it.
+pub fn timeline_bar(lines: u64) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(
+        ProgressBar::with_draw_target(Some(lines), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(TIMELINE_TEMPLATE)
+                // unwrap: the template is a constant, checked by the tests
+                .unwrap()
+                .progress_chars("=> "),
+        ),
+    )
+}
 
 /// A running progress display; [`Progress::finish`] removes it.
 pub struct Progress {
@@ -86,6 +104,7 @@ mod tests {
     fn templates_parse() {
         assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
         assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(TIMELINE_TEMPLATE).is_ok());
     }
 
     #[test]

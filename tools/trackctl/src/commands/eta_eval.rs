@@ -1,0 +1,104 @@
+//! `trackctl eta-eval`: runs `trackline_core::eta_eval` (the server's own filter and estimator)
+//! over recorded trips and prints its table, or its JSON.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+use trackline_core::eta_eval::{
+    evaluate, read_trip_file, trace_trip, EvalConfig, EvalReport, TraceRow, Trip,
+};
+
+use crate::cli::EtaEvalArgs;
+
+#[derive(Serialize)]
+struct Traced<'a> {
+    #[serde(flatten)]
+    report: &'a EvalReport,
+    traces: Vec<TripTrace>,
+}
+
+#[derive(Serialize)]
+struct TripTrace {
+    name: String,
+    instants: Vec<TraceRow>,
+}
+
+pub fn run(args: &EtaEvalArgs) -> anyhow::Result<ExitCode> {
+    let mut trips: Vec<(String, Trip)> = Vec::with_capacity(args.trips.len());
+    for path in &args.trips {
+        let trip = read_trip_file(path).with_context(|| {
+            format!(
+                "reading trip {}; trips are CSV with a `t_unix,lat,lon` header (trackctl export --format csv writes one)",
+                path.display()
+            )
+        })?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        trips.push((name, trip));
+    }
+    let config = EvalConfig::default();
+    let report = evaluate(&trips, &config).context("evaluating the ETA")?;
+    let traces = if args.trace {
+        trips
+            .iter()
+            .map(|(name, trip)| {
+                Ok(TripTrace {
+                    name: name.clone(),
+                    instants: trace_trip(name, trip, &config)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+
+    if args.json {
+        if args.trace {
+            super::print_json(&Traced {
+                report: &report,
+                traces,
+            })?;
+        } else {
+            super::print_json(&report)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{report}").context("writing the report")?;
+    for trace in &traces {
+        write_trace(&mut stdout, trace).context("writing the trace")?;
+    }
+    stdout.flush().context("writing the report")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_trace(mut out: impl Write, trace: &TripTrace) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "{}: seconds left at each instant", trace.name)?;
+    writeln!(
+        out,
+        "{:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "t_s", "truth", "trackline", "(a)", "(b)", "true_m", "matched_m", "on_route", "m/s"
+    )?;
+    for r in &trace.instants {
+        writeln!(
+            out,
+            "{:>7.0} {:>7.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9} {:>8} {:>6.2}",
+            r.t_s,
+            r.truth_s,
+            r.trackline_s,
+            r.straight_line_s,
+            r.route_true_progress_s,
+            r.true_progress_m,
+            r.matched_progress_m
+                .map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
+            if r.on_route { "yes" } else { "no" },
+            r.speed_mps
+        )?;
+    }
+    Ok(())
+}
