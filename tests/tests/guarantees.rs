@@ -866,14 +866,12 @@ async fn stuck_watchers_cost_bounded_memory_then_get_4008_while_acks_and_a_healt
     );
 }
 
-/// Server bug, reported: a watcher whose socket is full is evicted by its order, but its
-/// connection is never closed while the client keeps it open without reading. The session only
-/// runs when the HTTP dispatcher polls its response body, which it stops doing while its write
-/// buffer is full; so neither the queued 4008 close nor the heartbeat (which runs in the same
-/// context) ever acts. Each such connection keeps a `--max-connections` slot and its buffers
-/// forever, and SIGTERM waits the whole grace for it. Run with `--ignored` once fixed.
+/// A watcher whose socket is full is evicted by its order, but its session cannot act while
+/// the client keeps the connection open without reading: it only runs when the HTTP dispatcher
+/// polls its response body, which it stops doing while its write buffer is full. The server sets
+/// TCP_USER_TIMEOUT (the client timeout) on every accepted socket, so the kernel aborts such a
+/// connection and it gives back its `--max-connections` slot and its buffers.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "server bug: stalled watcher connections are never closed (see the doc comment)"]
 async fn stuck_watcher_connections_are_closed_once_the_client_timeout_passes() {
     const WATCHERS: usize = 20;
     const CLIENT_TIMEOUT_S: u64 = 4;
