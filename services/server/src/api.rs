@@ -309,6 +309,20 @@ async fn set_status(
             ))
         }
     };
+    if let Some(courier) = &by_courier {
+        // A courier learns nothing of orders not its own, not even whether they exist.
+        let not_yours = || {
+            ApiError::Forbidden(format!(
+                "order {order} is not assigned to courier {courier}"
+            ))
+        };
+        if app.registry.send(Find(order.clone())).await?.is_none() {
+            let view = view_of(&app, &order).await.map_err(|_| not_yours())?;
+            if view.courier_id.as_ref() != Some(courier) {
+                return Err(not_yours());
+            }
+        }
+    }
     let view = active_order(&app, &order)
         .await?
         .send(SetStatus {

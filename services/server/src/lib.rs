@@ -300,6 +300,10 @@ pub async fn run(
     .on_connect(move |connection, _| abort_when_unacknowledged(connection, client_timeout))
     .disable_signals()
     .client_request_timeout(Duration::from_secs(handshake_timeout_s))
+    // actix times only a connection's first request head; on a kept-alive connection the next
+    // head could trickle in a byte at a time for ever. Streams are one long request each, and
+    // the REST calls are few, so a connection serves one request.
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
     .shutdown_timeout(grace.as_secs())
     .listen(listener)?
     .run();
