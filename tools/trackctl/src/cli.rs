@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use trackline_core::OrderId;
+use trackline_core::{LatLon, OrderId};
 
 use crate::duration::{parse_duration, parse_seconds};
 use crate::export::Format;
@@ -388,6 +388,13 @@ Examples:
   # as one real courier, into the orders already assigned to it
   trackctl simulate --token \"$(trackctl token courier bike-7)\" --no-create-orders trip.csv
 
+  # a GPX recording, resampled to one fix every 2 s
+  trackctl simulate --secret dev-secret --rate 0.5 ride.gpx
+
+  # 200 random couriers around Helsinki centre, 3 km radius, 20 min by car, reproducible
+  trackctl simulate --secret dev-secret --random 60.1699,24.9384 --radius-m 3000 \\
+      --duration 20m --speed-mps 12 --seed 7 -n 200
+
 Credentials: --secret mints everything locally. Without it, --token takes an ops token (orders are
 created with it and the server mints courier tokens via POST /v1/tokens) or one courier's token (a
 single courier streaming into its existing orders: add --no-create-orders).
@@ -396,22 +403,66 @@ Trips are CSV `t_unix,lat,lon` (seconds, degrees; a header line is optional). Ti
 rewritten: the first fix is stamped now, the rest follow the recorded intervals divided by --speedup.
 Speeds scale with --speedup too, so a fast car at a high speedup can trip the server's
 impossible-speed filter. Seqs start from the clock (unix ms x 1000), so reruns for the same courier
-never go backwards.";
+never go backwards.
 
-/// Stream CSV trips as simulated couriers over the real courier stream
+GPX trips (.gpx) use every track point of every track and segment in order; each point needs a
+<time>. --random generates one trip per courier instead: a smooth random walk (straight legs,
+gentle curves) at about --speed-mps, one point per second (or per 1/--rate s), never farther than
+--radius-m from the point; --seed makes it repeatable.
+
+Rate: --rate F resamples every trip to F fixes per second of trip time, so each courier sends
+F x --speedup fixes per second (without --rate: the recording's own rate x --speedup). The server
+closes a courier connection that sends more than 20 frames per second (close 1008), so when that
+would be exceeded with --batch, the batch is raised automatically (said on stderr).";
+
+/// Stream CSV or GPX trips, or random ones, as simulated couriers over the real courier stream
 ///
-/// Each trip file is one courier (reused round-robin with --couriers). Like a real app, each
-/// courier keeps its unacknowledged fixes, reconnects with backoff when the connection drops and
-/// resends them with the same seqs. Watch links go to stderr at the start, progress on a terminal,
+/// Each trip file is one courier (reused round-robin with --couriers); with --random each courier
+/// gets its own random trip. Like a real app, each courier keeps its unacknowledged fixes,
+/// reconnects with backoff when the connection drops and resends them with the same seqs. Watch links go to stderr at the start, progress on a terminal,
 /// and a summary (fixes sent, acked, rejected by code) at the end.
 #[derive(Debug, Args)]
 #[command(after_help = SIMULATE_EXAMPLES)]
 pub struct SimulateArgs {
-    /// Trip files, CSV `t_unix,lat,lon`; one courier each
-    #[arg(required = true, value_name = "TRIP.csv")]
+    /// Trip files, CSV `t_unix,lat,lon` or GPX (by the .gpx ending); one courier each
+    // not `conflicts_with = "random"`: clap then stops enforcing `requires = "random"` of the
+    // random-only flags next to trip files; `simulate` refuses files and --random together itself
+    #[arg(required_unless_present = "random", value_name = "TRIP.csv|TRIP.gpx")]
     pub trips: Vec<PathBuf>,
 
-    /// How many couriers; trips are reused round-robin [default: one per trip]
+    /// Instead of trip files, one random trip per courier around this point (degrees)
+    #[arg(long, value_parser = parse_lat_lon, value_name = "LAT,LON", allow_hyphen_values = true, help_heading = "Random trips")]
+    pub random: Option<LatLon>,
+
+    /// How far from the --random point the couriers may wander, in metres
+    #[arg(long, default_value_t = 2000.0, value_parser = parse_positive, value_name = "METRES", requires = "random", help_heading = "Random trips")]
+    pub radius_m: f64,
+
+    /// How long each random trip lasts (in trip time: --speedup shortens it)
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION", requires = "random", help_heading = "Random trips")]
+    pub duration: Duration,
+
+    /// Typical speed of the random couriers in m/s (5 a bike, 12 a car in town); kept within 10 %
+    #[arg(long, default_value_t = 5.0, value_parser = parse_random_speed, value_name = "M/S", requires = "random", help_heading = "Random trips")]
+    pub speed_mps: f64,
+
+    /// Seed of the random trips: the same seed gives the same trips [default: a new one, printed]
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "random",
+        help_heading = "Random trips"
+    )]
+    pub seed: Option<u64>,
+
+    /// Fixes per second per courier, in trip time: each trip is resampled (positions interpolated)
+    /// to one fix every 1/F seconds [default: as recorded; 1 for --random]
+    ///
+    /// Independent of --speedup: the server receives F x SPEEDUP fixes per second per courier.
+    #[arg(long, value_parser = parse_rate, value_name = "F")]
+    pub rate: Option<f64>,
+
+    /// How many couriers; trips are reused round-robin [default: one per trip, 1 with --random]
     #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub couriers: Option<u32>,
 
@@ -472,6 +523,44 @@ fn parse_positive(raw: &str) -> Result<f64, String> {
     match raw.parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err(format!("{raw:?} is not a positive number")),
+    }
+}
+
+/// The fastest typical speed --speed-mps takes: random trips wander 10 % above it, and the server
+/// refuses anything faster than 55 m/s between two fixes.
+const MAX_RANDOM_SPEED_MPS: f64 = 45.0;
+
+fn parse_random_speed(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= MAX_RANDOM_SPEED_MPS => Ok(x),
+        _ => Err(format!(
+            "{raw:?} is not a speed in m/s between 0 and {MAX_RANDOM_SPEED_MPS} (the server refuses couriers \
+             faster than 55 m/s)"
+        )),
+    }
+}
+
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x <= 100.0 => Ok(x),
+        _ => Err(format!(
+            "{raw:?} is not a rate in fixes per second between 0 and 100 (0.2 is one fix every 5 s)"
+        )),
+    }
+}
+
+fn parse_lat_lon(raw: &str) -> Result<LatLon, String> {
+    let parsed = raw.split_once(',').and_then(|(lat, lon)| {
+        Some(LatLon::new(
+            lat.trim().parse::<f64>().ok()?,
+            lon.trim().parse::<f64>().ok()?,
+        ))
+    });
+    match parsed {
+        Some(p) if p.lat.is_finite() && p.lon.is_finite() && p.is_valid() => Ok(p),
+        _ => Err(format!(
+            "{raw:?} is not LAT,LON in degrees, e.g. 60.1699,24.9384 (lat -90..90, lon -180..180)"
+        )),
     }
 }
 
@@ -543,6 +632,58 @@ mod tests {
             &["trackctl", "eta-eval"],
         ] {
             assert!(Cli::try_parse_from(argv).is_err(), "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn random_trips_need_no_trip_files() {
+        let simulate = |argv: &[&str]| {
+            let mut full = vec!["trackctl", "simulate"];
+            full.extend_from_slice(argv);
+            match Cli::try_parse_from(full).map(|cli| cli.command) {
+                Ok(Command::Simulate(args)) => Ok(args),
+                Ok(_) => unreachable!(),
+                Err(err) => Err(err.to_string()),
+            }
+        };
+        let args = simulate(&["--random", "-33.87,151.21", "-n", "3", "--seed", "9"]).unwrap();
+        assert_eq!(args.random, Some(LatLon::new(-33.87, 151.21)));
+        assert!(args.trips.is_empty());
+        assert_eq!(args.radius_m, 2000.0);
+        assert_eq!(args.duration, Duration::from_secs(600));
+        assert_eq!(args.speed_mps, 5.0);
+        assert_eq!(args.seed, Some(9));
+        assert_eq!(args.rate, None);
+        let args = simulate(&[
+            "--random",
+            "60.17,24.94",
+            "--radius-m",
+            "500",
+            "--duration",
+            "90s",
+            "--speed-mps",
+            "12",
+            "--rate",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!((args.radius_m, args.speed_mps), (500.0, 12.0));
+        assert_eq!(args.duration, Duration::from_secs(90));
+        assert_eq!(args.rate, Some(0.5));
+        assert_eq!(simulate(&["t.gpx", "--rate", "2"]).unwrap().rate, Some(2.0));
+        // both parse; `simulate` refuses them together with a message
+        assert!(simulate(&["--random", "60.17,24.94", "t.csv"]).is_ok());
+
+        for bad in [
+            &["--random", "91,0"][..],
+            &["--random", "60.17"],
+            &["--random", "60,24", "--speed-mps", "60"],
+            &["--random", "60,24", "--radius-m", "0"],
+            &["t.csv", "--rate", "0"],
+            &["t.csv", "--seed", "1"],
+            &["t.csv", "--radius-m", "100"],
+        ] {
+            assert!(simulate(bad).is_err(), "{bad:?}");
         }
     }
 

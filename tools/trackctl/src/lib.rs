@@ -12,6 +12,7 @@ pub mod exit;
 pub mod export;
 pub mod history;
 pub mod progress;
+pub mod random;
 pub mod replay;
 pub mod schedule;
 pub mod simulate;

@@ -1,4 +1,4 @@
-//! Simulated couriers: each CSV trip rides as one courier app over the real courier stream, with
+//! Simulated couriers: each trip (CSV, GPX or random) rides as one courier app over the real courier stream, with
 //! its order created first so it can be watched. The front door of the load generator: build a
 //! [`SimConfig`], [`Simulation::prepare`] it, then [`Simulation::run`] it.
 
@@ -34,6 +34,32 @@ const START_SPREAD: Duration = Duration::from_secs(1);
 /// The server's default limit on a courier's speed between two fixes (its GPS filter's
 /// `max_speed_mps`); faster apparent movement is refused as an impossible jump.
 pub const SERVER_MAX_SPEED_MPS: f64 = 55.0;
+
+/// The server's default limit on frames per second on one courier connection
+/// (`max_frames_per_s`); a courier sending faster is closed with 1008 (policy).
+pub const SERVER_MAX_FRAMES_PER_S: f64 = 20.0;
+/// What automatic batching aims at: below the limit, for timer jitter and uneven recordings.
+const TARGET_FRAMES_PER_S: f64 = 0.8 * SERVER_MAX_FRAMES_PER_S;
+/// The largest batch `--batch` takes.
+pub const MAX_BATCH: usize = 500;
+
+/// The most fixes per second (wall clock) any one courier sends: its trip's average rate
+/// times the speedup, the highest over the trips. Zero when no trip has a duration.
+pub fn peak_fixes_per_s(trips: &[Arc<Trip>], speedup: f64) -> f64 {
+    trips.iter().filter_map(|t| t.rate_hz()).fold(0.0, f64::max) * speedup
+}
+
+/// The batch that keeps one courier's frames under the server's limit: `batch` when it already
+/// does, else the smallest batch that brings `fixes_per_s` under [`TARGET_FRAMES_PER_S`] (at
+/// most [`MAX_BATCH`]).
+pub fn batch_for(fixes_per_s: f64, batch: usize) -> usize {
+    let batch = batch.max(1);
+    if !fixes_per_s.is_finite() || fixes_per_s / batch as f64 <= TARGET_FRAMES_PER_S {
+        return batch;
+    }
+    let needed = (fixes_per_s / TARGET_FRAMES_PER_S).ceil() as usize;
+    needed.clamp(batch, MAX_BATCH)
+}
 
 /// A trip that, at the chosen speedup, moves faster than the server believes a courier can.
 #[derive(Debug, Clone, PartialEq)]
@@ -664,6 +690,34 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert!((found[0].apparent_mps - 111.0).abs() < 2.0, "{found:?}");
         assert!((found[0].max_speedup - 2.5).abs() < 0.1, "{found:?}");
+    }
+
+    #[test]
+    fn batches_keep_frames_under_the_server_limit() {
+        use crate::trip::TripPoint;
+        use trackline_core::LatLon;
+        // already fine: left alone
+        assert_eq!(batch_for(10.0, 1), 1);
+        assert_eq!(batch_for(100.0, 10), 10);
+        // 1 fix/s x 50 couriers is not the question: it is per connection
+        assert_eq!(batch_for(20.0, 1), 2);
+        assert_eq!(batch_for(100.0, 1), 7);
+        assert!(100.0 / batch_for(100.0, 1) as f64 <= SERVER_MAX_FRAMES_PER_S);
+        assert_eq!(batch_for(1e9, 1), MAX_BATCH);
+        // a 1 Hz trip at 30x is 30 fixes/s
+        let points = (0..=10)
+            .map(|i| TripPoint {
+                t_s: f64::from(i),
+                pos: LatLon::new(45.0, 13.0),
+            })
+            .collect();
+        let trip = Arc::new(Trip {
+            name: "t".into(),
+            points,
+        });
+        let rate = peak_fixes_per_s(std::slice::from_ref(&trip), 30.0);
+        assert!((rate - 30.0).abs() < 1e-9);
+        assert!((peak_fixes_per_s(&[Arc::new(trip.resampled(0.5))], 30.0) - 15.0).abs() < 1e-9);
     }
 
     #[test]

@@ -33,10 +33,11 @@ const LON_COLUMNS: &[&str] = &["lon", "lng", "longitude"];
 const MAX_ROUTE_POINTS: usize = 1000;
 
 impl Trip {
-    /// Reads a trip from a CSV file.
+    /// Reads a trip from a file: GPX when the name ends in `.gpx` (any case), CSV otherwise.
     ///
     /// # Errors
-    /// When the file cannot be read or a line is not `time,lat,lon` (see [`Trip::from_reader`]).
+    /// When the file cannot be read or is not a valid trip (see [`Trip::from_reader`] and
+    /// [`Trip::from_gpx_reader`]).
     pub fn from_path(path: &Path) -> anyhow::Result<Trip> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening trip {}", path.display()))?;
@@ -44,7 +45,121 @@ impl Trip {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        Trip::from_reader(&name, file).with_context(|| format!("reading trip {}", path.display()))
+        let is_gpx = path
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("gpx"));
+        let trip = if is_gpx {
+            Trip::from_gpx_reader(&name, std::io::BufReader::new(file))
+        } else {
+            Trip::from_reader(&name, file)
+        };
+        trip.with_context(|| format!("reading trip {}", path.display()))
+    }
+
+    /// Reads a GPX document: every track point of every track and segment, in document order.
+    /// Waypoints and routes are not part of a recording and are ignored.
+    ///
+    /// # Errors
+    /// When the XML is not GPX, there is no track point, a point has no `<time>` (the message
+    /// names the trip and the point), or time goes backwards.
+    pub fn from_gpx_reader(name: &str, reader: impl Read) -> anyhow::Result<Trip> {
+        let doc = gpx::read(reader).map_err(|e| anyhow::anyhow!("not a valid GPX file: {e}"))?;
+        let mut points: Vec<TripPoint> = Vec::new();
+        for (t, track) in doc.tracks.iter().enumerate() {
+            for (s, segment) in track.segments.iter().enumerate() {
+                for (p, waypoint) in segment.points.iter().enumerate() {
+                    let at = || format!("track {} segment {} point {}", t + 1, s + 1, p + 1);
+                    let Some(time) = waypoint.time else {
+                        bail!(
+                            "{name}: {} has no <time>; simulate needs a timestamp on every track \
+                             point (a planned route without times is not a recording)",
+                            at()
+                        );
+                    };
+                    let time: time::OffsetDateTime = time.into();
+                    let t_s = time.unix_timestamp_nanos() as f64 / 1e9;
+                    let point = waypoint.point();
+                    let pos = LatLon::new(point.y(), point.x());
+                    ensure!(
+                        pos.is_valid(),
+                        "{}: position {}, {} is outside lat -90..90, lon -180..180",
+                        at(),
+                        pos.lat,
+                        pos.lon
+                    );
+                    if let Some(prev) = points.last() {
+                        ensure!(
+                            t_s >= prev.t_s,
+                            "{}: time {} is before the previous point's {}; trips must be in time order",
+                            at(),
+                            t_s,
+                            prev.t_s
+                        );
+                    }
+                    points.push(TripPoint { t_s, pos });
+                }
+            }
+        }
+        ensure!(
+            !points.is_empty(),
+            "{name}: no track points (<trkpt>) in the GPX file"
+        );
+        Ok(Trip {
+            name: name.to_string(),
+            points,
+        })
+    }
+
+    /// The same trip with one point every `1 / rate_hz` seconds of recorded time, positions
+    /// interpolated linearly between the recorded fixes; the first and last points are kept.
+    /// More points than recorded when the rate is higher than the recording's, fewer when lower.
+    /// A trip of one point or no duration is returned unchanged.
+    pub fn resampled(&self, rate_hz: f64) -> Trip {
+        let duration = self.duration_s();
+        if self.points.len() < 2 || duration <= 0.0 || !(rate_hz.is_finite() && rate_hz > 0.0) {
+            return self.clone();
+        }
+        let step = 1.0 / rate_hz;
+        let start = self.points[0].t_s;
+        let mut points = Vec::new();
+        let mut segment = 0;
+        let mut k = 0u64;
+        loop {
+            let t = start + k as f64 * step;
+            // a hair of slack so that floating error does not add a point right before the end
+            if t >= start + duration - step * 1e-6 {
+                break;
+            }
+            while segment + 2 < self.points.len() && self.points[segment + 1].t_s <= t {
+                segment += 1;
+            }
+            let (a, b) = (self.points[segment], self.points[segment + 1]);
+            let span = b.t_s - a.t_s;
+            let f = if span > 0.0 {
+                ((t - a.t_s) / span).clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            points.push(TripPoint {
+                t_s: t,
+                pos: LatLon::new(
+                    a.pos.lat + (b.pos.lat - a.pos.lat) * f,
+                    a.pos.lon + (b.pos.lon - a.pos.lon) * f,
+                ),
+            });
+            k += 1;
+        }
+        points.extend(self.points.last().copied());
+        Trip {
+            name: self.name.clone(),
+            points,
+        }
+    }
+
+    /// Fixes per second of recorded time, on average (`None` for a trip without duration).
+    pub fn rate_hz(&self) -> Option<f64> {
+        let duration = self.duration_s();
+        (duration > 0.0).then(|| (self.points.len() - 1) as f64 / duration)
     }
 
     /// Reads CSV `t_unix,lat,lon`: seconds (fractions allowed) and WGS84 degrees.

@@ -172,3 +172,43 @@ async fn an_unreachable_server_is_an_error_after_retry_for() {
     assert_eq!(finished.summary.acked, 0);
     assert_eq!(finished.summary.unacked, 20);
 }
+
+#[tokio::test]
+async fn random_and_gpx_trips_ride_at_the_requested_rate_and_batch() {
+    let server = FakeServer::start(Script::default()).await;
+    let random = trackctl::random::RandomTrips {
+        center: trackline_core::LatLon::new(48.83, 2.46),
+        radius_m: 1000.0,
+        duration_s: 20.0,
+        speed_mps: 5.0,
+        interval_s: 1.0,
+        seed: 1,
+    };
+    let gpx = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join("run_vincennes_head.gpx");
+    let mut config = config(&server.url, "car_joensuu_head.csv");
+    // two fixes a second of trip time: 41 over the random trip's 20 s, 119 over the GPX's 59 s
+    config.trips = vec![
+        Arc::new(random.trip(0).unwrap().resampled(2.0)),
+        Arc::new(Trip::from_path(&gpx).unwrap().resampled(2.0)),
+    ];
+    config.couriers = 2;
+    config.speedup = 20.0;
+    // 2 fixes/s x 20 is 40 fixes/s: over the server's 20 frames/s one at a time
+    let fixes_per_s = trackctl::simulate::peak_fixes_per_s(&config.trips, config.speedup);
+    assert!((fixes_per_s - 40.0).abs() < 0.5, "{fixes_per_s}");
+    config.batch = trackctl::simulate::batch_for(fixes_per_s, 1);
+    assert_eq!(config.batch, 3);
+
+    let simulation = Simulation::prepare(config).await.unwrap();
+    let (_keep, stop) = watch::channel(Stop::Run);
+    let finished = simulation.run(stop, false).await;
+    assert!(finished.error.is_none(), "{:?}", finished.error);
+    let summary = finished.summary;
+    assert_eq!(summary.fixes_generated, 41 + 119);
+    assert_eq!(summary.acked, 41 + 119);
+    assert_eq!(summary.unacked, 0);
+    // whole batches of 3 while riding (53 of them), the remainders flushed at the end
+    assert!((54..=56).contains(&summary.frames), "{summary:?}");
+}

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::cli::{GlobalArgs, SimulateArgs};
 use crate::courier::Stop;
+use crate::random::RandomTrips;
 use crate::simulate::{SimConfig, Simulation, Summary};
 use crate::trip::Trip;
 
@@ -18,11 +19,8 @@ const LIST_ALL_ORDERS_UP_TO: usize = 20;
 const LISTED_WHEN_MANY: usize = 5;
 
 pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode> {
-    let trips = args
-        .trips
-        .iter()
-        .map(|path| Trip::from_path(path).map(Arc::new))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trips = load_trips(args)?;
+    let batch = auto_batch(&trips, args);
     for fast in crate::simulate::too_fast(&trips, args.speedup) {
         eprintln!(
             "warning: at --speedup {} {} moves at about {:.0} m/s, faster than the server believes a courier \
@@ -39,6 +37,7 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
     let stamp = run_stamp();
     let config = SimConfig {
         server: global.server.clone(),
+        // random trips are one per courier already
         couriers: args.couriers.map_or(trips.len(), |n| n as usize),
         trips,
         speedup: args.speedup,
@@ -52,7 +51,7 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
             .unwrap_or_else(|| format!("{stamp}c")),
         create_orders: !args.no_create_orders,
         deliver: args.deliver,
-        batch: args.batch as usize,
+        batch,
         looping: args.looping,
         retry_for: args.retry_for,
         drain_timeout: args.drain_timeout,
@@ -65,6 +64,72 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(simulate(config, args.json))
+}
+
+/// The trip files, or the random trips; resampled to `--rate` when given.
+fn load_trips(args: &SimulateArgs) -> anyhow::Result<Vec<Arc<Trip>>> {
+    if args.random.is_some() && !args.trips.is_empty() {
+        anyhow::bail!(
+            "pass trip files or --random, not both: --random makes one trip per courier (-n) by itself"
+        );
+    }
+    let trips: Vec<Trip> = if let Some(center) = args.random {
+        let seed = args.seed.unwrap_or_else(rand::random);
+        if args.seed.is_none() {
+            eprintln!("random trips from --seed {seed} (pass it again for the same trips)");
+        }
+        let params = RandomTrips {
+            center,
+            radius_m: args.radius_m,
+            duration_s: args.duration.as_secs_f64(),
+            speed_mps: args.speed_mps,
+            interval_s: 1.0,
+            seed,
+        };
+        params.check()?;
+        let couriers = args.couriers.map_or(1, |n| n as usize);
+        (0..couriers)
+            .map(|i| params.trip(i))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.trips
+            .iter()
+            .map(|path| Trip::from_path(path))
+            .collect::<anyhow::Result<_>>()?
+    };
+    Ok(trips
+        .into_iter()
+        .map(|trip| match args.rate {
+            Some(rate) => Arc::new(trip.resampled(rate)),
+            None => Arc::new(trip),
+        })
+        .collect())
+}
+
+/// `--batch`, raised when one courier would send more frames per second than the server takes.
+fn auto_batch(trips: &[Arc<Trip>], args: &SimulateArgs) -> usize {
+    let requested = args.batch as usize;
+    let fixes_per_s = crate::simulate::peak_fixes_per_s(trips, args.speedup);
+    let batch = crate::simulate::batch_for(fixes_per_s, requested);
+    let frames_per_s = fixes_per_s / batch as f64;
+    if batch != requested {
+        eprintln!(
+            "note: each courier sends up to {fixes_per_s:.1} fixes/s (its trip's rate x --speedup {}); at --batch \
+             {requested} that is more frames than the server takes ({:.0} per second per connection, close 1008 \
+             above): batching {batch} fixes per frame ({frames_per_s:.1} frames/s); a lower --rate or --speedup \
+             keeps smaller frames",
+            args.speedup,
+            crate::simulate::SERVER_MAX_FRAMES_PER_S,
+        );
+    }
+    if frames_per_s > crate::simulate::SERVER_MAX_FRAMES_PER_S {
+        eprintln!(
+            "warning: even {batch} fixes per frame is {frames_per_s:.0} frames/s, above the server's limit of {:.0}: \
+             expect connections closed with 1008; lower --rate or --speedup",
+            crate::simulate::SERVER_MAX_FRAMES_PER_S,
+        );
+    }
+    batch
 }
 
 async fn simulate(config: SimConfig, json: bool) -> anyhow::Result<ExitCode> {
