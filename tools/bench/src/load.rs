@@ -1,0 +1,889 @@
+//! The load generator: N couriers streaming fixes, one watcher per courier's order, against any
+//! peer. Latency is measured end to end, from the moment a fix is handed to the courier's socket
+//! to the moment its watcher decodes it.
+//!
+//! Each fix carries a per-courier counter in its device time (`time_ms = base + counter`, one
+//! millisecond per fix, so the time always increases and stays in the past) and moves 2.2 cm
+//! north (22 m/s at one fix per millisecond: plausible for the GPS filter). The generator keeps
+//! the send instant of each counter in a ring per courier, so the watcher finds the exact send
+//! time of whatever it receives, at nanosecond resolution, with the same payload for every peer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use prost::Message as _;
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use trackline_core::auth::{Role, TokenKeys};
+use trackline_core::CourierId;
+use trackline_proto::v1::{server_frame, CourierFrame, Fix, OrderUpdate, ServerFrame};
+
+use crate::peers::{Peer, SECRET};
+use crate::stats::{new_histogram, CpuMeter, LatencySummary};
+use crate::wire::{self, MqttParser, NatsIn, NatsParser, Resp, Ws};
+
+const RING: usize = 1 << 14;
+
+/// How the couriers pace themselves.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pace {
+    /// Closed loop: at most this many fixes per courier between send and watcher receipt. The
+    /// delivered rate is the most the system sustains with bounded queues.
+    Window(usize),
+    /// Open loop: this many fixes per second per courier, whatever happens.
+    Rate(f64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSpec {
+    pub couriers: usize,
+    pub pace: Pace,
+    /// Fixes per frame.
+    pub batch: usize,
+    /// Watchers per order (the first paces the closed loop; all count as deliveries).
+    pub watchers: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadResult {
+    pub offered_fixes_per_s: f64,
+    pub delivered_fixes_per_s: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub e2e: LatencySummary,
+    /// trackline only: fix sent -> Ack (durable).
+    pub ack: LatencySummary,
+    pub errors: u64,
+    /// Closed loop: times a courier waited over a second for its window (a lost update).
+    pub stalls: u64,
+    pub server_cpu_cores: f64,
+    pub server_rss_mib: f64,
+    pub client_cpu_cores: f64,
+}
+
+/// What a courier and its watcher share.
+struct Lane {
+    sent_ns: Vec<AtomicU64>,
+    window: Semaphore,
+    /// The highest counter a watcher received: everything up to it has left the window, even
+    /// updates a server conflated away.
+    received: AtomicU64,
+}
+
+struct Clock {
+    origin: Instant,
+    base_ms: i64,
+    t0: Instant,
+    t1: Instant,
+}
+
+impl Clock {
+    fn ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+    fn in_window(&self, at: Instant) -> bool {
+        at >= self.t0 && at < self.t1
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn start_e7(i: usize) -> (i32, i32) {
+    let lat = 45.0 + (i % 200) as f64 * 0.01;
+    let lon = 13.0 + (i / 200) as f64 * 0.01;
+    (trackline_proto::to_e7(lat), trackline_proto::to_e7(lon))
+}
+
+fn fix_for(i: usize, counter: u64, base_ms: i64) -> Fix {
+    let (lat, lon) = start_e7(i);
+    Fix {
+        seq: counter,
+        time_ms: base_ms + counter as i64,
+        lat_e7: lat + (counter as i32).wrapping_mul(2),
+        lon_e7: lon,
+        accuracy_m: 5.0,
+        speed_mps: 22.0,
+        heading_deg: 0.0,
+    }
+}
+
+/// Creates order `o-{i}` for courier `c-{i}` on trackline; returns the order's watch token.
+pub async fn create_order(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    ops: &str,
+    order: &str,
+    courier: &str,
+    dest: (f64, f64),
+) -> Result<String> {
+    let r = http
+        .post(format!("http://{addr}/v1/orders"))
+        .bearer_auth(ops)
+        .json(&serde_json::json!({
+            "order_id": order,
+            "destination": {"lat": dest.0, "lon": dest.1},
+            "courier_id": courier,
+        }))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("POST /v1/orders {order}: {}", r.status());
+    }
+    let body: serde_json::Value = r.json().await?;
+    Ok(body["watch_token"].as_str().unwrap_or_default().to_string())
+}
+
+pub fn keys() -> TokenKeys {
+    TokenKeys::new(SECRET.as_bytes())
+}
+
+pub fn courier_token(keys: &TokenKeys, courier: &str) -> String {
+    keys.mint(
+        &Role::Courier(CourierId::new(courier).expect("valid id")),
+        24 * 3600,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watchers
+
+enum WatchConn {
+    Ws(Box<Ws>, Peer),
+    Redis(BufReader<TcpStream>),
+}
+
+async fn open_watcher(
+    peer: Peer,
+    addr: SocketAddr,
+    i: usize,
+    j: usize,
+    token: &str,
+) -> Result<WatchConn> {
+    match peer {
+        Peer::Trackline => {
+            let path = format!("/v1/orders/o-{i}/watch?token={token}");
+            let mut ws = wire::ws_connect(addr, &path, Some("trackline.v1.proto")).await?;
+            // The snapshot arrives once the watcher is subscribed.
+            loop {
+                match ws
+                    .next()
+                    .await
+                    .context("watch closed before its snapshot")??
+                {
+                    Message::Binary(_) => break,
+                    Message::Text(t) => bail!("unexpected text frame {t}"),
+                    _ => {}
+                }
+            }
+            Ok(WatchConn::Ws(Box::new(ws), peer))
+        }
+        Peer::Relay => Ok(WatchConn::Ws(
+            Box::new(wire::ws_connect(addr, &format!("/sub/o-{i}"), None).await?),
+            peer,
+        )),
+        Peer::Nats => {
+            let mut ws = wire::ws_connect(addr, "/", None).await?;
+            let mut cmd = wire::nats_connect();
+            cmd.extend_from_slice(format!("SUB o.{i} 1\r\nPING\r\n").as_bytes());
+            ws.send(Message::Binary(cmd.into())).await?;
+            wait_nats_pong(&mut ws).await?;
+            Ok(WatchConn::Ws(Box::new(ws), peer))
+        }
+        Peer::Mosquitto => {
+            let mut ws = wire::ws_connect(addr, "/", Some("mqtt")).await?;
+            ws.send(Message::Binary(
+                wire::mqtt_connect(&format!("w{i}-{j}")).into(),
+            ))
+            .await?;
+            ws.send(Message::Binary(
+                wire::mqtt_subscribe(&format!("o/{i}")).into(),
+            ))
+            .await?;
+            let mut p = MqttParser::default();
+            'outer: loop {
+                match ws.next().await.context("mqtt closed during subscribe")?? {
+                    Message::Binary(b) => {
+                        p.push(&b);
+                        while let Some(pkt) = p.next_packet() {
+                            if pkt.kind == 9 {
+                                break 'outer; // SUBACK
+                            }
+                        }
+                    }
+                    Message::Close(_) => bail!("mqtt closed during subscribe"),
+                    _ => {}
+                }
+            }
+            Ok(WatchConn::Ws(Box::new(ws), peer))
+        }
+        Peer::Redis | Peer::RedisPipelined => {
+            let mut s = BufReader::new(wire::tcp_connect(addr).await?);
+            let mut cmd = Vec::new();
+            let channel = format!("o.{i}");
+            wire::resp_command(&[b"SUBSCRIBE", channel.as_bytes()], &mut cmd);
+            s.get_mut().write_all(&cmd).await?;
+            wire::resp_read(&mut s).await?;
+            Ok(WatchConn::Redis(s))
+        }
+    }
+}
+
+async fn wait_nats_pong(ws: &mut Ws) -> Result<()> {
+    let mut p = NatsParser::default();
+    loop {
+        match ws.next().await.context("nats closed during connect")?? {
+            Message::Binary(b) => p.push(&b),
+            Message::Text(t) => p.push(t.as_bytes()),
+            Message::Close(_) => bail!("nats closed during connect"),
+            _ => continue,
+        }
+        while let Some(m) = p.next_message() {
+            match m {
+                NatsIn::Pong => return Ok(()),
+                NatsIn::Err(e) => bail!("nats: {e}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Device times of the fixes a watcher received in one message.
+fn times_of(peer: Peer, payload: &[u8], out: &mut Vec<i64>) {
+    if peer == Peer::Trackline {
+        if let Ok(u) = OrderUpdate::decode(payload) {
+            if let Some(p) = u.position {
+                out.push(p.time_ms);
+            }
+        }
+    } else if let Ok(f) = CourierFrame::decode(payload) {
+        out.extend(f.fixes.iter().map(|x| x.time_ms));
+    }
+}
+
+struct WatchOutcome {
+    e2e: Histogram<u64>,
+    delivered: u64,
+    errors: u64,
+}
+
+async fn run_watcher(
+    conn: WatchConn,
+    lane: Arc<Lane>,
+    clock: Arc<Clock>,
+    limit: usize,
+) -> WatchOutcome {
+    let mut out = WatchOutcome {
+        e2e: new_histogram(),
+        delivered: 0,
+        errors: 0,
+    };
+    let end = tokio::time::Instant::from_std(clock.t1 + Duration::from_millis(500));
+    let mut times = Vec::new();
+    let account = |times: &mut Vec<i64>, out: &mut WatchOutcome| {
+        let now = Instant::now();
+        let now_ns = clock.ns();
+        for t in times.drain(..) {
+            let c = t - clock.base_ms;
+            if c <= 0 {
+                continue;
+            }
+            let sent = lane.sent_ns[c as usize % RING].load(Ordering::Relaxed);
+            // Only an order's first watcher paces its courier (limit 0 for the others).
+            let prev = if limit > 0 {
+                lane.received.fetch_max(c as u64, Ordering::Relaxed)
+            } else {
+                u64::MAX
+            };
+            if c as u64 > prev {
+                let room = limit.saturating_sub(lane.window.available_permits());
+                lane.window
+                    .add_permits((c as u64 - prev).min(room as u64) as usize);
+            }
+            if sent == 0 || !clock.in_window(now) {
+                continue;
+            }
+            out.delivered += 1;
+            let _ = out.e2e.record(now_ns.saturating_sub(sent).max(1));
+        }
+    };
+    match conn {
+        WatchConn::Ws(mut ws, peer) => {
+            let mut nats = NatsParser::default();
+            let mut mqtt = MqttParser::default();
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = tokio::time::sleep_until(end) => break,
+                };
+                let data = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Text(t))) => bytes::Bytes::from(t.as_str().to_owned()),
+                    Some(Ok(Message::Close(_))) | None => {
+                        if Instant::now() < clock.t1 {
+                            out.errors += 1;
+                        }
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) => {
+                        out.errors += 1;
+                        break;
+                    }
+                };
+                match peer {
+                    Peer::Nats => {
+                        nats.push(&data);
+                        while let Some(m) = nats.next_message() {
+                            match m {
+                                NatsIn::Msg(p) => times_of(peer, &p, &mut times),
+                                NatsIn::Ping => {
+                                    let _ =
+                                        ws.send(Message::Binary(b"PONG\r\n".to_vec().into())).await;
+                                }
+                                NatsIn::Err(_) => out.errors += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Peer::Mosquitto => {
+                        mqtt.push(&data);
+                        while let Some(p) = mqtt.next_packet() {
+                            if p.kind == 3 {
+                                times_of(peer, &p.payload, &mut times);
+                            }
+                        }
+                    }
+                    _ => times_of(peer, &data, &mut times),
+                }
+                account(&mut times, &mut out);
+            }
+            let _ = ws.as_mut().close(None).await;
+        }
+        WatchConn::Redis(mut s) => loop {
+            let msg = tokio::select! {
+                m = wire::resp_read(&mut s) => m,
+                _ = tokio::time::sleep_until(end) => break,
+            };
+            match msg {
+                Ok(Resp::Array(items)) => {
+                    if let Some(Resp::Bulk(Some(p))) = items.get(2) {
+                        times_of(Peer::Redis, p, &mut times);
+                        account(&mut times, &mut out);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    out.errors += 1;
+                    break;
+                }
+            }
+        },
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Couriers
+
+enum Sender {
+    Ws(SplitSink<Ws, Message>, Peer, usize),
+    RedisPipelined(OwnedWriteHalf, usize),
+    Redis(BufReader<TcpStream>, usize),
+}
+
+struct CourierOutcome {
+    sent: u64,
+    ack: Histogram<u64>,
+    errors: u64,
+    stalls: u64,
+}
+
+enum Back {
+    Ws(SplitStream<Ws>),
+    Redis(OwnedReadHalf),
+    None,
+}
+
+async fn open_courier(
+    peer: Peer,
+    addr: SocketAddr,
+    i: usize,
+    token: &str,
+) -> Result<(Sender, Back)> {
+    Ok(match peer {
+        Peer::Trackline | Peer::Relay => {
+            let path = if peer == Peer::Trackline {
+                format!("/v1/courier/ws?token={token}")
+            } else {
+                format!("/pub/o-{i}")
+            };
+            let (sink, stream) = wire::ws_connect(addr, &path, None).await?.split();
+            (Sender::Ws(sink, peer, i), Back::Ws(stream))
+        }
+        Peer::Nats => {
+            let mut ws = wire::ws_connect(addr, "/", None).await?;
+            ws.send(Message::Binary(wire::nats_connect().into()))
+                .await?;
+            wait_nats_pong(&mut ws).await?;
+            let (sink, stream) = ws.split();
+            (Sender::Ws(sink, peer, i), Back::Ws(stream))
+        }
+        Peer::Mosquitto => {
+            let mut ws = wire::ws_connect(addr, "/", Some("mqtt")).await?;
+            ws.send(Message::Binary(wire::mqtt_connect(&format!("c{i}")).into()))
+                .await?;
+            let (sink, stream) = ws.split();
+            (Sender::Ws(sink, peer, i), Back::Ws(stream))
+        }
+        Peer::RedisPipelined => {
+            let (r, w) = wire::tcp_connect(addr).await?.into_split();
+            (Sender::RedisPipelined(w, i), Back::Redis(r))
+        }
+        Peer::Redis => (
+            Sender::Redis(BufReader::new(wire::tcp_connect(addr).await?), i),
+            Back::None,
+        ),
+    })
+}
+
+async fn drain_back(
+    peer: Peer,
+    back: Back,
+    lane: Arc<Lane>,
+    clock: Arc<Clock>,
+) -> (Histogram<u64>, u64) {
+    match back {
+        Back::Ws(stream) => drain_courier_stream(peer, stream, lane, clock).await,
+        Back::Redis(r) => {
+            let mut r = BufReader::new(r);
+            let mut errors = 0;
+            loop {
+                match wire::resp_read(&mut r).await {
+                    Ok(Resp::Error(_)) => errors += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            (new_histogram(), errors)
+        }
+        Back::None => (new_histogram(), 0),
+    }
+}
+
+/// Reads what comes back on a courier's socket: acks (trackline) or nothing of interest.
+async fn drain_courier_stream(
+    peer: Peer,
+    mut stream: SplitStream<Ws>,
+    lane: Arc<Lane>,
+    clock: Arc<Clock>,
+) -> (Histogram<u64>, u64) {
+    let mut ack = new_histogram();
+    let mut errors = 0;
+    while let Some(msg) = stream.next().await {
+        let Ok(Message::Binary(b)) = msg else {
+            if msg.is_err() && Instant::now() < clock.t1 {
+                errors += 1;
+            }
+            continue;
+        };
+        if peer != Peer::Trackline {
+            continue;
+        }
+        match ServerFrame::decode(b.as_ref()).ok().and_then(|f| f.kind) {
+            Some(server_frame::Kind::Ack(a)) => {
+                let now = Instant::now();
+                let sent = lane.sent_ns[a.seq as usize % RING].load(Ordering::Relaxed);
+                if sent != 0 && clock.in_window(now) {
+                    let _ = ack.record(clock.ns().saturating_sub(sent).max(1));
+                }
+            }
+            Some(server_frame::Kind::Rejected(_)) => errors += 1,
+            None => errors += 1,
+        }
+    }
+    (ack, errors)
+}
+
+fn resp_fix_commands(i: usize, fix: &Fix, payload: &[u8], out: &mut Vec<u8>) {
+    let lon = format!("{:.7}", trackline_proto::from_e7(fix.lon_e7));
+    let lat = format!("{:.7}", trackline_proto::from_e7(fix.lat_e7));
+    let member = format!("c-{i}");
+    let stream = format!("h:{i}");
+    let channel = format!("o.{i}");
+    wire::resp_command(
+        &[
+            b"GEOADD",
+            b"couriers",
+            lon.as_bytes(),
+            lat.as_bytes(),
+            member.as_bytes(),
+        ],
+        out,
+    );
+    wire::resp_command(&[b"XADD", stream.as_bytes(), b"*", b"f", payload], out);
+    wire::resp_command(&[b"PUBLISH", channel.as_bytes(), payload], out);
+}
+
+impl Sender {
+    async fn send(&mut self, fixes: Vec<Fix>) -> Result<()> {
+        match self {
+            Sender::Ws(sink, peer, i) => {
+                let payload = CourierFrame { fixes }.encode_to_vec();
+                let data = match peer {
+                    Peer::Nats => wire::nats_pub(&format!("o.{i}"), &payload),
+                    Peer::Mosquitto => wire::mqtt_publish(&format!("o/{i}"), &payload),
+                    _ => payload,
+                };
+                sink.send(Message::Binary(data.into())).await?;
+            }
+            Sender::RedisPipelined(w, i) => {
+                let payload = CourierFrame {
+                    fixes: fixes.clone(),
+                }
+                .encode_to_vec();
+                let mut out = Vec::with_capacity(256);
+                resp_fix_commands(*i, fixes.last().expect("a fix"), &payload, &mut out);
+                w.write_all(&out).await?;
+            }
+            Sender::Redis(s, i) => {
+                let payload = CourierFrame {
+                    fixes: fixes.clone(),
+                }
+                .encode_to_vec();
+                let mut out = Vec::with_capacity(256);
+                resp_fix_commands(*i, fixes.last().expect("a fix"), &payload, &mut out);
+                // One command at a time: split the pipeline back into its three commands.
+                let mut rest: &[u8] = &out;
+                for _ in 0..3 {
+                    let next = find_next_command(rest);
+                    s.get_mut().write_all(&rest[..next]).await?;
+                    if let Resp::Error(e) = wire::resp_read(s).await? {
+                        bail!("redis: {e}");
+                    }
+                    rest = &rest[next..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        match self {
+            Sender::Ws(mut sink, _, _) => {
+                let _ = sink.close().await;
+            }
+            Sender::RedisPipelined(mut w, _) => {
+                let _ = w.shutdown().await;
+            }
+            Sender::Redis(mut s, _) => {
+                let _ = s.get_mut().shutdown().await;
+            }
+        }
+    }
+}
+
+/// The end of the first RESP command in `buf` (commands of bulk strings only).
+fn find_next_command(buf: &[u8]) -> usize {
+    let line_end =
+        |from: usize| from + buf[from..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let first = line_end(0);
+    let n: usize = std::str::from_utf8(&buf[1..first - 2])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut pos = first;
+    for _ in 0..n {
+        let hdr_end = line_end(pos);
+        let len: usize = std::str::from_utf8(&buf[pos + 1..hdr_end - 2])
+            .unwrap()
+            .parse()
+            .unwrap();
+        pos = hdr_end + len + 2;
+    }
+    pos
+}
+
+async fn run_courier(
+    mut sender: Sender,
+    i: usize,
+    spec: LoadSpec,
+    lane: Arc<Lane>,
+    clock: Arc<Clock>,
+) -> CourierOutcome {
+    let mut out = CourierOutcome {
+        sent: 0,
+        ack: new_histogram(),
+        errors: 0,
+        stalls: 0,
+    };
+    // batch 0: adaptive, as an app flushes its buffer: every fix the window allows goes in the
+    // next frame (at least one).
+    let adaptive = spec.batch == 0;
+    let window = match spec.pace {
+        Pace::Window(w) => w,
+        Pace::Rate(_) => 1,
+    };
+    let mut counter = 0u64;
+    let end = tokio::time::Instant::from_std(clock.t1);
+    let mut ticker = match spec.pace {
+        Pace::Rate(r) => {
+            let period = Duration::from_secs_f64(spec.batch.max(1) as f64 / r.max(1e-3));
+            // Spread the couriers over the period so the load is smooth.
+            let offset = period.mul_f64((i % 1000) as f64 / 1000.0);
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            Some(t)
+        }
+        Pace::Window(_) => None,
+    };
+    loop {
+        if let Some(t) = ticker.as_mut() {
+            tokio::select! {
+                _ = t.tick() => {},
+                _ = tokio::time::sleep_until(end) => break,
+            }
+        } else {
+            let first = if adaptive { 1 } else { spec.batch as u32 };
+            let acquire = lane.window.acquire_many(first);
+            tokio::select! {
+                r = tokio::time::timeout(Duration::from_secs(1), acquire) => match r {
+                    Ok(Ok(p)) => p.forget(),
+                    _ => out.stalls += 1,
+                },
+                _ = tokio::time::sleep_until(end) => break,
+            }
+        }
+        let mut batch = spec.batch.max(1);
+        if adaptive && ticker.is_none() {
+            let extra = lane
+                .window
+                .available_permits()
+                .min(window.saturating_sub(1));
+            if extra > 0 {
+                if let Ok(p) = lane.window.try_acquire_many(extra as u32) {
+                    p.forget();
+                    batch += extra;
+                }
+            }
+        }
+        if Instant::now() >= clock.t1 {
+            break;
+        }
+        let fixes: Vec<Fix> = (0..batch)
+            .map(|_| {
+                counter += 1;
+                fix_for(i, counter, clock.base_ms)
+            })
+            .collect();
+        let now_ns = clock.ns();
+        for f in &fixes {
+            lane.sent_ns[f.seq as usize % RING].store(now_ns, Ordering::Relaxed);
+        }
+        let in_window = clock.in_window(Instant::now());
+        if let Err(_e) = sender.send(fixes).await {
+            out.errors += 1;
+            break;
+        }
+        if in_window {
+            out.sent += batch as u64;
+        }
+    }
+    sender.close().await;
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Runs one load against a started server.
+pub async fn run(
+    peer: Peer,
+    server_addr: SocketAddr,
+    server_pid: u32,
+    spec: &LoadSpec,
+) -> Result<LoadResult> {
+    let n = spec.couriers;
+    let limit = match spec.pace {
+        Pace::Window(w) => w * spec.batch.max(1),
+        // (adaptive batching: the window counts fixes)
+        Pace::Rate(_) => 0,
+    };
+    let lanes: Vec<Arc<Lane>> = (0..n)
+        .map(|_| {
+            Arc::new(Lane {
+                sent_ns: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+                window: Semaphore::new(limit),
+                received: AtomicU64::new(0),
+            })
+        })
+        .collect();
+
+    // trackline: orders and tokens.
+    let keys = keys();
+    let mut watch_tokens = vec![String::new(); n];
+    if peer == Peer::Trackline {
+        let http = reqwest::Client::new();
+        let ops = keys.mint(&Role::Ops, 3600);
+        for (i, wt) in watch_tokens.iter_mut().enumerate() {
+            let (lat, lon) = start_e7(i);
+            let dest = (
+                trackline_proto::from_e7(lat) + 0.1,
+                trackline_proto::from_e7(lon),
+            );
+            *wt = create_order(
+                &http,
+                server_addr,
+                &ops,
+                &format!("o-{i}"),
+                &format!("c-{i}"),
+                dest,
+            )
+            .await?;
+        }
+    }
+
+    // Watchers first, all subscribed before the first fix.
+    let mut conns = Vec::with_capacity(n * spec.watchers.max(1));
+    for j in 0..spec.watchers.max(1) {
+        for (i, wt) in watch_tokens.iter().enumerate() {
+            conns.push((
+                i,
+                j,
+                open_watcher(peer, server_addr, i, j, wt)
+                    .await
+                    .with_context(|| format!("watcher {i}/{j}"))?,
+            ));
+        }
+    }
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = courier_token(&keys, &format!("c-{i}"));
+        pending.push(
+            open_courier(peer, server_addr, i, &token)
+                .await
+                .with_context(|| format!("courier {i}"))?,
+        );
+    }
+    let start = Instant::now() + Duration::from_millis(100);
+    let clock = Arc::new(Clock {
+        origin: Instant::now(),
+        base_ms: now_ms() - 600_000,
+        t0: start + spec.warmup,
+        t1: start + spec.warmup + spec.duration,
+    });
+    let mut readers = JoinSet::new();
+    let mut senders = Vec::with_capacity(n);
+    for (i, (sender, back)) in pending.into_iter().enumerate() {
+        readers.spawn(drain_back(peer, back, lanes[i].clone(), clock.clone()));
+        senders.push(sender);
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(start)).await;
+
+    let mut watchers = JoinSet::new();
+    for (i, j, conn) in conns {
+        let limit = if j == 0 { limit } else { 0 };
+        watchers.spawn(run_watcher(conn, lanes[i].clone(), clock.clone(), limit));
+    }
+    let mut couriers = JoinSet::new();
+    for (i, s) in senders.into_iter().enumerate() {
+        couriers.spawn(run_courier(
+            s,
+            i,
+            spec.clone(),
+            lanes[i].clone(),
+            clock.clone(),
+        ));
+    }
+
+    tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t0)).await;
+    let server_meter = CpuMeter::start(server_pid);
+    let client_meter = CpuMeter::start(std::process::id());
+    tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t1)).await;
+    let (server_cpu, server_rss) = server_meter.stop();
+    let (client_cpu, _) = client_meter.stop();
+
+    let mut result = LoadResult {
+        server_cpu_cores: server_cpu,
+        server_rss_mib: server_rss as f64 / 1024.0,
+        client_cpu_cores: client_cpu,
+        ..Default::default()
+    };
+    let mut e2e = new_histogram();
+    let mut ack = new_histogram();
+    while let Some(c) = couriers.join_next().await {
+        let c = c?;
+        result.sent += c.sent;
+        result.errors += c.errors;
+        result.stalls += c.stalls;
+        ack.add(&c.ack)?;
+    }
+    while let Some(w) = watchers.join_next().await {
+        let w = w?;
+        result.delivered += w.delivered;
+        result.errors += w.errors;
+        e2e.add(&w.e2e)?;
+    }
+    // Courier readers end when the server closes the sockets; give them a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(r) = readers.join_next().await {
+            if let Ok((h, errors)) = r {
+                let _ = ack.add(&h);
+                result.errors += errors;
+            }
+        }
+    })
+    .await;
+    readers.abort_all();
+    let secs = spec.duration.as_secs_f64();
+    result.offered_fixes_per_s = result.sent as f64 / secs;
+    result.delivered_fixes_per_s = result.delivered as f64 / secs;
+    result.e2e = LatencySummary::of(&e2e);
+    result.ack = LatencySummary::of(&ack);
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixes_move_plausibly_and_forward_in_time() {
+        let base = 1_700_000_000_000;
+        let a = fix_for(3, 10, base);
+        let b = fix_for(3, 11, base);
+        assert_eq!(b.time_ms - a.time_ms, 1);
+        let metres = f64::from(b.lat_e7 - a.lat_e7) * 1e-7 * 111_195.0;
+        let speed = metres / 0.001;
+        assert!(speed > 1.0 && speed < 55.0, "{speed} m/s");
+    }
+
+    #[test]
+    fn resp_pipeline_splits_into_its_commands() {
+        let fix = fix_for(1, 1, 0);
+        let mut out = Vec::new();
+        resp_fix_commands(1, &fix, b"p\r\nq", &mut out);
+        let first = find_next_command(&out);
+        assert!(out[..first].starts_with(b"*5\r\n$6\r\nGEOADD"));
+        let second = first + find_next_command(&out[first..]);
+        assert!(out[first..second].starts_with(b"*5\r\n$4\r\nXADD"));
+        assert_eq!(second + find_next_command(&out[second..]), out.len());
+    }
+}

@@ -1,0 +1,116 @@
+//! trackline-bench: trackline against a bare relay, NATS, Mosquitto and Redis, side by side, on
+//! one machine, with one load generator. `tools/bench/run.sh` is the one command; this binary
+//! runs the scenarios, writes the JSON report and BENCHMARKS.md.
+
+mod load;
+mod peers;
+mod report;
+mod scenarios;
+mod stats;
+mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::load::{LoadSpec, Pace};
+use crate::peers::Peer;
+
+#[derive(Parser)]
+#[command(
+    name = "trackline-bench",
+    about = "Benchmarks trackline against its peers, side by side"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The bare relay (a peer): courier /pub/{id} -> watchers /sub/{id}, nothing stored.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:18181")]
+        listen: SocketAddr,
+    },
+    /// One load against one peer (started and stopped by the tool), printed as JSON.
+    Load {
+        #[arg(long, default_value = "trackline")]
+        peer: String,
+        #[arg(long, default_value_t = 100)]
+        couriers: usize,
+        /// Closed loop: fixes in flight per courier (ignored with --rate).
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Open loop: total fixes per second over all couriers.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Fixes per frame; 0: as many as the window allows (closed loop).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Watchers per order.
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
+        #[arg(long, default_value_t = 8.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+    },
+    /// Every scenario against every peer; writes the JSON report and BENCHMARKS.md.
+    All(report::SuiteArgs),
+}
+
+fn main() -> Result<()> {
+    let limit = stats::raise_nofile_limit();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Relay { listen } => peers::run_relay(listen).await,
+            Cmd::Load {
+                peer,
+                couriers,
+                window,
+                rate,
+                batch,
+                watchers,
+                seconds,
+                warmup,
+            } => {
+                let Some(peer) = Peer::parse(&peer) else {
+                    bail!("unknown peer {peer}");
+                };
+                let spec = LoadSpec {
+                    couriers,
+                    pace: match rate {
+                        Some(r) => Pace::Rate(r / couriers as f64),
+                        None => Pace::Window(window),
+                    },
+                    batch,
+                    watchers,
+                    warmup: Duration::from_secs_f64(warmup),
+                    duration: Duration::from_secs_f64(seconds),
+                };
+                let work = std::env::temp_dir().join("trackline-bench");
+                let server = peers::start(peer, &work).await?;
+                let r = load::run(peer, server.addr, server.pid(), &spec).await;
+                server.stop(Duration::from_secs(20)).await;
+                println!("{}", serde_json::to_string_pretty(&r?)?);
+                Ok(())
+            }
+            Cmd::All(args) => {
+                let work = args
+                    .work
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/tmp/trackline-bench"));
+                report::run_suite(args, &work, limit).await
+            }
+        }
+    })
+}

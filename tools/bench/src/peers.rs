@@ -1,0 +1,353 @@
+//! The servers under test: trackline itself, the project's bare relay, and NATS, Mosquitto and
+//! Redis from Debian's packages. Each is started fresh on loopback and stopped after its run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every peer the load generator speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    /// trackline: validation, GPS filter, durable history (sled), R-tree, ETA, watcher fan-out.
+    Trackline,
+    /// The project's bare WebSocket relay: courier -> watcher, nothing stored.
+    Relay,
+    /// nats-server with its WebSocket listener.
+    Nats,
+    /// Mosquitto with its WebSocket listener (MQTT over WS).
+    Mosquitto,
+    /// redis-server: GEOADD + XADD + PUBLISH per fix, one round trip each.
+    Redis,
+    /// redis-server: the same three commands pipelined.
+    RedisPipelined,
+}
+
+impl Peer {
+    pub const ALL: [Peer; 6] = [
+        Peer::Trackline,
+        Peer::Relay,
+        Peer::Nats,
+        Peer::Mosquitto,
+        Peer::Redis,
+        Peer::RedisPipelined,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Trackline => "trackline",
+            Peer::Relay => "relay",
+            Peer::Nats => "nats",
+            Peer::Mosquitto => "mosquitto",
+            Peer::Redis => "redis",
+            Peer::RedisPipelined => "redis_pipelined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Peer> {
+        Peer::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The program a peer needs, for the availability check.
+    pub fn program(self) -> Option<&'static str> {
+        match self {
+            Peer::Nats => Some("nats-server"),
+            Peer::Mosquitto => Some("mosquitto"),
+            Peer::Redis | Peer::RedisPipelined => Some("redis-server"),
+            _ => None,
+        }
+    }
+}
+
+pub const SECRET: &str = "bench-secret-not-for-production";
+
+/// Ports used by the bench (all on 127.0.0.1).
+pub const TRACKLINE_PORT: u16 = 18180;
+pub const RELAY_PORT: u16 = 18181;
+pub const NATS_PORT: u16 = 18182;
+pub const NATS_WS_PORT: u16 = 18183;
+pub const MQTT_PORT: u16 = 18184;
+pub const MQTT_WS_PORT: u16 = 18185;
+pub const REDIS_PORT: u16 = 18186;
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    /// The address the load generator connects to.
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns how long the process took to exit.
+    pub async fn stop(mut self, grace: Duration) -> Duration {
+        let started = Instant::now();
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        started.elapsed()
+    }
+}
+
+/// Polls until `addr` accepts TCP connections.
+pub async fn wait_for_port(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls GET /readyz until it answers 200; returns when it did.
+pub async fn wait_ready(addr: SocketAddr, within: Duration) -> Result<Instant> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let url = format!("http://{addr}/readyz");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status().is_success() {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} not ready after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Where the trackline binary is: next to this one (same target dir), or TRACKLINE_BIN.
+pub fn trackline_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRACKLINE_BIN") {
+        return PathBuf::from(p);
+    }
+    let me = std::env::current_exe().unwrap_or_default();
+    me.with_file_name("trackline")
+}
+
+/// Starts trackline on `data_dir` (kept when it exists) without waiting for readiness.
+pub fn spawn_trackline(data_dir: &Path) -> Result<Server> {
+    let child = Command::new(trackline_bin())
+        .args(["--listen", &addr(TRACKLINE_PORT).to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--secret", SECRET])
+        .args(["--max-frames-per-s", "1000000"])
+        .args(["--max-connections", "1000000"])
+        .args(["--shutdown-grace-s", "20"])
+        // Room for a whole batched frame of updates per watcher, so that the closed loop
+        // measures throughput rather than conflation.
+        .args(["--watcher-queue", "1024"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", trackline_bin().display()))?;
+    Ok(Server {
+        child,
+        addr: addr(TRACKLINE_PORT),
+        dir: data_dir.to_path_buf(),
+    })
+}
+
+/// Starts `peer` in a fresh directory under `work` and waits until it listens.
+pub async fn start(peer: Peer, work: &Path) -> Result<Server> {
+    let dir = work.join(format!("{}-{}", peer.name(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+    };
+    let (child, target) = match peer {
+        Peer::Trackline => {
+            let server = spawn_trackline(&dir.join("data"))?;
+            wait_ready(server.addr, Duration::from_secs(60)).await?;
+            return Ok(server);
+        }
+        Peer::Relay => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["relay", "--listen", &addr(RELAY_PORT).to_string()]);
+            quiet(&mut c);
+            (c.spawn()?, addr(RELAY_PORT))
+        }
+        Peer::Nats => {
+            let conf = dir.join("nats.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen: 127.0.0.1:{NATS_PORT}\nmax_connections: 1000000\n\
+                     websocket {{\n  host: 127.0.0.1\n  port: {NATS_WS_PORT}\n  no_tls: true\n  compression: false\n}}\n"
+                ),
+            )?;
+            let mut c = Command::new(which("nats-server").context("nats-server not installed")?);
+            c.arg("-c").arg(&conf);
+            quiet(&mut c);
+            (c.spawn()?, addr(NATS_WS_PORT))
+        }
+        Peer::Mosquitto => {
+            // Mosquitto 2.0.11 exits with "Unable to start any listening sockets" when its only
+            // listener is a WebSocket one, so a plain MQTT listener comes first.
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "persistence false\nlog_dest none\nallow_anonymous true\n\
+                     listener {MQTT_PORT} 127.0.0.1\n\
+                     listener {MQTT_WS_PORT} 127.0.0.1\nprotocol websockets\n"
+                ),
+            )?;
+            let mut c = Command::new(which("mosquitto").context("mosquitto not installed")?);
+            c.arg("-c").arg(&conf);
+            quiet(&mut c);
+            (c.spawn()?, addr(MQTT_WS_PORT))
+        }
+        Peer::Redis | Peer::RedisPipelined => {
+            // History in an append-only file synced every second (Redis' usual durable setting).
+            let mut c = Command::new(which("redis-server").context("redis-server not installed")?);
+            c.args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                ])
+                .args(["--maxclients", "1000000", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&dir);
+            quiet(&mut c);
+            (c.spawn()?, addr(REDIS_PORT))
+        }
+    };
+    wait_for_port(target, Duration::from_secs(20)).await?;
+    Ok(Server {
+        child,
+        addr: target,
+        dir,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bare relay
+
+type Topics = Arc<Mutex<HashMap<String, broadcast::Sender<bytes::Bytes>>>>;
+
+/// The ceiling on this machine: a minimal tokio-tungstenite forwarder. A courier connects to
+/// `/pub/{id}` and sends binary frames; every watcher on `/sub/{id}` gets each frame as it is.
+/// Nothing is parsed, validated or stored.
+pub async fn run_relay(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let topics: Topics = Arc::default();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let topics = topics.clone();
+        tokio::spawn(async move {
+            let _ = relay_conn(stream, topics).await;
+        });
+    }
+}
+
+// The handshake callback's Result type is tungstenite's own.
+#[allow(clippy::result_large_err)]
+async fn relay_conn(stream: TcpStream, topics: Topics) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let mut path = String::new();
+    // Small buffers, as a relay meant to hold many connections would configure them.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+            path = req.uri().path().to_string();
+            Ok(resp)
+        },
+        Some(config),
+    )
+    .await?;
+    let (mut sink, mut stream) = ws.split();
+    let topic_of = |id: &str| {
+        topics
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert_with(|| broadcast::channel(128).0)
+            .clone()
+    };
+    if let Some(id) = path.strip_prefix("/pub/") {
+        let tx = topic_of(id);
+        while let Some(msg) = stream.next().await {
+            match msg? {
+                Message::Binary(data) => {
+                    let _ = tx.send(data);
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    } else if let Some(id) = path.strip_prefix("/sub/") {
+        let mut rx = topic_of(id).subscribe();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(data) => sink.send(Message::Binary(data)).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                incoming = stream.next() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    _ => {}
+                },
+            }
+        }
+    }
+    Ok(())
+}
