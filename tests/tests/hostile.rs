@@ -475,13 +475,9 @@ async fn a_slow_second_request_on_a_kept_alive_connection_is_cut() {
     panic!("a whole request sent a byte every 100 ms was never cut");
 }
 
-/// Server bug (reported, not yet fixed): a text frame that is not UTF-8 is a protocol error in
-/// actix-web-actors (an I/O error of kind Other), which both sessions answer with 1002; RFC 6455
-/// (§7.4.1, §8.1) has 1007 for it, and Autobahn's 6.* cases call 1002 "WRONG CODE" (the echo
-/// endpoint maps it to 1007, which is how its 6.* pass). The courier stream may answer 1003 (no
-/// text at all) or 1007.
+/// A text frame that is not UTF-8 closes with 1007 (RFC 6455 §7.4.1, §8.1) on both streams, as
+/// on the Autobahn echo; actix-web-actors reports it as an I/O error of kind Other.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "server bug: invalid UTF-8 text closes with 1002 instead of 1007"]
 async fn text_that_is_not_utf8_closes_with_1007() {
     let server = TestServer::start();
     server

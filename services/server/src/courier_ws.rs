@@ -20,7 +20,9 @@ use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, Serve
 
 use crate::live_index::Upsert;
 use crate::registry::{CourierJoined, CourierLeft, Route, Supersede};
-use crate::session::{close, keep_alive, ConnectionSlot, Heartbeat, RateLimit};
+use crate::session::{
+    close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
+};
 use crate::AppState;
 
 static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -288,16 +290,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CourierSession {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => close(
-                ctx,
-                ws::CloseCode::Size,
-                &format!("frame larger than {max} bytes"),
-            ),
-            Err(e) => close(
-                ctx,
-                ws::CloseCode::Protocol,
-                &format!("websocket protocol error: {e}"),
-            ),
+            Err(e) => close_on_protocol_error(ctx, e, max),
         }
     }
 }

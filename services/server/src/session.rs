@@ -66,6 +66,34 @@ where
     ctx.stop();
 }
 
+/// Closes the connection with the code RFC 6455 has for a protocol error of the peer's: 1009 for
+/// a frame over `max_frame_bytes`, 1007 for a text frame that is not UTF-8 (which
+/// actix-web-actors reports as an I/O error of kind Other; the socket's own failures end the
+/// stream instead), 1002 for the rest.
+pub fn close_on_protocol_error<A>(
+    ctx: &mut ws::WebsocketContext<A>,
+    error: ws::ProtocolError,
+    max_frame_bytes: usize,
+) where
+    A: Actor<Context = ws::WebsocketContext<A>>,
+{
+    match error {
+        ws::ProtocolError::Overflow => close(
+            ctx,
+            ws::CloseCode::Size,
+            &format!("frame larger than {max_frame_bytes} bytes"),
+        ),
+        ws::ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::Other => {
+            close(ctx, ws::CloseCode::Invalid, "text frame is not UTF-8")
+        }
+        other => close(
+            ctx,
+            ws::CloseCode::Protocol,
+            &format!("websocket protocol error: {other}"),
+        ),
+    }
+}
+
 /// One of the server's WebSocket connections, counted while it lives.
 pub struct ConnectionSlot(Arc<AtomicUsize>);
 

@@ -9,7 +9,7 @@ use actix_web_actors::ws;
 
 use crate::frames::{Frame, WatchFormat};
 use crate::order_actor::{OrderActor, Push, Resume, Subscribe, Unsubscribe};
-use crate::session::{close, keep_alive, ConnectionSlot, Heartbeat};
+use crate::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
 use crate::AppState;
 
 static NEXT_WATCHER_ID: AtomicU64 = AtomicU64::new(1);
@@ -140,12 +140,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WatchSession {
             }
             // The watch stream is one-way; anything the client says besides pings is ignored.
             Ok(_) => {}
-            Err(ws::ProtocolError::Overflow) => close(ctx, ws::CloseCode::Size, "frame too large"),
-            Err(e) => close(
-                ctx,
-                ws::CloseCode::Protocol,
-                &format!("websocket protocol error: {e}"),
-            ),
+            Err(e) => close_on_protocol_error(ctx, e, self.app.config.max_frame_bytes),
         }
     }
 }
