@@ -305,6 +305,31 @@ impl Source {
         }
     }
 
+    /// Reads one order and every fix it has, then lets go of the source (so a data dir is not
+    /// kept locked by a long replay).
+    ///
+    /// # Errors
+    /// Exit 1 (nothing found) for an unknown order; the server's or the store's failures.
+    pub fn read_whole_order(
+        self,
+        runtime: &tokio::runtime::Runtime,
+        order: &OrderId,
+    ) -> anyhow::Result<(OrderDetail, Vec<Fix>)> {
+        let where_from = self.describe();
+        let loaded = runtime.block_on(async {
+            let Some(detail) = self.order(order).await? else {
+                return Ok(None);
+            };
+            // all of it: a filter or an ETA recomputed from it starts where the server started
+            let fixes = self.fixes(order, None, None).await?.unwrap_or_default();
+            Ok::<_, anyhow::Error>(Some((detail, fixes)))
+        });
+        self.close();
+        loaded?.ok_or_else(|| {
+            crate::exit::nothing_found(format!("order {order} does not exist on {where_from}"))
+        })
+    }
+
     /// Lets go of the data dir: waits until the store's writer has finished, so the lock is
     /// released when this returns.
     pub fn close(self) {

@@ -48,26 +48,7 @@ enum Pace {
 pub fn run(global: &GlobalArgs, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     let source = Source::open(global, args.data_dir.data_dir.as_deref())?;
-    let where_from = source.describe();
-    let loaded = runtime.block_on(async {
-        let Some(detail) = source.order(&args.order).await? else {
-            return Ok(None);
-        };
-        // all of it: the filter and the ETA must start where the server started
-        let fixes = source
-            .fixes(&args.order, None, None)
-            .await?
-            .unwrap_or_default();
-        Ok::<_, anyhow::Error>(Some((detail, fixes)))
-    });
-    // a long replay does not keep the data dir locked
-    source.close();
-    let Some((detail, fixes)) = loaded? else {
-        return Err(nothing_found(format!(
-            "order {} does not exist on {where_from}",
-            args.order
-        )));
-    };
+    let (detail, fixes) = source.read_whole_order(&runtime, &args.order)?;
     let (from, to) = (args.range.from, args.range.to);
     let events = replay::window(replay::timeline(&detail, &fixes), from, to);
     if !events.iter().any(Event::is_fix) {

@@ -13,24 +13,7 @@ use crate::stats::{measure, StopRule};
 pub fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     let source = Source::open(global, args.data_dir.data_dir.as_deref())?;
-    let where_from = source.describe();
-    let loaded = runtime.block_on(async {
-        let Some(detail) = source.order(&args.order).await? else {
-            return Ok(None);
-        };
-        let fixes = source
-            .fixes(&args.order, None, None)
-            .await?
-            .unwrap_or_default();
-        Ok::<_, anyhow::Error>(Some((detail, fixes)))
-    });
-    source.close();
-    let Some((detail, fixes)) = loaded? else {
-        return Err(nothing_found(format!(
-            "order {} does not exist on {where_from}",
-            args.order
-        )));
-    };
+    let (detail, fixes) = source.read_whole_order(&runtime, &args.order)?;
     if fixes.is_empty() {
         return Err(nothing_found(format!(
             "order {} has no stored fixes yet (status {})",
