@@ -1,6 +1,6 @@
 //! Watch-stream frames: an order's state encoded once per update, as JSON and as protobuf.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use prost::Message;
@@ -60,35 +60,54 @@ struct JsonFrame<'a> {
     recovered: bool,
 }
 
-/// One state of an order, encoded for both kinds of watcher.
+/// One state of an order, as sent to watchers.
+///
+/// Each encoding is made the first time a watcher of that kind needs it, then shared by every
+/// watcher: an order nobody watches, or watched only in JSON, never pays for the other one.
 #[derive(Debug)]
 pub struct Frame {
     pub view: OrderView,
-    pub json: String,
-    pub proto: Bytes,
+    kind: FrameKind,
+    recovered: bool,
+    json: OnceLock<String>,
+    proto: OnceLock<Bytes>,
     /// The order is delivered or cancelled: the watcher closes after this frame.
     pub is_final: bool,
 }
 
 impl Frame {
-    /// Encodes `view`. `recovered` is true on frames replayed after a successful resume, and false
-    /// on a snapshot sent because a resume was no longer possible.
+    /// A frame of `view`. `recovered` is true on frames replayed after a successful resume, and
+    /// false on a snapshot sent because a resume was no longer possible.
     pub fn encode(view: OrderView, kind: FrameKind, recovered: bool) -> Arc<Frame> {
-        // unwrap: an OrderView is plain data (strings, numbers, options): serde_json cannot fail on it
-        let json = serde_json::to_string(&JsonFrame {
-            kind,
-            view: &view,
-            recovered,
-        })
-        .unwrap();
-        let proto = Bytes::from(view.to_update(recovered).encode_to_vec());
         let is_final = view.status.is_final();
         Arc::new(Frame {
             view,
-            json,
-            proto,
+            kind,
+            recovered,
+            json: OnceLock::new(),
+            proto: OnceLock::new(),
             is_final,
         })
+    }
+
+    /// The `trackline.v1.json` text.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let frame = JsonFrame {
+                kind: self.kind,
+                view: &self.view,
+                recovered: self.recovered,
+            };
+            // unwrap: an OrderView is plain data (strings, numbers, options): serde_json cannot fail on it
+            serde_json::to_string(&frame).unwrap()
+        })
+    }
+
+    /// The `trackline.v1.proto` bytes.
+    pub fn proto(&self) -> Bytes {
+        self.proto
+            .get_or_init(|| Bytes::from(self.view.to_update(self.recovered).encode_to_vec()))
+            .clone()
     }
 
     /// The same state, replayed to a watcher that resumed.

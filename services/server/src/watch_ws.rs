@@ -55,8 +55,8 @@ impl WatchSession {
 
     fn write(&self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
         match self.format {
-            WatchFormat::Json => ctx.text(frame.json.clone()),
-            WatchFormat::Proto => ctx.binary(frame.proto.clone()),
+            WatchFormat::Json => ctx.text(frame.json().to_owned()),
+            WatchFormat::Proto => ctx.binary(frame.proto()),
         }
         metrics::counter!("trackline_watch_frames_sent_total").increment(1);
         if frame.is_final {
