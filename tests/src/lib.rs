@@ -966,27 +966,8 @@ pub struct Update {
     pub recovered: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
-pub struct Position {
-    pub lat: f64,
-    pub lon: f64,
-    pub time_ms: i64,
-    pub speed_mps: Option<f32>,
-    pub heading_deg: Option<f32>,
-    pub accuracy_m: Option<f32>,
-}
-
-impl Position {
-    pub fn lat_lon(&self) -> LatLon {
-        LatLon::new(self.lat, self.lon)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub struct Eta {
-    pub seconds: i64,
-    pub arrive_at_ms: i64,
-}
+/// The watch stream's position and ETA are the core's own types (they derive the JSON shape).
+pub use trackline_core::order::{Eta, Position};
 
 /// What the next read of a watch stream brought.
 #[derive(Debug)]
