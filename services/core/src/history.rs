@@ -314,6 +314,11 @@ impl HistoryStore {
         Ok(stats)
     }
 
+    /// The underlying database, for stores of other modules that must share its flushes.
+    pub fn database(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Flushes everything to disk (blocking).
     ///
     /// # Errors

@@ -2,12 +2,14 @@
 //! the ETA estimator, the spatial index of live couriers, tokens and the history store on sled.
 
 pub mod auth;
+pub mod cluster;
 pub mod eta;
 pub mod eta_eval;
 pub mod filter;
 pub mod fix;
 pub mod history;
 pub mod ids;
+pub mod links;
 pub mod order;
 pub mod spatial;
 
