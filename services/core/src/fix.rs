@@ -86,14 +86,14 @@ impl Default for TimeBounds {
 }
 
 /// The reason one fix was refused; becomes a `Rejected` frame on the courier stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     pub code: RejectCode,
     pub reason: String,
 }
 
 /// The stable, machine-readable codes of `Rejected.code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RejectCode {
     LatOutOfRange,
     LonOutOfRange,

@@ -14,11 +14,13 @@ use trackline_core::{now_ms, CourierId, LatLon, OrderId};
 use crate::auth::{authenticate, Caller, TokenSource};
 use crate::courier_ws::CourierSession;
 use crate::error::{ApiError, ApiResult};
+use crate::fanout::Resume;
 use crate::frames::{Frame, FrameKind, WatchFormat};
 use crate::history_formats::{self, HistoryFormat};
 use crate::live_index::NearbyQuery;
-use crate::order_actor::{Assign, GetView, Resume, SetStatus};
+use crate::order_actor::{Assign, GetView, SetStatus};
 use crate::registry::{Create, Find};
+use crate::remote_watch::{Open, Opened};
 use crate::session::ConnectionSlot;
 use crate::watch_ws::{Source, WatchSession};
 use crate::AppState;
@@ -133,6 +135,9 @@ async fn create_order(
         body.promised_at_ms,
         now_ms(),
     );
+    if let Some(courier) = &record.courier_id {
+        link_first(&app, courier, &order).await?;
+    }
     app.registry.send(Create(record)).await??;
     let watch_token = app
         .keys
@@ -146,6 +151,14 @@ async fn create_order(
     let watch_url = format!("{base}/track/{order}?token={watch_token}");
     Ok(HttpResponse::Created()
         .json(json!({"order_id": order, "watch_token": watch_token, "watch_url": watch_url})))
+}
+
+/// Broker mode: an assignment counts only once the courier's home node routes its fixes here.
+async fn link_first(app: &AppState, courier: &CourierId, order: &OrderId) -> ApiResult<()> {
+    match &app.cluster {
+        Some(cluster) => cluster.link(courier, order, true).await,
+        None => Ok(()),
+    }
 }
 
 /// The durable view of an order: from its actor when active, else from the store.
@@ -280,10 +293,9 @@ async fn assign(
     caller.require_ops()?;
     let order = order_id(&path)?;
     let courier = courier_id(&body.courier_id)?;
-    let view = active_order(&app, &order)
-        .await?
-        .send(Assign { courier })
-        .await??;
+    let actor = active_order(&app, &order).await?;
+    link_first(&app, &courier, &order).await?;
+    let view = actor.send(Assign { courier }).await??;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -502,12 +514,24 @@ async fn watch(
             ),
         )
     })?;
-    let source = match app.registry.send(Find(order.clone())).await? {
-        Some(actor) => Source::Live(actor, resume),
-        None => {
-            let view = for_caller(view_of(&app, &order).await?, &caller);
-            Source::Ended(Frame::encode(view, FrameKind::Snapshot, false))
+    let source = match (&app.cluster, &app.remote_watches) {
+        (Some(cluster), Some(remote)) if !cluster.owns(&order) => {
+            match remote.send(Open(order.clone())).await?? {
+                Opened::Live(mirror) => Source::Live(mirror.into(), resume),
+                Opened::Ended(view) => Source::Ended(Frame::encode(
+                    for_caller(view, &caller),
+                    FrameKind::Snapshot,
+                    false,
+                )),
+            }
         }
+        _ => match app.registry.send(Find(order.clone())).await? {
+            Some(actor) => Source::Live(actor.into(), resume),
+            None => {
+                let view = for_caller(view_of(&app, &order).await?, &caller);
+                Source::Ended(Frame::encode(view, FrameKind::Snapshot, false))
+            }
+        },
     };
     let slot = ConnectionSlot::take(&app.connections, app.config.max_connections)?;
     let session = WatchSession::new(

@@ -121,6 +121,28 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_TILE_URL")]
     pub tile_url: Option<String>,
 
+    /// Broker mode: the NATS server that carries updates and forwarded requests between
+    /// trackline nodes, e.g. `nats://nats:4222`. Without it this process is the whole service.
+    #[arg(long, env = "TRACKLINE_BROKER", requires_all = ["node_id", "cluster_nodes"])]
+    pub broker: Option<String>,
+
+    /// Broker mode: this node's name, one of `--cluster-nodes` (on Kubernetes, the pod name).
+    #[arg(long, env = "TRACKLINE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Broker mode: the names of every node, comma-separated, the same list on every node.
+    /// Orders and couriers are placed by hashing over this list.
+    #[arg(long, env = "TRACKLINE_CLUSTER_NODES", value_delimiter = ',')]
+    pub cluster_nodes: Vec<String>,
+
+    /// Broker mode: prefix of every subject, so that clusters can share one NATS server.
+    #[arg(long, env = "TRACKLINE_BROKER_PREFIX", default_value = "trackline")]
+    pub broker_prefix: String,
+
+    /// Broker mode: how long a node waits for another node's answer, in milliseconds.
+    #[arg(long, env = "TRACKLINE_BROKER_TIMEOUT_MS", default_value_t = 2000)]
+    pub broker_timeout_ms: u64,
+
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use trackline_core::order::OrderView;
 
 /// Which encoding a watcher asked for with its WebSocket subprotocol.
@@ -42,7 +42,7 @@ impl WatchFormat {
 }
 
 /// What kind of frame a JSON watcher receives (`"type"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrameKind {
     /// The full current state, sent first on connect (or instead of an impossible resume).
@@ -58,6 +58,14 @@ struct JsonFrame<'a> {
     #[serde(flatten)]
     view: &'a OrderView,
     recovered: bool,
+}
+
+/// A frame between nodes (broker mode): the state, without its encodings.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireFrame {
+    pub view: OrderView,
+    pub kind: FrameKind,
+    pub recovered: bool,
 }
 
 /// One state of an order, as sent to watchers.
@@ -108,6 +116,24 @@ impl Frame {
         self.proto
             .get_or_init(|| Bytes::from(self.view.to_update(self.recovered).encode_to_vec()))
             .clone()
+    }
+
+    pub fn kind(&self) -> FrameKind {
+        self.kind
+    }
+
+    /// The frame as it travels between nodes in broker mode.
+    pub fn wire(&self) -> WireFrame {
+        WireFrame {
+            view: self.view.clone(),
+            kind: self.kind,
+            recovered: self.recovered,
+        }
+    }
+
+    /// A frame received from another node.
+    pub fn from_wire(wire: WireFrame) -> Arc<Frame> {
+        Frame::encode(wire.view, wire.kind, wire.recovered)
     }
 
     /// The same state, replayed to a watcher that resumed.

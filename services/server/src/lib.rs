@@ -3,11 +3,15 @@
 
 mod api;
 mod auth;
+mod cluster;
+mod cluster_serve;
 pub mod config;
 mod courier_ws;
 #[cfg(feature = "conformance-echo")]
 mod echo_ws;
 mod error;
+mod fanout;
+mod forward;
 mod frames;
 mod history_formats;
 mod live_index;
@@ -15,6 +19,7 @@ mod metrics;
 mod order_actor;
 mod pages;
 mod registry;
+mod remote_watch;
 mod session;
 mod watch_ws;
 
@@ -45,6 +50,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections, against `--max-connections`.
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Broker mode: this node's place in the cluster, and its mirrors of foreign orders.
+    cluster: Option<Arc<cluster::Cluster>>,
+    remote_watches: Option<Addr<remote_watch::RemoteWatches>>,
 }
 
 /// The token secret from the config, or a random one with a loud warning.
@@ -127,6 +135,42 @@ async fn purge_periodically(store: HistoryStore, retention: Duration, every: Dur
             Ok(Err(error)) => tracing::error!(%error, "retention purge failed"),
             Err(error) => tracing::error!(%error, "retention purge panicked"),
         }
+    }
+}
+
+/// Broker mode: connects to the broker and reads the courier links kept here.
+async fn join_cluster(
+    config: &Config,
+    store: &HistoryStore,
+) -> anyhow::Result<Option<registry::ClusterPart>> {
+    let Some(cluster) = cluster::Cluster::connect(config).await? else {
+        return Ok(None);
+    };
+    let links = trackline_core::links::LinkStore::open(store)?;
+    let linked = links.all()?;
+    Ok(Some((cluster, linked, links)))
+}
+
+/// Broker mode: every response names the node that produced it (forwarded answers keep the
+/// owner's name).
+fn node_header_of(node: Option<&str>) -> actix_web::middleware::DefaultHeaders {
+    let headers = actix_web::middleware::DefaultHeaders::new();
+    match node {
+        Some(node) => headers.add((cluster_serve::headers::NODE, node.to_string())),
+        None => headers,
+    }
+}
+
+/// Where this node reaches its own listener (an unspecified address means loopback).
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
     }
 }
 
@@ -233,7 +277,13 @@ pub async fn run(
     let opened = HistoryStore::open(&config.data_dir)
         .with_context(|| format!("opening history at {}", config.data_dir.display()))
         .and_then(|(store, writer)| Ok((recover(&store, config.live_ttl_s)?, store, writer)));
-    let ((records, index), store, writer) = match opened {
+    let opened = match opened {
+        Ok(opened) => join_cluster(&config, &opened.1)
+            .await
+            .map(|cluster| (opened, cluster)),
+        Err(error) => Err(error),
+    };
+    let (((records, index), store, writer), cluster) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             if let Some(ready) = ready {
@@ -260,8 +310,13 @@ pub async fn run(
         store.clone(),
         order_settings.clone(),
         config.max_connections_per_courier,
+        cluster.clone(),
     )
     .start();
+    let cluster = cluster.map(|(cluster, _, links)| (cluster, links));
+    let remote_watches = cluster.as_ref().map(|(cluster, _)| {
+        remote_watch::RemoteWatches::new(cluster.clone(), order_settings.clone()).start()
+    });
     let live_index = live_index::LiveIndex::new(index, config.live_ttl_s).start();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let keys = token_keys(&config);
@@ -278,7 +333,29 @@ pub async fn run(
         order_settings,
         shutdown: shutdown_rx,
         connections: Arc::default(),
+        cluster: cluster.as_ref().map(|(cluster, _)| cluster.clone()),
+        remote_watches: remote_watches.clone(),
     });
+    if let (Some((cluster, links)), Some(remote)) = (cluster, remote_watches) {
+        let serving = cluster_serve::Serving::new(
+            cluster,
+            state.registry.clone(),
+            remote,
+            store.clone(),
+            links,
+            format!("http://{}", loopback(listen)),
+        );
+        let serving = cluster_serve::serve(Arc::new(serving));
+        actix_rt::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!("serving other nodes failed: {error:#}");
+            }
+        });
+    }
+    let node_header = state
+        .cluster
+        .as_ref()
+        .map(|cluster| cluster.node().to_string());
     if let Some(retention) = state.config.retention() {
         actix_rt::spawn(purge_periodically(
             store.clone(),
@@ -294,6 +371,8 @@ pub async fn run(
             .app_data(api::query_config())
             .configure(api::routes)
             .default_service(web::to(api::not_found))
+            .wrap(actix_web::middleware::from_fn(forward::to_owner))
+            .wrap(node_header_of(node_header.as_deref()))
             .wrap(access_log())
     })
     .workers(workers)

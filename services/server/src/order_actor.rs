@@ -5,7 +5,6 @@
 //! them after the history store has flushed them: every frame a watcher ever saw survives a
 //! crash, so offsets are never reused and an epoch only changes when the data itself is lost.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +17,12 @@ use trackline_core::order::{OrderRecord, OrderStatus, OrderView, Position};
 use trackline_core::{now_ms, CourierId};
 
 use crate::error::ApiError;
+use crate::fanout::{Fanout, Streams, Subscribe, Unsubscribe};
 use crate::frames::{Frame, FrameKind};
 use crate::registry::{Registry, Relink};
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
-const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
-/// How often the latest state is offered again to watchers that were too slow to take it.
-const RETRY_SLOW_EVERY: Duration = Duration::from_millis(200);
-/// The close code of a watcher that stopped reading.
-pub const CLOSE_TOO_SLOW: u16 = 4008;
+pub const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
 
 /// What every order actor shares.
 #[derive(Clone)]
@@ -47,67 +43,6 @@ pub struct OrderSettings {
     pub eta: EtaConfig,
 }
 
-/// What an order sends its watchers.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum Push {
-    /// The next frame to write.
-    Frame(Arc<Frame>),
-    /// Close with `code`: the watcher stopped reading.
-    Evict { code: u16, reason: String },
-}
-
-/// One watcher of the order.
-///
-/// A watcher's session is driven by its socket: while the peer does not read, the session does
-/// not run and its mailbox (bounded, `--watcher-queue`) fills. A full mailbox is the signal that
-/// the watcher is slow; from then on it is offered only the latest state (conflation) until it
-/// takes one, and after `slow_watcher_timeout` it is dropped and told to close with 4008. So the
-/// memory a slow watcher costs is its mailbox, never a queue that grows with the stream.
-struct Watcher {
-    recipient: Recipient<Push>,
-    lagging: Option<Lag>,
-}
-
-/// The newest frame a slow watcher has not been able to take, and since when it is slow.
-struct Lag {
-    since: std::time::Instant,
-    latest: Arc<Frame>,
-}
-
-enum Offer {
-    Taken,
-    Lagging,
-    Gone,
-}
-
-impl Watcher {
-    fn offer(&mut self, frame: Arc<Frame>) -> Offer {
-        use actix::dev::SendError;
-        match self.recipient.try_send(Push::Frame(frame)) {
-            Ok(()) => {
-                self.lagging = None;
-                Offer::Taken
-            }
-            Err(SendError::Full(Push::Frame(frame))) => {
-                let since = self
-                    .lagging
-                    .as_ref()
-                    .map_or_else(std::time::Instant::now, |lag| lag.since);
-                if self.lagging.is_none() {
-                    metrics::counter!("trackline_watchers_conflated_total").increment(1);
-                }
-                self.lagging = Some(Lag {
-                    since,
-                    latest: frame,
-                });
-                Offer::Lagging
-            }
-            Err(SendError::Full(Push::Evict { .. }) | SendError::Closed(_)) => Offer::Gone,
-        }
-    }
-}
-
 /// Fixes of the order's courier, in seq order.
 #[derive(Message)]
 #[rtype(result = "IngestReport")]
@@ -119,35 +54,12 @@ pub struct Ingest {
 }
 
 /// What became of an [`Ingest`], known once it is durable.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct IngestReport {
     pub rejected: Vec<(u64, Rejection)>,
     pub stored: usize,
     /// Set when the history store failed: nothing of the batch may be acked.
     pub failed: Option<String>,
-}
-
-/// Start watching; the reply is what to send first (a snapshot, or the replay of a resume).
-#[derive(Message)]
-#[rtype(result = "Vec<Arc<Frame>>")]
-pub struct Subscribe {
-    pub watcher_id: u64,
-    pub watcher: Recipient<Push>,
-    pub resume: Option<Resume>,
-}
-
-/// A watcher's last seen position in the stream.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    pub since: u64,
-    pub epoch: String,
-}
-
-/// Stop watching.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unsubscribe {
-    pub watcher_id: u64,
 }
 
 /// The order's durable state.
@@ -175,15 +87,10 @@ pub struct OrderActor {
     filter: GpsFilter,
     eta: EtaEstimator,
     deps: OrderDeps,
-    watchers: HashMap<u64, Watcher>,
-    /// A retry of slow watchers is scheduled.
-    retry_scheduled: bool,
-    /// Durable frames, newest last, for watchers that resume.
-    replay: VecDeque<Arc<Frame>>,
+    /// The watchers and the durable (published) frames.
+    stream: Fanout,
     /// Frames whose changes are not yet known to be durable, oldest first.
-    unpublished: VecDeque<Arc<Frame>>,
-    /// The last durable (published) state.
-    published: Arc<Frame>,
+    unpublished: std::collections::VecDeque<Arc<Frame>>,
 }
 
 impl OrderActor {
@@ -195,16 +102,18 @@ impl OrderActor {
         );
         let filter = GpsFilter::new(deps.settings.filter.clone());
         let published = Frame::encode(record.view(), FrameKind::Update, false);
+        let stream = Fanout::new(
+            published,
+            deps.settings.resume_buffer,
+            deps.settings.slow_watcher_timeout,
+        );
         Self {
             record,
             filter,
             eta,
             deps,
-            watchers: HashMap::new(),
-            retry_scheduled: false,
-            replay: VecDeque::new(),
-            unpublished: VecDeque::new(),
-            published,
+            stream,
+            unpublished: Default::default(),
         }
     }
 
@@ -225,81 +134,11 @@ impl OrderActor {
         {
             // unwrap: the loop condition saw a front element
             let frame = self.unpublished.pop_front().unwrap();
-            self.fan_out(&frame, ctx);
+            self.stream.publish(frame, ctx);
             metrics::counter!("trackline_updates_published_total").increment(1);
-            if self.replay.len() >= self.deps.settings.resume_buffer.max(1) {
-                self.replay.pop_front();
-            }
-            self.replay.push_back(frame.clone());
-            self.published = frame;
         }
-        if self.published.is_final {
-            self.watchers.clear();
+        if self.stream.published().is_final {
             ctx.run_later(LINGER_AFTER_FINAL, |_, ctx| ctx.stop());
-        }
-    }
-
-    /// Offers `frame` to every watcher; a slow one keeps it as its latest instead.
-    fn fan_out(&mut self, frame: &Arc<Frame>, ctx: &mut Context<Self>) {
-        let mut lagging = false;
-        self.watchers.retain(|_, watcher| {
-            // A slow watcher is offered every new frame too: the moment its queue has room it is
-            // back in step, and while it has none the new frame replaces the one it did not take.
-            let offer = watcher.offer(frame.clone());
-            lagging |= matches!(offer, Offer::Lagging);
-            !matches!(offer, Offer::Gone)
-        });
-        if lagging {
-            self.schedule_retry(ctx);
-        }
-    }
-
-    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
-        if !self.retry_scheduled {
-            self.retry_scheduled = true;
-            ctx.run_later(RETRY_SLOW_EVERY, |act, ctx| {
-                act.retry_scheduled = false;
-                act.retry_slow(ctx);
-            });
-        }
-    }
-
-    /// Offers slow watchers their latest frame again; drops those slow for too long.
-    fn retry_slow(&mut self, ctx: &mut Context<Self>) {
-        let timeout = self.deps.settings.slow_watcher_timeout;
-        let mut still_lagging = false;
-        self.watchers.retain(|id, watcher| {
-            let Some(lag) = &watcher.lagging else {
-                return true;
-            };
-            if lag.since.elapsed() > timeout {
-                tracing::warn!(
-                    watcher_id = id,
-                    lag_ms = lag.since.elapsed().as_millis() as u64,
-                    "watcher too slow, closing"
-                );
-                metrics::counter!("trackline_watchers_evicted_total").increment(1);
-                // do_send ignores the full mailbox: the close is the next thing the watcher sees
-                // once it reads again; until then it costs only what is already queued.
-                let reason = format!("too slow: not reading for {} s", timeout.as_secs());
-                watcher.recipient.do_send(Push::Evict {
-                    code: CLOSE_TOO_SLOW,
-                    reason,
-                });
-                return false;
-            }
-            let latest = lag.latest.clone();
-            match watcher.offer(latest) {
-                Offer::Taken => true,
-                Offer::Lagging => {
-                    still_lagging = true;
-                    true
-                }
-                Offer::Gone => false,
-            }
-        });
-        if still_lagging {
-            self.schedule_retry(ctx);
         }
     }
 
@@ -353,7 +192,7 @@ impl OrderActor {
         Box::pin(
             self.persist(Vec::new())
                 .map(|outcome, act, _| match outcome {
-                    Ok(()) => Ok(act.published.view.clone()),
+                    Ok(()) => Ok(act.stream.published().view.clone()),
                     Err(e) => Err(ApiError::Internal(e)),
                 }),
         )
@@ -415,43 +254,18 @@ impl Handler<Ingest> for OrderActor {
     }
 }
 
+impl Streams for OrderActor {
+    fn fanout(&mut self) -> &mut Fanout {
+        &mut self.stream
+    }
+}
+
 impl Handler<Subscribe> for OrderActor {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        let current = &self.published;
-        let replay = msg.resume.as_ref().and_then(|resume| {
-            if resume.epoch != current.view.epoch || resume.since > current.view.offset {
-                return None;
-            }
-            if resume.since == current.view.offset {
-                return Some(Vec::new());
-            }
-            let oldest = self.replay.front()?.view.offset;
-            (resume.since + 1 >= oldest).then(|| {
-                self.replay
-                    .iter()
-                    .filter(|f| f.view.offset > resume.since)
-                    .map(|f| f.replayed())
-                    .collect()
-            })
-        });
-        let first = replay.unwrap_or_else(|| {
-            vec![Frame::encode(
-                current.view.clone(),
-                FrameKind::Snapshot,
-                false,
-            )]
-        });
-        if !current.is_final {
-            self.watchers.insert(
-                msg.watcher_id,
-                Watcher {
-                    recipient: msg.watcher,
-                    lagging: None,
-                },
-            );
-        }
+        let first = self.stream.first_frames(msg.resume.as_ref());
+        self.stream.add(msg.watcher_id, msg.watcher);
         MessageResult(first)
     }
 }
@@ -460,7 +274,7 @@ impl Handler<Unsubscribe> for OrderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        self.watchers.remove(&msg.watcher_id);
+        self.stream.remove(msg.watcher_id);
     }
 }
 
@@ -468,7 +282,7 @@ impl Handler<GetView> for OrderActor {
     type Result = MessageResult<GetView>;
 
     fn handle(&mut self, _: GetView, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.published.view.clone())
+        MessageResult(self.stream.published().view.clone())
     }
 }
 

@@ -1,5 +1,8 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
 //! order arbiters) and routes each courier's fixes to every active order assigned to it.
+//!
+//! In broker mode the registry of a courier's home node also knows the courier's orders on other
+//! nodes (from the durable links) and forwards its fixes to their owners.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,8 +13,13 @@ use trackline_core::fix::{Fix, RejectCode};
 use trackline_core::order::OrderRecord;
 use trackline_core::{CourierId, OrderId};
 
+use crate::cluster::{Cluster, IngestCall, Kind, RouteCall};
 use crate::error::ApiError;
 use crate::order_actor::{Ingest, IngestReport, OrderActor, OrderDeps};
+use trackline_core::links::LinkStore;
+
+/// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
+pub type ClusterPart = (Arc<Cluster>, Vec<(CourierId, OrderId)>, LinkStore);
 
 /// An active order: its record until someone needs it, then its running actor.
 enum Slot {
@@ -31,6 +39,8 @@ pub struct Registry {
     deps: Option<OrderDeps>,
     store: trackline_core::history::HistoryStore,
     settings: Arc<crate::order_actor::OrderSettings>,
+    /// Broker mode: the cluster, and the links of the couriers homed here.
+    cluster: Option<(Arc<Cluster>, LinkStore)>,
 }
 
 impl Registry {
@@ -41,6 +51,7 @@ impl Registry {
         store: trackline_core::history::HistoryStore,
         settings: Arc<crate::order_actor::OrderSettings>,
         max_sessions_per_courier: usize,
+        cluster: Option<ClusterPart>,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
@@ -52,19 +63,40 @@ impl Registry {
             deps: None,
             store,
             settings,
+            cluster: None,
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
         }
+        if let Some((cluster, links, store)) = cluster {
+            for (courier, order) in links {
+                registry.link(courier, order);
+            }
+            registry.cluster = Some((cluster, store));
+        }
         registry
+    }
+
+    /// Routes `courier`'s fixes to `order` from now on (no duplicate links).
+    fn link(&mut self, courier: CourierId, order: OrderId) {
+        let orders = self.couriers.entry(courier).or_default();
+        if !orders.contains(&order) {
+            orders.push(order);
+        }
+    }
+
+    fn unlink(&mut self, courier: &CourierId, order: &OrderId) {
+        if let Some(list) = self.couriers.get_mut(courier) {
+            list.retain(|o| o != order);
+            if list.is_empty() {
+                self.couriers.remove(courier);
+            }
+        }
     }
 
     fn insert(&mut self, record: OrderRecord) {
         if let Some(courier) = &record.courier_id {
-            self.couriers
-                .entry(courier.clone())
-                .or_default()
-                .push(record.order_id.clone());
+            self.link(courier.clone(), record.order_id.clone());
         }
         self.orders
             .insert(record.order_id.clone(), Slot::Dormant(Box::new(record)));
@@ -183,28 +215,154 @@ pub struct Route {
 impl Handler<Route> for Registry {
     type Result = ResponseFuture<Vec<IngestReport>>;
 
-    fn handle(&mut self, msg: Route, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some((cluster, _)) = &self.cluster {
+            if !cluster.is_home_of(&msg.courier) {
+                return Box::pin(route_via_home(cluster.clone(), msg));
+            }
+        }
         let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
-        let actors: Vec<_> = orders.iter().filter_map(|order| self.live(order)).collect();
-        Box::pin(async move {
-            let sent = actors.iter().map(|actor| {
-                actor.send(Ingest {
-                    courier: msg.courier.clone(),
-                    fixes: msg.fixes.clone(),
-                    invalid: msg.invalid.clone(),
-                })
+        let registry = ctx.address();
+        let deliveries: Vec<_> = orders
+            .iter()
+            .filter_map(|order| match &self.cluster {
+                Some((cluster, _)) if !cluster.owns(order) => {
+                    let call = IngestCall {
+                        order: order.clone(),
+                        courier: msg.courier.clone(),
+                        fixes: msg.fixes.to_vec(),
+                        invalid: msg.invalid.to_vec(),
+                    };
+                    let forwarded = ingest_remote(cluster.clone(), call, registry.clone());
+                    Some(Box::pin(forwarded) as futures_util::future::BoxFuture<_>)
+                }
+                _ => {
+                    let actor = self.live(order)?;
+                    let sent = actor.send(Ingest {
+                        courier: msg.courier.clone(),
+                        fixes: msg.fixes.clone(),
+                        invalid: msg.invalid.clone(),
+                    });
+                    Some(Box::pin(async move {
+                        sent.await.unwrap_or_else(|e| IngestReport {
+                            failed: Some(format!("order actor: {e}")),
+                            ..Default::default()
+                        })
+                    }) as futures_util::future::BoxFuture<_>)
+                }
+            })
+            .collect();
+        Box::pin(join_all(deliveries))
+    }
+}
+
+/// Broker mode: a courier's fixes go to its home node, which knows all of its orders.
+async fn route_via_home(cluster: Arc<Cluster>, msg: Route) -> Vec<IngestReport> {
+    let home = cluster.home_of(&msg.courier).to_string();
+    let call = RouteCall {
+        courier: msg.courier,
+        fixes: msg.fixes.to_vec(),
+        invalid: msg.invalid.to_vec(),
+    };
+    cluster
+        .call(&home, Kind::Route, &call)
+        .await
+        .unwrap_or_else(|e| vec![unstored(e)])
+}
+
+/// Broker mode: one order's share of a courier's fixes, to the order's owner.
+async fn ingest_remote(
+    cluster: Arc<Cluster>,
+    call: IngestCall,
+    registry: Addr<Registry>,
+) -> IngestReport {
+    let owner = cluster.owner_of(&call.order).to_string();
+    match cluster
+        .call::<_, Option<IngestReport>>(&owner, Kind::Ingest, &call)
+        .await
+    {
+        Ok(Some(report)) => report,
+        Ok(None) => {
+            // The order ended (or moved to another courier) without the link being removed.
+            registry.do_send(LinkChanged {
+                courier: call.courier,
+                order: call.order,
+                linked: false,
             });
-            join_all(sent)
-                .await
-                .into_iter()
-                .map(|reply| {
-                    reply.unwrap_or_else(|e| IngestReport {
-                        failed: Some(format!("order actor: {e}")),
-                        ..Default::default()
-                    })
-                })
-                .collect()
+            IngestReport::default()
+        }
+        Err(e) => unstored(e),
+    }
+}
+
+/// The report of fixes that could not reach their order: nothing may be acked.
+fn unstored(error: crate::cluster::CallError) -> IngestReport {
+    IngestReport {
+        failed: Some(error.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Broker mode: fixes for one order owned here, forwarded by a courier's home node. `None` when
+/// the order is not active here.
+#[derive(Message)]
+#[rtype(result = "Option<IngestReport>")]
+pub struct IngestHere {
+    pub order: OrderId,
+    pub courier: CourierId,
+    pub fixes: Arc<[Fix]>,
+    pub invalid: Arc<[RejectCode]>,
+}
+
+impl Handler<IngestHere> for Registry {
+    type Result = ResponseFuture<Option<IngestReport>>;
+
+    fn handle(&mut self, msg: IngestHere, _: &mut Context<Self>) -> Self::Result {
+        let Some(actor) = self.live(&msg.order) else {
+            return Box::pin(async { None });
+        };
+        let sent = actor.send(Ingest {
+            courier: msg.courier,
+            fixes: msg.fixes,
+            invalid: msg.invalid,
+        });
+        Box::pin(async move {
+            Some(sent.await.unwrap_or_else(|e| IngestReport {
+                failed: Some(format!("order actor: {e}")),
+                ..Default::default()
+            }))
         })
+    }
+}
+
+/// Broker mode: a courier homed here was linked to (or unlinked from) an order. Durable links
+/// are written by the caller; this updates the routing table (and removes stale links).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkChanged {
+    pub courier: CourierId,
+    pub order: OrderId,
+    pub linked: bool,
+}
+
+impl Handler<LinkChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkChanged, _: &mut Context<Self>) {
+        if msg.linked {
+            self.link(msg.courier, msg.order);
+            return;
+        }
+        self.unlink(&msg.courier, &msg.order);
+        if let Some((_, links)) = &self.cluster {
+            let links = links.clone();
+            // Removing a stale link need not hold anything up: a stale link only costs a forward.
+            actix_web::rt::task::spawn_blocking(move || {
+                if let Err(error) = links.set(&msg.courier, &msg.order, false) {
+                    tracing::warn!(%error, "removing a courier link failed");
+                }
+            });
+        }
     }
 }
 
@@ -222,15 +380,23 @@ impl Handler<Relink> for Registry {
 
     fn handle(&mut self, msg: Relink, _: &mut Context<Self>) {
         if let Some(from) = &msg.from {
-            if let Some(list) = self.couriers.get_mut(from) {
-                list.retain(|o| o != &msg.order);
-                if list.is_empty() {
-                    self.couriers.remove(from);
-                }
+            if msg.to.as_ref() == Some(from) {
+                return;
+            }
+            self.unlink(from, &msg.order);
+            if let Some((cluster, _)) = &self.cluster {
+                // The old courier's home stops routing to this order. Best effort: a link left
+                // behind is removed the first time the order refuses a forward.
+                let (cluster, from, order) = (cluster.clone(), from.clone(), msg.order.clone());
+                actix_rt::spawn(async move {
+                    if let Err(error) = cluster.link(&from, &order, false).await {
+                        tracing::debug!(%error, "unlinking at the courier's home failed");
+                    }
+                });
             }
         }
         match msg.to {
-            Some(to) => self.couriers.entry(to).or_default().push(msg.order),
+            Some(to) => self.link(to, msg.order),
             None => {
                 // Ended: later lookups read the final record from the store.
                 self.orders.remove(&msg.order);

@@ -7,17 +7,38 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix_web_actors::ws;
 
+use crate::fanout::{Push, Resume, Subscribe, Unsubscribe};
 use crate::frames::{Frame, WatchFormat};
-use crate::order_actor::{OrderActor, Push, Resume, Subscribe, Unsubscribe};
 use crate::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
 use crate::AppState;
 
 static NEXT_WATCHER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// An active order's stream: its own actor, or in broker mode the mirror of an order that another
+/// node owns.
+#[derive(Clone)]
+pub struct StreamAddr {
+    pub subscribe: Recipient<Subscribe>,
+    pub unsubscribe: Recipient<Unsubscribe>,
+}
+
+impl<A> From<Addr<A>> for StreamAddr
+where
+    A: Actor + Handler<Subscribe> + Handler<Unsubscribe>,
+    A::Context: actix::dev::ToEnvelope<A, Subscribe> + actix::dev::ToEnvelope<A, Unsubscribe>,
+{
+    fn from(addr: Addr<A>) -> Self {
+        Self {
+            subscribe: addr.clone().recipient(),
+            unsubscribe: addr.recipient(),
+        }
+    }
+}
+
 /// Where the session's frames come from.
 pub enum Source {
-    /// An active order: subscribe to its actor.
-    Live(Addr<OrderActor>, Option<Resume>),
+    /// An active order: subscribe to its stream.
+    Live(StreamAddr, Option<Resume>),
     /// An order that has ended: send its final state and close.
     Ended(Arc<Frame>),
 }
@@ -28,7 +49,10 @@ pub struct WatchSession {
     expires_s: i64,
     app: Arc<AppState>,
     source: Option<Source>,
-    order: Option<Addr<OrderActor>>,
+    order: Option<StreamAddr>,
+    /// The epoch and offset of the last frame written: a frame at or below it is not written
+    /// again (in broker mode a frame can reach a node both in a replay and live).
+    written: Option<(String, u64)>,
     last_heard: Instant,
     _slot: ConnectionSlot,
 }
@@ -48,12 +72,20 @@ impl WatchSession {
             app,
             source: Some(source),
             order: None,
+            written: None,
             last_heard: Instant::now(),
             _slot: slot,
         }
     }
 
-    fn write(&self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
+    fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
+        let view = &frame.view;
+        if let Some((epoch, offset)) = &self.written {
+            if *epoch == view.epoch && view.offset <= *offset {
+                return;
+            }
+        }
+        self.written = Some((view.epoch.clone(), view.offset));
         match self.format {
             WatchFormat::Json => ctx.text(frame.json().to_owned()),
             WatchFormat::Proto => ctx.binary(frame.proto()),
@@ -80,7 +112,7 @@ impl Actor for WatchSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!("trackline_watch_connections").increment(1.0);
-        // The bound that tells the order this watcher is slow (see order_actor::Watcher).
+        // The bound that tells the order this watcher is slow (see fanout::Watcher).
         ctx.set_mailbox_capacity(self.app.config.watcher_queue.max(1));
         keep_alive(ctx, &self.app, self.expires_s);
         match self.source.take() {
@@ -93,7 +125,7 @@ impl Actor for WatchSession {
                 };
                 self.order = Some(order.clone());
                 // wait(): live pushes must not overtake the snapshot or the replay.
-                ctx.wait(order.send(subscribe).into_actor(self).map(
+                ctx.wait(order.subscribe.send(subscribe).into_actor(self).map(
                     |first, act, ctx| match first {
                         Ok(frames) => frames.iter().for_each(|f| act.write(f, ctx)),
                         Err(_) => close(
@@ -111,7 +143,7 @@ impl Actor for WatchSession {
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::gauge!("trackline_watch_connections").decrement(1.0);
         if let Some(order) = &self.order {
-            order.do_send(Unsubscribe {
+            order.unsubscribe.do_send(Unsubscribe {
                 watcher_id: self.id,
             });
         }

@@ -1,0 +1,364 @@
+//! Broker mode: several trackline nodes behind one ingress, joined by a NATS server.
+//!
+//! Every order is owned by one node and every courier has one home node, both by rendezvous
+//! hashing over `--cluster-nodes` (`trackline_core::cluster`), so nodes agree on placement without
+//! talking about it. A node forwards what it does not own to the owner as a NATS request and
+//! answers only once the owner has: REST calls on a foreign order, a courier's fixes (to its home
+//! node, which knows the courier's orders, and from there to each order's owner), the start and
+//! resume of a watch. The owner publishes the updates of an order to every node that has watchers
+//! of it (see `remote_watch`). Durable state never leaves its owner's sled; NATS keeps nothing.
+//!
+//! Subjects: `{prefix}.node.{node}.{kind}`, one set per node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::{HeaderMap, Message};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use trackline_core::fix::{Fix, RejectCode};
+use trackline_core::order::OrderView;
+use trackline_core::{CourierId, OrderId};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fanout::Resume;
+use crate::frames::WireFrame;
+
+/// What one node asks of another (the last token of the subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A REST call on an order the receiver owns; headers carry method and path.
+    Http,
+    /// A courier's fixes, to the courier's home node.
+    Route,
+    /// A courier's fixes for one order, to the order's owner.
+    Ingest,
+    /// An order was (un)assigned to a courier, to the courier's home node.
+    Link,
+    /// Start, resume or keep up a watch of an order, to its owner.
+    Watch,
+    /// The asking node has no watchers of the order any more (no reply).
+    Unwatch,
+    /// The next frame of an order that the receiver watches (no reply).
+    Update,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::Http,
+        Kind::Route,
+        Kind::Ingest,
+        Kind::Link,
+        Kind::Watch,
+        Kind::Unwatch,
+        Kind::Update,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Route => "route",
+            Kind::Ingest => "ingest",
+            Kind::Link => "link",
+            Kind::Watch => "watch",
+            Kind::Unwatch => "unwatch",
+            Kind::Update => "update",
+        }
+    }
+
+    fn parse(token: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == token)
+    }
+}
+
+/// A courier's validated fixes, forwarded to its home node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteCall {
+    pub courier: CourierId,
+    pub fixes: Vec<Fix>,
+    pub invalid: Vec<RejectCode>,
+}
+
+/// A courier's fixes for one order, forwarded to the order's owner.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IngestCall {
+    pub order: OrderId,
+    pub courier: CourierId,
+    pub fixes: Vec<Fix>,
+    pub invalid: Vec<RejectCode>,
+}
+
+/// An assignment change, to the courier's home node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LinkCall {
+    pub courier: CourierId,
+    pub order: OrderId,
+    pub linked: bool,
+}
+
+/// A node's request to watch (or keep watching) an order from its owner.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WatchCall {
+    pub order: OrderId,
+    /// The node that will receive the order's updates.
+    pub node: String,
+    pub resume: Option<Resume>,
+}
+
+/// The owner's answer to a [`WatchCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WatchAnswer {
+    /// The order is active: what to send first; updates follow to the asking node.
+    Live(Vec<WireFrame>),
+    /// The order has ended: its final state.
+    Ended(OrderView),
+    NotFound,
+}
+
+/// An order's next frame, or the end of a node's interest in it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateNote {
+    pub order: OrderId,
+    pub frame: WireFrame,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnwatchNote {
+    pub order: OrderId,
+    pub node: String,
+}
+
+/// Why a call to another node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("node {0} did not answer: {1}")]
+    Unavailable(String, String),
+    #[error("node {0} answered something unreadable: {1}")]
+    BadAnswer(String, String),
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unavailable(..) => ApiError::OwnerUnavailable(e.to_string()),
+            CallError::BadAnswer(..) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// This node's place in the cluster and its connection to the broker.
+pub struct Cluster {
+    client: async_nats::Client,
+    node: String,
+    nodes: Vec<String>,
+    prefix: String,
+    timeout: Duration,
+}
+
+/// A node name or prefix must be one NATS subject token.
+fn check_token(what: &str, token: &str) -> anyhow::Result<()> {
+    let bad = token.is_empty()
+        || token
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'));
+    if bad {
+        bail!("{what} {token:?} must be non-empty without spaces, '.', '*' or '>'");
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Connects to the broker when `--broker` is set; `None` runs the single-node default.
+    ///
+    /// # Errors
+    /// When the cluster flags are inconsistent or the broker cannot be reached.
+    pub async fn connect(config: &Config) -> anyhow::Result<Option<Arc<Cluster>>> {
+        let Some(url) = &config.broker else {
+            return Ok(None);
+        };
+        let node = config
+            .node_id
+            .clone()
+            .context("--broker needs --node-id (this node's name)")?;
+        let nodes: Vec<String> = config
+            .cluster_nodes
+            .iter()
+            .map(|n| n.trim().to_string())
+            .collect();
+        for name in &nodes {
+            check_token("node name", name)?;
+        }
+        check_token("--broker-prefix", &config.broker_prefix)?;
+        if !nodes.contains(&node) {
+            bail!("--node-id {node:?} is not one of --cluster-nodes {nodes:?}");
+        }
+        let mut unique = nodes.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != nodes.len() {
+            bail!("--cluster-nodes lists a node twice: {nodes:?}");
+        }
+        let timeout = Duration::from_millis(config.broker_timeout_ms.max(1));
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("trackline {node}"))
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            // Unbounded reconnects: a broker restart must not need a trackline restart.
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                tracing::info!(%event, "broker connection");
+            })
+            .connect(url.as_str())
+            .await
+            .with_context(|| format!("connecting to the broker at {url}"))?;
+        tracing::info!(broker = %url, %node, ?nodes, "broker mode");
+        Ok(Some(Arc::new(Cluster {
+            client,
+            node,
+            nodes,
+            prefix: config.broker_prefix.clone(),
+            timeout,
+        })))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The node that owns `order`.
+    pub fn owner_of(&self, order: &OrderId) -> &str {
+        &self.nodes[trackline_core::cluster::owner(order.as_str(), &self.nodes)]
+    }
+
+    /// The node that keeps `courier`'s links and routes its fixes.
+    pub fn home_of(&self, courier: &CourierId) -> &str {
+        &self.nodes[trackline_core::cluster::owner(courier.as_str(), &self.nodes)]
+    }
+
+    pub fn owns(&self, order: &OrderId) -> bool {
+        self.owner_of(order) == self.node
+    }
+
+    pub fn is_home_of(&self, courier: &CourierId) -> bool {
+        self.home_of(courier) == self.node
+    }
+
+    fn subject(&self, node: &str, kind: Kind) -> String {
+        format!("{}.node.{node}.{}", self.prefix, kind.as_str())
+    }
+
+    /// Sends `call` to `node` and waits for its answer (JSON both ways).
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        node: &str,
+        kind: Kind,
+        call: &Q,
+    ) -> Result<A, CallError> {
+        // unwrap: the call types are plain data; serde_json cannot fail on them
+        let payload = Bytes::from(serde_json::to_vec(call).unwrap());
+        let answer = self.request(node, kind, HeaderMap::new(), payload).await?;
+        serde_json::from_slice(&answer.payload)
+            .map_err(|e| CallError::BadAnswer(node.to_string(), e.to_string()))
+    }
+
+    /// Sends a raw request to `node`, measured per kind and outcome.
+    pub async fn request(
+        &self,
+        node: &str,
+        kind: Kind,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Message, CallError> {
+        let started = Instant::now();
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(payload)
+            .timeout(Some(self.timeout));
+        let outcome = self
+            .client
+            .send_request(self.subject(node, kind), request)
+            .await;
+        metrics::histogram!("trackline_broker_request_seconds", "kind" => kind.as_str())
+            .record(started.elapsed().as_secs_f64());
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("trackline_broker_requests_total", "kind" => kind.as_str(), "outcome" => label)
+            .increment(1);
+        outcome.map_err(|e| CallError::Unavailable(node.to_string(), e.to_string()))
+    }
+
+    /// Publishes a note to `node` without waiting for anything (updates, unwatch).
+    pub async fn notify<Q: Serialize>(&self, node: &str, kind: Kind, note: &Q) {
+        // unwrap: the note types are plain data; serde_json cannot fail on them
+        let payload = Bytes::from(serde_json::to_vec(note).unwrap());
+        match self.client.publish(self.subject(node, kind), payload).await {
+            Ok(()) => metrics::counter!("trackline_broker_published_total").increment(1),
+            Err(error) => tracing::debug!(%error, node, "broker publish failed"),
+        }
+    }
+
+    /// Answers a request received from another node.
+    pub async fn reply(&self, to: &Message, headers: HeaderMap, payload: Bytes) {
+        let Some(reply) = to.reply.clone() else {
+            return;
+        };
+        if let Err(error) = self
+            .client
+            .publish_with_headers(reply, headers, payload)
+            .await
+        {
+            tracing::debug!(%error, "broker reply failed");
+        }
+    }
+
+    /// Answers a request with JSON.
+    pub async fn reply_json<A: Serialize>(&self, to: &Message, answer: &A) {
+        // unwrap: the answer types are plain data; serde_json cannot fail on them
+        let payload = Bytes::from(serde_json::to_vec(answer).unwrap());
+        self.reply(to, HeaderMap::new(), payload).await;
+    }
+
+    /// Links (or unlinks) `courier` and `order` at the courier's home node; returns once the link
+    /// is durable there.
+    ///
+    /// # Errors
+    /// [`ApiError::OwnerUnavailable`] when the home node cannot be reached.
+    pub async fn link(
+        &self,
+        courier: &CourierId,
+        order: &OrderId,
+        linked: bool,
+    ) -> Result<(), ApiError> {
+        let call = LinkCall {
+            courier: courier.clone(),
+            order: order.clone(),
+            linked,
+        };
+        let home = self.home_of(courier).to_string();
+        let answer: Result<(), String> = self.call(&home, Kind::Link, &call).await?;
+        answer.map_err(ApiError::Internal)
+    }
+
+    /// The requests addressed to this node, with their kind.
+    ///
+    /// # Errors
+    /// When the broker refuses the subscription.
+    pub async fn incoming(
+        &self,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = (Kind, Message)> + use<>> {
+        use futures_util::StreamExt;
+        let subject = format!("{}.node.{}.*", self.prefix, self.node);
+        let subscriber = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .with_context(|| format!("subscribing to {subject}"))?;
+        Ok(subscriber.filter_map(|message| {
+            let kind = message.subject.rsplit('.').next().and_then(Kind::parse);
+            std::future::ready(kind.map(|kind| (kind, message)))
+        }))
+    }
+}

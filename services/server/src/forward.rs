@@ -1,0 +1,155 @@
+//! Broker mode: REST calls on an order that another node owns go to the owner.
+//!
+//! The ingress hashes requests by order id, but its hash is not ours (and pods come and go), so
+//! any node may receive any call. A call on a foreign order is sent to its owner over the broker
+//! with its method, path, token and body, replayed there against the owner's own HTTP listener,
+//! and the owner's answer (status, body) is returned as is: same checks, same errors, one place
+//! that decides.
+
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse, ResponseError};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use trackline_core::OrderId;
+
+use crate::cluster::Kind;
+use crate::cluster_serve::headers;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The order a REST call is about, when it is one of the order endpoints (the watch stream is
+/// not forwarded: a watcher is served by the node it is connected to).
+fn order_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/orders/")?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    matches!(tail, "" | "assign" | "status" | "history").then_some(id)
+}
+
+/// The order id of a create call's body, if it names a valid one.
+fn order_in_body(body: &[u8]) -> Option<OrderId> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        order_id: String,
+    }
+    let named: Named = serde_json::from_slice(body).ok()?;
+    OrderId::new(&named.order_id).ok()
+}
+
+/// The middleware: serves calls on local orders here and forwards the others.
+pub async fn to_owner(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let app = req
+        .app_data::<web::Data<Arc<AppState>>>()
+        .map(|data| data.get_ref().clone());
+    let cluster = app.as_ref().and_then(|app| app.cluster.clone());
+    let Some(cluster) = cluster.filter(|_| !req.headers().contains_key(headers::FORWARDED)) else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let creating = req.method() == Method::POST && req.path() == "/v1/orders";
+    let mut body = Bytes::new();
+    let order = if creating || req.method() == Method::POST {
+        // The body is needed to forward a POST, and to find the order of a create.
+        body = match req.extract::<Bytes>().await {
+            Ok(body) => body,
+            Err(e) => {
+                let error = ApiError::PayloadTooLarge(format!("request body: {e}"));
+                return Ok(req
+                    .into_response(error.error_response())
+                    .map_into_right_body());
+            }
+        };
+        req.set_payload(bytes_payload(body.clone()));
+        if creating {
+            order_in_body(&body)
+        } else {
+            order_in_path(req.path()).and_then(|id| OrderId::new(id).ok())
+        }
+    } else {
+        order_in_path(req.path()).and_then(|id| OrderId::new(id).ok())
+    };
+    let owner = match &order {
+        Some(order) if !cluster.owns(order) => cluster.owner_of(order).to_string(),
+        // Local, or not about a (valid) order: this node answers, errors included.
+        _ => {
+            return next
+                .call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+    };
+    let mut forwarded = HeaderMap::new();
+    forwarded.insert(headers::METHOD, req.method().as_str());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
+    forwarded.insert(headers::PATH, path.as_str());
+    for (name, header_name) in [
+        (headers::AUTHORIZATION, header::AUTHORIZATION),
+        (headers::CONTENT_TYPE, header::CONTENT_TYPE),
+    ] {
+        if let Some(value) = req.headers().get(header_name).and_then(|v| v.to_str().ok()) {
+            forwarded.insert(name, value);
+        }
+    }
+    let response = match cluster.request(&owner, Kind::Http, forwarded, body).await {
+        Ok(answer) => owners_answer(&answer),
+        Err(e) => ApiError::from(e).error_response(),
+    };
+    Ok(req.into_response(response).map_into_right_body())
+}
+
+/// The owner's answer as this node's response.
+fn owners_answer(answer: &async_nats::Message) -> HttpResponse {
+    let header = |name: &str| answer.headers.as_ref().and_then(|h| h.get(name));
+    let status = header(headers::STATUS)
+        .and_then(|s| s.as_str().parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    if let Some(content_type) = header(headers::CONTENT_TYPE) {
+        response.insert_header((header::CONTENT_TYPE, content_type.as_str()));
+    }
+    if let Some(node) = header(headers::NODE) {
+        response.insert_header((headers::NODE, node.as_str()));
+    }
+    response.body(answer.payload.clone())
+}
+
+/// A request body that has been read already, as a payload again.
+fn bytes_payload(body: Bytes) -> actix_web::dev::Payload {
+    let (_, mut payload) = actix_http::h1::Payload::create(true);
+    payload.unread_data(body);
+    actix_web::dev::Payload::from(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_order_endpoints_are_forwarded() {
+        assert_eq!(order_in_path("/v1/orders/o-1"), Some("o-1"));
+        assert_eq!(order_in_path("/v1/orders/o-1/assign"), Some("o-1"));
+        assert_eq!(order_in_path("/v1/orders/o-1/history"), Some("o-1"));
+        assert_eq!(order_in_path("/v1/orders/o-1/watch"), None);
+        assert_eq!(order_in_path("/v1/orders"), None);
+        assert_eq!(order_in_path("/v1/couriers/nearby"), None);
+        assert_eq!(
+            order_in_body(br#"{"order_id":"o.2","destination":{}}"#),
+            Some(OrderId::new("o.2").unwrap())
+        );
+        assert_eq!(order_in_body(br#"{"order_id":"bad id"}"#), None);
+        assert_eq!(order_in_body(b"not json"), None);
+    }
+}
