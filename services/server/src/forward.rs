@@ -56,35 +56,46 @@ pub async fn to_owner(
             .map(ServiceResponse::map_into_left_body);
     };
     let creating = req.method() == Method::POST && req.path() == "/v1/orders";
-    let mut body = Bytes::new();
-    let order = if creating || req.method() == Method::POST {
-        // The body is needed to forward a POST, and to find the order of a create.
-        body = match req.extract::<Bytes>().await {
+    let in_path = order_in_path(req.path()).and_then(|id| OrderId::new(id).ok());
+    if !creating && in_path.as_ref().is_none_or(|order| cluster.owns(order)) {
+        // Local, or not about a (valid) order: this node answers, errors included.
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    // The body is needed to forward a POST, and to find the order of a create.
+    let body = if req.method() == Method::POST {
+        match req.extract::<Bytes>().await {
             Ok(body) => body,
             Err(e) => {
-                let error = ApiError::PayloadTooLarge(format!("request body: {e}"));
+                let error = if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE
+                {
+                    ApiError::PayloadTooLarge(format!("request body: {e}"))
+                } else {
+                    ApiError::BadRequest("bad_body", format!("request body: {e}"))
+                };
                 return Ok(req
                     .into_response(error.error_response())
                     .map_into_right_body());
             }
-        };
-        req.set_payload(bytes_payload(body.clone()));
-        if creating {
-            order_in_body(&body)
-        } else {
-            order_in_path(req.path()).and_then(|id| OrderId::new(id).ok())
         }
     } else {
-        order_in_path(req.path()).and_then(|id| OrderId::new(id).ok())
+        Bytes::new()
+    };
+    let order = if creating {
+        order_in_body(&body)
+    } else {
+        in_path
     };
     let owner = match &order {
         Some(order) if !cluster.owns(order) => cluster.owner_of(order).to_string(),
-        // Local, or not about a (valid) order: this node answers, errors included.
         _ => {
+            req.set_payload(bytes_payload(body));
             return next
                 .call(req)
                 .await
-                .map(ServiceResponse::map_into_left_body)
+                .map(ServiceResponse::map_into_left_body);
         }
     };
     let mut forwarded = HeaderMap::new();
