@@ -300,6 +300,40 @@ impl Cluster {
         }
     }
 
+    /// Sends this node's new courier positions to every node.
+    pub async fn broadcast_positions(&self, positions: &crate::live_index::Positions) {
+        // unwrap: positions are plain data; serde_json cannot fail on them
+        let payload = Bytes::from(serde_json::to_vec(positions).unwrap());
+        match self.client.publish(self.positions_subject(), payload).await {
+            Ok(()) => metrics::counter!("trackline_broker_published_total").increment(1),
+            Err(error) => tracing::debug!(%error, "sharing positions failed"),
+        }
+    }
+
+    fn positions_subject(&self) -> String {
+        format!("{}.positions", self.prefix)
+    }
+
+    /// The positions other nodes share.
+    ///
+    /// # Errors
+    /// When the broker refuses the subscription.
+    pub async fn peer_positions(
+        &self,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = crate::live_index::Positions> + use<>>
+    {
+        use futures_util::StreamExt;
+        let subscriber = self.client.subscribe(self.positions_subject()).await?;
+        let me = self.node.clone();
+        Ok(subscriber.filter_map(move |message| {
+            let positions =
+                serde_json::from_slice::<crate::live_index::Positions>(&message.payload)
+                    .ok()
+                    .filter(|p| p.from != me);
+            std::future::ready(positions)
+        }))
+    }
+
     /// Answers a request received from another node.
     pub async fn reply(&self, to: &Message, headers: HeaderMap, payload: Bytes) {
         let Some(reply) = to.reply.clone() else {

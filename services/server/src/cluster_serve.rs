@@ -22,6 +22,7 @@ use crate::cluster::{
     Cluster, IngestCall, Kind, LinkCall, RouteCall, UnwatchNote, UpdateNote, WatchAnswer, WatchCall,
 };
 use crate::fanout::{Push, Subscribe, Unsubscribe};
+use crate::live_index::LiveIndex;
 use crate::registry::{Find, IngestHere, LinkChanged, Registry, Route};
 use crate::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
 
@@ -45,6 +46,7 @@ pub struct Serving {
     pub cluster: Arc<Cluster>,
     pub registry: Addr<Registry>,
     pub remote: Addr<RemoteWatches>,
+    pub live_index: Addr<LiveIndex>,
     pub store: HistoryStore,
     pub links: LinkStore,
     /// This node's own HTTP address, where forwarded REST calls are replayed.
@@ -58,6 +60,7 @@ impl Serving {
         cluster: Arc<Cluster>,
         registry: Addr<Registry>,
         remote: Addr<RemoteWatches>,
+        live_index: Addr<LiveIndex>,
         store: HistoryStore,
         links: LinkStore,
         base_url: String,
@@ -66,6 +69,7 @@ impl Serving {
             cluster,
             registry,
             remote,
+            live_index,
             store,
             links,
             base_url,
@@ -84,6 +88,13 @@ impl Serving {
 /// # Errors
 /// When the subscription cannot be made.
 pub async fn serve(serving: Arc<Serving>) -> anyhow::Result<()> {
+    let mut positions = serving.cluster.peer_positions().await?;
+    let live_index = serving.live_index.clone();
+    actix_rt::spawn(async move {
+        while let Some(shared) = positions.next().await {
+            live_index.do_send(shared);
+        }
+    });
     let mut incoming = serving.cluster.incoming().await?;
     while let Some((kind, message)) = incoming.next().await {
         let serving = serving.clone();

@@ -314,10 +314,16 @@ pub async fn run(
     )
     .start();
     let cluster = cluster.map(|(cluster, _, links)| (cluster, links));
+    let live_index = live_index::LiveIndex::new(
+        index,
+        config.live_ttl_s,
+        cluster.as_ref().map(|(cluster, _)| cluster.clone()),
+    )
+    .start();
     let remote_watches = cluster.as_ref().map(|(cluster, _)| {
         remote_watch::RemoteWatches::new(cluster.clone(), order_settings.clone()).start()
     });
-    let live_index = live_index::LiveIndex::new(index, config.live_ttl_s).start();
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let keys = token_keys(&config);
     let grace = config.shutdown_grace();
@@ -341,6 +347,7 @@ pub async fn run(
             cluster,
             state.registry.clone(),
             remote,
+            state.live_index.clone(),
             store.clone(),
             links,
             format!("http://{}", loopback(listen)),

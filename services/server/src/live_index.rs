@@ -1,27 +1,64 @@
 //! The actor that owns the spatial index of live couriers: updates arrive as messages, queries
 //! are answered in microseconds, and couriers that went quiet are swept out.
+//!
+//! In broker mode every node keeps every courier: each node sends the positions of the couriers
+//! connected to it to all others a few times a second, in one message, so `nearby` and `within`
+//! see the whole fleet on any node at the cost of one broadcast per node and interval.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use trackline_core::spatial::{Nearby, SpatialIndex};
 use trackline_core::{now_ms, CourierId, LatLon};
 
+use crate::cluster::Cluster;
+
 /// How often couriers without a recent fix are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Broker mode: how often a node shares its couriers' new positions with the others.
+const SHARE_EVERY: Duration = Duration::from_millis(500);
 
 pub struct LiveIndex {
     index: SpatialIndex,
     ttl_ms: i64,
+    /// Broker mode: the cluster, and the positions not yet shared with the other nodes.
+    sharing: Option<(Arc<Cluster>, Vec<Upsert>)>,
 }
 
 impl LiveIndex {
-    pub fn new(index: SpatialIndex, ttl_s: i64) -> Self {
+    pub fn new(index: SpatialIndex, ttl_s: i64, cluster: Option<Arc<Cluster>>) -> Self {
         Self {
             index,
             ttl_ms: ttl_s.saturating_mul(1000),
+            sharing: cluster.map(|cluster| (cluster, Vec::new())),
         }
     }
+
+    /// Sends the positions gathered since the last time to every other node.
+    fn share(&mut self) {
+        let Some((cluster, pending)) = self.sharing.as_mut() else {
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let positions = Positions {
+            from: cluster.node().to_string(),
+            positions: std::mem::take(pending),
+        };
+        let cluster = cluster.clone();
+        actix_rt::spawn(async move { cluster.broadcast_positions(&positions).await });
+    }
+}
+
+/// Live positions shared between nodes.
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "()")]
+pub struct Positions {
+    /// The node that sent them (which ignores its own broadcast).
+    pub from: String,
+    pub positions: Vec<Upsert>,
 }
 
 impl Actor for LiveIndex {
@@ -35,11 +72,14 @@ impl Actor for LiveIndex {
             }
             metrics::gauge!("trackline_live_couriers").set(act.index.len() as f64);
         });
+        if self.sharing.is_some() {
+            ctx.run_interval(SHARE_EVERY, |act, _| act.share());
+        }
     }
 }
 
 /// A courier's latest live position.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "()")]
 pub struct Upsert {
     pub courier: CourierId,
@@ -52,6 +92,21 @@ impl Handler<Upsert> for LiveIndex {
 
     fn handle(&mut self, msg: Upsert, _: &mut Context<Self>) {
         self.index.upsert(&msg.courier, msg.pos, msg.time_ms);
+        if let Some((_, pending)) = self.sharing.as_mut() {
+            pending.push(msg);
+        }
+    }
+}
+
+impl Handler<Positions> for LiveIndex {
+    type Result = ();
+
+    /// Positions from another node: newer ones win, and they are not shared on again.
+    fn handle(&mut self, msg: Positions, _: &mut Context<Self>) {
+        for upsert in msg.positions {
+            self.index
+                .upsert(&upsert.courier, upsert.pos, upsert.time_ms);
+        }
     }
 }
 
