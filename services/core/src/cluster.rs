@@ -71,7 +71,11 @@ mod tests {
             let key = format!("courier-{i}");
             let before = owner(&key, &three);
             if before < 2 {
-                assert_eq!(owner(&key, &two), before, "{key} moved although its node stayed");
+                assert_eq!(
+                    owner(&key, &two),
+                    before,
+                    "{key} moved although its node stayed"
+                );
             }
         }
     }

@@ -64,7 +64,11 @@ impl LinkStore {
             let parsed = std::str::from_utf8(courier)
                 .ok()
                 .and_then(|c| CourierId::new(c).ok())
-                .zip(std::str::from_utf8(order).ok().and_then(|o| OrderId::new(o).ok()));
+                .zip(
+                    std::str::from_utf8(order)
+                        .ok()
+                        .and_then(|o| OrderId::new(o).ok()),
+                );
             links.extend(parsed);
         }
         Ok(links)
