@@ -135,11 +135,20 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
                 fixes: call.fixes.into(),
                 invalid: call.invalid.into(),
             };
+            let order = here.order.clone();
             // A mailbox error means the registry is gone (shutting down): no reply, the caller
             // times out and does not ack.
-            if let Ok(report) = serving.registry.send(here).await {
-                cluster.reply_json(&message, &report).await;
-            }
+            let Ok(report) = serving.registry.send(here).await else {
+                return;
+            };
+            let report = match report {
+                Some(report) => Some(report),
+                // Not active here. Only an order that has ended tells the home node to drop the
+                // link: one being created right now is not active yet, and its link must stay.
+                None if has_ended(serving, order).await => None,
+                None => Some(Default::default()),
+            };
+            cluster.reply_json(&message, &report).await;
         }
         Kind::Link => {
             let Some(call) = parse::<LinkCall>(&message) else {
@@ -173,6 +182,13 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
             }
         }
     }
+}
+
+/// Whether `order` is stored here and delivered or cancelled.
+async fn has_ended(serving: &Serving, order: OrderId) -> bool {
+    let store = serving.store.clone();
+    let record = actix_web::rt::task::spawn_blocking(move || store.order(&order)).await;
+    matches!(record, Ok(Ok(Some(record))) if record.status.is_final())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(message: &NatsMessage) -> Option<T> {
