@@ -11,11 +11,15 @@ k8s/.venv. What it checks:
 3. that the pieces agree: ConfigMap keys are real TRACKLINE_* variables of
    services/server/src/config.rs, the listen port is the container port, the data dir is the
    volume, terminationGracePeriodSeconds covers preStop + the server's shutdown grace, probes hit
-   /readyz and /healthz, Services and the PDB select the pod, Ingress backends exist, each
-   upstream-hash-by key has its own Service and its path captures, the Dockerfile's user, port and
-   volume match the pod;
-4. grafana-dashboard.json parses, uses only metrics the server emits, and covers all of them;
-   with promtool on PATH, every query also parses as PromQL.
+   /readyz and /healthz, every Service, PDB and NetworkPolicy selects a workload of these files
+   (Ingress backends: the trackline pod), each upstream-hash-by key has its own Service and its
+   path captures, the Dockerfile's user, port and volume match the pod;
+   broker mode: replicas equals the number of names in TRACKLINE_CLUSTER_NODES, which are the
+   StatefulSet's pod names; replicas > 1 needs TRACKLINE_BROKER; each pod's TRACKLINE_NODE_ID is
+   its own name; TRACKLINE_BROKER names a Service here that reaches the NATS container, whose
+   config file agrees with its ports and probes (and parses, with nats-server on PATH);
+4. grafana-dashboard.json parses, uses only metrics the server emits, with labels the server
+   gives them, and covers all of them; with promtool on PATH, every query also parses as PromQL.
 
 Exit status 0 when everything holds, 1 otherwise.
 """
@@ -45,6 +49,9 @@ DOCKERFILE = HERE / "Dockerfile"
 # The Secret is applied by hand, never by `kubectl apply -k` (see secret.yaml).
 NOT_IN_KUSTOMIZATION = {"secret.yaml"}
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "configMapGenerator", "images"}
+# Labels Prometheus or the exporter add to every series, whatever the server's code says.
+TARGET_LABELS = {"namespace", "pod", "instance", "job", "container", "service", "endpoint",
+                 "quantile", "le", "__name__"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass",
                   "PersistentVolume", "IngressClass", "CustomResourceDefinition"}
 
@@ -223,14 +230,22 @@ def server_env() -> dict[str, str | None]:
     return found
 
 
-def server_metrics() -> set[str]:
-    names = set()
+def server_metrics() -> dict[str, set[str]]:
+    """metric name -> the label names the server's code gives it (`"label" => value`)."""
+    found: dict[str, set[str]] = {}
     for path in METRIC_SOURCES.rglob("*.rs"):
-        names.update(re.findall(r'(?:counter|gauge|histogram)!\(\s*"(trackline_[a-z0-9_]+)"',
-                                path.read_text()))
-    if not names:
+        text = path.read_text()
+        for m in re.finditer(r'(?:counter|gauge|histogram)!\(\s*"(trackline_[a-z0-9_]+)"', text):
+            # The macro's arguments: up to its closing parenthesis (values may call functions).
+            depth, end = 1, m.end()
+            while end < len(text) and depth:
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            labels = set(re.findall(r'"([a-zA-Z_][a-zA-Z0-9_]*)"\s*=>', text[m.end():end]))
+            found.setdefault(m.group(1), set()).update(labels)
+    if not found:
         fail(f"no metrics found under {METRIC_SOURCES}")
-    return names
+    return found
 
 
 def subset(small: dict, big: dict) -> bool:
@@ -241,6 +256,54 @@ def only(objs: list[dict], kind: str) -> list[dict]:
     return [o for o in objs if o.get("kind") == kind]
 
 
+WORKLOAD_KINDS = ("StatefulSet", "Deployment", "DaemonSet")
+
+
+def pod_labels_of(workload: dict) -> dict:
+    return ((workload["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+
+
+def container_ports(workload: dict) -> dict:
+    """port name (or None) -> number, over every container of the workload's pod."""
+    pod = workload["spec"]["template"]["spec"]
+    return {p.get("name"): p["containerPort"]
+            for c in pod.get("containers", []) for p in c.get("ports", [])}
+
+
+def selected(selector: dict | None, workloads: list[dict]) -> list[dict]:
+    """The workloads whose pods a matchLabels-style selector picks (an empty one picks none)."""
+    if not selector:
+        return []
+    return [w for w in workloads if subset(selector, pod_labels_of(w))]
+
+
+def has_port(workload: dict, port) -> bool:
+    ports = container_ports(workload)
+    return port in ports or port in ports.values()
+
+
+def check_pod(kind_name: str, pod: dict) -> None:
+    """Restricted Pod Security and resources, for every container of every workload."""
+    psc = pod.get("securityContext") or {}
+    if (psc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        fail(f"{kind_name}: no RuntimeDefault seccompProfile (the namespace enforces restricted)")
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        sc = c.get("securityContext") or {}
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            fail(f"{kind_name} container {c['name']}: runAsNonRoot is not set")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            fail(f"{kind_name} container {c['name']}: readOnlyRootFilesystem is not true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            fail(f"{kind_name} container {c['name']}: allowPrivilegeEscalation is not false")
+        if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+            fail(f"{kind_name} container {c['name']}: capabilities do not drop ALL")
+        res = c.get("resources") or {}
+        for part in ("requests", "limits"):
+            for what in ("cpu", "memory"):
+                if what not in (res.get(part) or {}):
+                    fail(f"{kind_name} container {c['name']}: no resources.{part}.{what}")
+
+
 def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
     facts: dict = {}
     envs = server_env()
@@ -249,15 +312,17 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
         fail(f"expected one StatefulSet, found {len(stss)}")
         return facts
     sts = stss[0]
+    workloads = [o for o in objs if o.get("kind") in WORKLOAD_KINDS]
     spec = sts["spec"]
-    if spec.get("replicas", 1) != 1:
-        fail("StatefulSet replicas must stay 1: scaling out needs broker mode, which the server "
-             "does not have yet (k8s/README.md)")
     tpl = spec["template"]
     pod_labels = tpl["metadata"].get("labels") or {}
     pod = tpl["spec"]
-    if not subset(spec["selector"].get("matchLabels"), pod_labels):
-        fail("StatefulSet selector does not match its pod labels")
+    for w in workloads:
+        if not subset(w["spec"]["selector"].get("matchLabels"), pod_labels_of(w)):
+            fail(f"{ident(w)}: selector does not match its pod labels")
+        if w is not sts and selected(w["spec"]["selector"].get("matchLabels"), [sts]):
+            fail(f"{ident(w)}: its selector also matches the trackline pods")
+        check_pod(ident(w), w["spec"]["template"]["spec"])
     containers = {c["name"]: c for c in pod.get("containers", [])}
     main = containers.get("trackline")
     if not main:
@@ -268,6 +333,7 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
 
     configmaps = {o["metadata"]["name"]: o for o in only(objs, "ConfigMap")}
     env: dict[str, str] = {}
+    from_configmap: set[str] = set()
     for src in main.get("envFrom", []):
         ref = src.get("configMapRef")
         if ref:
@@ -281,8 +347,13 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
                 elif key not in envs and key != "RUST_LOG":
                     fail(f"ConfigMap {ref['name']}: {key} is not a variable of {CONFIG_RS.name}")
                 env[key] = value
+                from_configmap.add(key)
     secrets = {d["metadata"]["name"]: d for d in secret_docs if d.get("kind") == "Secret"}
     for c in pod.get("containers", []) + pod.get("initContainers", []):
+        for src in c.get("envFrom", []):
+            ref = src.get("configMapRef")
+            if ref and ref["name"] not in configmaps:
+                fail(f"container {c['name']}: envFrom configMapRef {ref['name']}: no such ConfigMap")
         for e in c.get("env", []):
             if e["name"].startswith("TRACKLINE_") and e["name"] not in envs:
                 fail(f"container {c['name']}: {e['name']} is not a variable of {CONFIG_RS.name}")
@@ -296,6 +367,7 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
                     fail(f"container {c['name']}: secret {ref['name']} has no key {ref['key']}")
             if c is main and "value" in e:
                 env[e["name"]] = e["value"]
+                from_configmap.discard(e["name"])
     if not any(e["name"] == "TRACKLINE_SECRET" for e in main.get("env", [])):
         fail("the server container gets no TRACKLINE_SECRET (it would run with a random one)")
 
@@ -319,32 +391,19 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
         if m.get("readOnly"):
             fail(f"{data_dir} is mounted read-only")
     facts["data_dir"] = data_dir
+    facts["uid"] = (pod.get("securityContext") or {}).get("runAsUser")
 
-    psc = pod.get("securityContext") or {}
-    facts["uid"] = psc.get("runAsUser")
-    for c in pod.get("containers", []) + pod.get("initContainers", []):
-        sc = c.get("securityContext") or {}
-        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
-            fail(f"container {c['name']}: runAsNonRoot is not set")
-        if sc.get("readOnlyRootFilesystem") is not True:
-            fail(f"container {c['name']}: readOnlyRootFilesystem is not true")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            fail(f"container {c['name']}: allowPrivilegeEscalation is not false")
-        res = c.get("resources") or {}
-        for part in ("requests", "limits"):
-            for what in ("cpu", "memory"):
-                if what not in (res.get(part) or {}):
-                    fail(f"container {c['name']}: no resources.{part}.{what}")
-
-    def probe(name: str, path: str) -> None:
-        p = main.get(name)
+    def probe(container: dict, name: str, path: str) -> None:
+        p = container.get(name)
         get = (p or {}).get("httpGet") or {}
+        cports = {q.get("name"): q["containerPort"] for q in container.get("ports", [])}
         if get.get("path") != path:
-            fail(f"{name} must be an httpGet on {path}")
-        elif get.get("port") not in ports and get.get("port") not in ports.values():
-            fail(f"{name}: port {get.get('port')} is not a container port")
-    probe("readinessProbe", "/readyz")
-    probe("livenessProbe", "/healthz")
+            fail(f"container {container['name']}: {name} must be an httpGet on {path}")
+        elif get.get("port") not in cports and get.get("port") not in cports.values():
+            fail(f"container {container['name']}: {name}: port {get.get('port')} is not a "
+                 "container port")
+    probe(main, "readinessProbe", "/readyz")
+    probe(main, "livenessProbe", "/healthz")
 
     grace = env.get("TRACKLINE_SHUTDOWN_GRACE_S", envs.get("TRACKLINE_SHUTDOWN_GRACE_S"))
     pre_stop = 0
@@ -362,25 +421,51 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
              f"terminationGracePeriodSeconds {tgps} s")
 
     services = {o["metadata"]["name"]: o for o in only(objs, "Service")}
+    service_target: dict[str, dict] = {}
     for name, svc in services.items():
         s = svc["spec"]
-        if not subset(s.get("selector"), pod_labels) or not s.get("selector"):
-            fail(f"Service {name} does not select the trackline pod")
+        picked = selected(s.get("selector"), workloads)
+        if len(picked) != 1:
+            fail(f"Service {name} selects {len(picked)} workloads of these files "
+                 f"({', '.join(map(ident, picked)) or 'none'}); expected exactly one")
+            continue
+        service_target[name] = picked[0]
         for p in s.get("ports", []):
             t = p.get("targetPort", p["port"])
-            if t not in ports and t not in ports.values():
-                fail(f"Service {name}: targetPort {t} is not a container port")
+            if not has_port(picked[0], t):
+                fail(f"Service {name}: targetPort {t} is not a container port of {ident(picked[0])}")
+    trackline_services = {n for n, w in service_target.items() if w is sts}
     headless = services.get(spec.get("serviceName"))
-    if not headless or headless["spec"].get("clusterIP") != "None":
-        fail(f"StatefulSet serviceName {spec.get('serviceName')} is not a headless Service")
-    if not any(s["spec"].get("clusterIP") != "None" for s in services.values()):
-        fail("no regular (ClusterIP) Service")
+    if not headless or headless["spec"].get("clusterIP") != "None" \
+            or spec.get("serviceName") not in trackline_services:
+        fail(f"StatefulSet serviceName {spec.get('serviceName')} is not a headless Service of its pods")
+    if not any(services[n]["spec"].get("clusterIP") != "None" for n in trackline_services):
+        fail("no regular (ClusterIP) Service for the trackline pods")
 
-    for pdb in only(objs, "PodDisruptionBudget"):
-        if not subset(pdb["spec"]["selector"].get("matchLabels"), pod_labels):
-            fail(f"PodDisruptionBudget {pdb['metadata']['name']} does not select the pod")
-    if not only(objs, "PodDisruptionBudget"):
-        fail("no PodDisruptionBudget")
+    pdbs = only(objs, "PodDisruptionBudget")
+    for pdb in pdbs:
+        if not selected(pdb["spec"]["selector"].get("matchLabels"), workloads):
+            fail(f"PodDisruptionBudget {pdb['metadata']['name']} selects no workload")
+    if not any(selected(p["spec"]["selector"].get("matchLabels"), [sts]) for p in pdbs):
+        fail("no PodDisruptionBudget for the trackline pods")
+
+    for np in only(objs, "NetworkPolicy"):
+        name = np["metadata"]["name"]
+        targets = selected(np["spec"]["podSelector"].get("matchLabels"), workloads)
+        if not targets:
+            fail(f"NetworkPolicy {name}: podSelector selects no workload of these files")
+        for rule in np["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                sel = (peer.get("podSelector") or {}).get("matchLabels")
+                if "podSelector" in peer and "namespaceSelector" not in peer and \
+                        not selected(sel, workloads):
+                    fail(f"NetworkPolicy {name}: a from.podSelector ({sel}) selects no workload "
+                         "of these files: nothing would be let in")
+            for p in rule.get("ports", []):
+                for w in targets:
+                    if "port" in p and not has_port(w, p["port"]):
+                        fail(f"NetworkPolicy {name}: port {p['port']} is not a container port "
+                             f"of {ident(w)}")
 
     hosts = set()
     hash_keys: dict[str, set] = {}
@@ -417,6 +502,8 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
                 if not target:
                     fail(f"Ingress {name}: no Service {svc['name']}")
                     continue
+                if svc["name"] not in trackline_services:
+                    fail(f"Ingress {name}: Service {svc['name']} is not a Service of the trackline pods")
                 port = svc["port"]
                 names = {sp.get("name") for sp in target["spec"]["ports"]}
                 numbers = {sp["port"] for sp in target["spec"]["ports"]}
@@ -432,7 +519,170 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
         m = re.match(r"^https?://([^/:]+)", public)
         if not m or m.group(1) not in hosts:
             fail(f"TRACKLINE_PUBLIC_URL={public} is not an Ingress host ({sorted(map(str, hosts))})")
+
+    broker_checks(sts, main, env, from_configmap, services, service_target)
+    for w in workloads:
+        for c in w["spec"]["template"]["spec"].get("containers", []):
+            if c["name"] == "nats":
+                check_nats(w, c, configmaps)
     return facts
+
+
+def broker_checks(sts: dict, main: dict, env: dict, from_configmap: set, services: dict,
+                  service_target: dict) -> None:
+    """replicas, TRACKLINE_CLUSTER_NODES, TRACKLINE_NODE_ID and TRACKLINE_BROKER agree."""
+    name = sts["metadata"]["name"]
+    replicas = sts["spec"].get("replicas", 1)
+    if not isinstance(replicas, int) or replicas < 1:
+        fail(f"StatefulSet replicas {replicas!r}: expected a whole number >= 1")
+        return
+    broker = env.get("TRACKLINE_BROKER")
+    raw_nodes = env.get("TRACKLINE_CLUSTER_NODES")
+    nodes = [n.strip() for n in raw_nodes.split(",")] if raw_nodes is not None else []
+    pods = [f"{name}-{i}" for i in range(replicas)]
+
+    if replicas > 1 and not broker:
+        fail(f"replicas {replicas} without TRACKLINE_BROKER: that would be {replicas} separate "
+             "tracklines, each blind to the others' couriers and orders; set the broker "
+             "variables (docs/SCALING.md) or go back to replicas: 1")
+    if broker and raw_nodes is None:
+        fail("TRACKLINE_BROKER is set without TRACKLINE_CLUSTER_NODES: the server refuses to start")
+    if raw_nodes is not None and not broker:
+        fail("TRACKLINE_CLUSTER_NODES is set without TRACKLINE_BROKER: it would be ignored; set "
+             "both or neither")
+    if raw_nodes is not None:
+        if len(nodes) != replicas:
+            fail(f"StatefulSet replicas is {replicas} but TRACKLINE_CLUSTER_NODES names "
+                 f"{len(nodes)} nodes ({raw_nodes}): change both together, after draining "
+                 "(docs/SCALING.md)")
+        if len(set(nodes)) != len(nodes) or "" in nodes:
+            fail(f"TRACKLINE_CLUSTER_NODES={raw_nodes}: empty or repeated names")
+        missing = [p for p in pods if p not in nodes]
+        extra = [n for n in nodes if n and n not in pods]
+        if missing:
+            fail(f"TRACKLINE_CLUSTER_NODES does not list pod(s) {', '.join(missing)}: they would "
+                 "refuse to start (a node's id must be in the list)")
+        if extra:
+            fail(f"TRACKLINE_CLUSTER_NODES lists {', '.join(extra)}, which no pod of "
+                 f"StatefulSet {name} is called: the orders hashed to it would never be served")
+
+    node_id = next((e for e in main.get("env", []) if e["name"] == "TRACKLINE_NODE_ID"), None)
+    if "TRACKLINE_NODE_ID" in from_configmap:
+        fail("TRACKLINE_NODE_ID is in a ConfigMap: every pod would claim the same name; set it "
+             "per pod from metadata.name (statefulset.yaml)")
+    if node_id is not None:
+        field = (((node_id.get("valueFrom") or {}).get("fieldRef")) or {}).get("fieldPath")
+        if field != "metadata.name":
+            fail("TRACKLINE_NODE_ID must come from the pod's own name (valueFrom.fieldRef "
+                 "metadata.name): a fixed value gives every pod the same identity")
+    elif broker:
+        fail("TRACKLINE_BROKER is set but the pods get no TRACKLINE_NODE_ID: the server refuses "
+             "to start")
+
+    for key in ("TRACKLINE_BROKER_TIMEOUT_MS",):
+        if key in env and not (str(env[key]).isdigit() and int(env[key]) > 0):
+            fail(f"{key}={env[key]!r}: expected a positive number of milliseconds")
+    prefix = env.get("TRACKLINE_BROKER_PREFIX")
+    if prefix is not None and (not prefix or re.search(r"[\s.*>]", prefix)):
+        fail(f"TRACKLINE_BROKER_PREFIX={prefix!r}: one NATS subject token (no '.', '*', '>', spaces)")
+
+    if not broker:
+        note(f"single node: replicas {replicas}, no broker")
+        return
+    ns = sts["metadata"].get("namespace")
+    reached = []
+    for url in broker.split(","):
+        m = re.match(r"^(nats|tls)://(?:[^@/]*@)?([^:/]+)(?::(\d+))?/?$", url.strip())
+        if not m:
+            fail(f"TRACKLINE_BROKER={broker}: {url!r} is not nats://host[:port]")
+            continue
+        host, port = m.group(2), int(m.group(3) or 4222)
+        parts = host.split(".")
+        in_cluster = len(parts) == 1 or (parts[1] == ns and (
+            len(parts) == 2 or parts[2:] == ["svc"] or parts[2:] == ["svc", "cluster", "local"]))
+        if not in_cluster:
+            note(f"broker {host}:{port} is outside these manifests: not checked")
+            continue
+        svc = services.get(parts[0])
+        if not svc:
+            fail(f"TRACKLINE_BROKER={broker}: no Service {parts[0]} in these manifests")
+            continue
+        sp = next((p for p in svc["spec"].get("ports", []) if p["port"] == port), None)
+        if sp is None:
+            fail(f"TRACKLINE_BROKER={broker}: Service {parts[0]} has no port {port}")
+            continue
+        target = service_target.get(parts[0])
+        if target is sts:
+            fail(f"TRACKLINE_BROKER={broker}: Service {parts[0]} selects the trackline pods")
+        elif target is not None:
+            reached.append(f"Service {parts[0]}:{port} -> {ident(target)}")
+    note(f"broker mode: {replicas} nodes ({', '.join(nodes)}), node id from the pod name, "
+         f"broker {broker} ({'; '.join(reached) or 'external'})")
+
+
+def check_nats(workload: dict, container: dict, configmaps: dict) -> None:
+    """The NATS config file (from a ConfigMap) agrees with the container's ports and probes."""
+    where = f"{ident(workload)} container {container['name']}"
+    argv = (container.get("command") or []) + (container.get("args") or [])
+    conf_path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")),
+                     None)
+    if not conf_path:
+        fail(f"{where}: no --config: the image's default config opens a cluster port with a "
+             "well-known route password")
+        return
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    text = None
+    for m in container.get("volumeMounts", []):
+        if conf_path.startswith(m["mountPath"].rstrip("/") + "/"):
+            cm_ref = (volumes.get(m["name"]) or {}).get("configMap") or {}
+            cm = configmaps.get(cm_ref.get("name"))
+            key = conf_path[len(m["mountPath"].rstrip("/")) + 1:]
+            if not cm or key not in (cm.get("data") or {}):
+                fail(f"{where}: {conf_path} is not a key of a ConfigMap in these manifests")
+                return
+            text = cm["data"][key]
+    if text is None:
+        fail(f"{where}: {conf_path} is not on a ConfigMap volume")
+        return
+
+    def setting(*names: str) -> str | None:
+        for n in names:
+            m = re.search(rf"^\s*{n}\s*[:=]\s*\"?([^\s\"#]+)", text, re.M)
+            if m:
+                return m.group(1)
+        return None
+    ports = container_ports(workload)
+    client = int(setting("port") or 4222)
+    monitor = setting("http_port", "monitor_port", "http")
+    if client not in ports.values():
+        fail(f"{where}: NATS listens on {client}, not a container port ({sorted(ports.values())})")
+    if monitor is None or not monitor.isdigit():
+        fail(f"{where}: no http_port in {conf_path}: the /healthz probes need it")
+    else:
+        for name in ("readinessProbe", "livenessProbe"):
+            get = (container.get(name) or {}).get("httpGet") or {}
+            port = ports.get(get.get("port"), get.get("port"))
+            if get.get("path") != "/healthz" or port != int(monitor):
+                fail(f"{where}: {name} must be GET /healthz on the monitoring port {monitor}")
+    if re.search(r"^\s*(cluster|jetstream|leafnodes)\b", text, re.M):
+        fail(f"{where}: {conf_path} enables cluster/jetstream/leafnodes; broker mode is tested "
+             "with one plain core NATS server (see nats.yaml)")
+    nats = shutil.which("nats-server")
+    if not nats:
+        note("nats-server not found: skipped parsing the NATS config")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+        f.write(text)
+    try:
+        proc = subprocess.run([nats, "-c", f.name, "-t"], capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        fail(f"{where}: nats-server rejects {conf_path}: {(proc.stdout + proc.stderr).strip()}")
+    else:
+        note(f"nats-server: {conf_path} of {ident(workload)} is valid; client port {client}, "
+             f"monitoring {monitor}")
 
 
 def check_dockerfile(facts: dict) -> None:
@@ -478,15 +728,28 @@ def check_dashboard(rendered: list[dict]) -> None:
         for t in p.get("targets", []):
             expr = t.get("expr", "")
             exprs.append(expr)
-            for name in re.findall(r"\btrackline_[a-z0-9_]+", expr):
+            in_expr: set[str] = set()
+            for name, sel in re.findall(r"\b(trackline_[a-z0-9_]+)(\{[^}]*\})?", expr):
                 base = re.sub(r"_(sum|count|bucket)$", "", name)
                 if base not in emitted:
                     fail(f"{DASHBOARD.name}: panel {p.get('title')!r} queries {name}, which the "
                          "server does not emit")
+                    continue
                 used.add(base)
+                in_expr |= emitted[base]
+                for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", sel):
+                    if label not in emitted[base] | TARGET_LABELS:
+                        fail(f"{DASHBOARD.name}: panel {p.get('title')!r} selects {name} on "
+                             f"label {label}, which the server does not give it")
+            # Grouping labels must exist on some series of the expression.
+            for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+                for label in filter(None, (x.strip() for x in group.split(","))):
+                    if label not in in_expr | TARGET_LABELS:
+                        fail(f"{DASHBOARD.name}: panel {p.get('title')!r} groups by {label}, "
+                             "a label none of its metrics has")
     if len(ids) != len(set(ids)):
         fail(f"{DASHBOARD.name}: panel ids are not unique")
-    missing = emitted - used
+    missing = set(emitted) - used
     if missing:
         fail(f"{DASHBOARD.name}: no panel for {sorted(missing)}")
     cms = [d for d in rendered if d.get("kind") == "ConfigMap"
@@ -551,7 +814,7 @@ def main() -> int:
         note(f"rendered {len(rendered)} objects: {', '.join(ident(d) for d in rendered)}")
         compare_with_kubectl(rendered)
 
-    print("[3/4] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, Dockerfile)")
+    print("[3/4] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, broker mode, Dockerfile)")
     facts = cross_checks(rendered, by_file.get("secret.yaml", []))
     check_dockerfile(facts)
 

@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: installs what the tests need that cargo
-# cannot (Debian's chromium and chromium-driver, and the browser tests' npm packages), builds,
-# and runs unit, end-to-end and browser tests.
+# cannot (Debian's chromium, chromium-driver, nats-server and python3-venv, and the browser tests'
+# npm packages), validates the Kubernetes manifests, builds, and runs unit, end-to-end
+# (single-node and broker mode) and browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Tests use only ports on 127.0.0.1 and temporary directories; a test run never needs ../shared.
 export RUST_BACKTRACE=1
 
-# Headless Chromium for the browser tests, from Debian (never a browser download at run time).
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+# From Debian, never a download at run time:
+#   chromium, chromium-driver  headless Chromium for the browser tests;
+#   nats-server                the broker for the multi-process (broker mode) tests, which start
+#                              their own servers on loopback;
+#   python3-venv               k8s/validate.sh builds its venv with it (Debian's python3 lacks
+#                              ensurepip without it).
+# Debian installs nats-server into /usr/sbin, which a regular user's PATH lacks.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v nats-server >/dev/null || missing+=(nats-server)
+if ! command -v python3 >/dev/null; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip' 2>/dev/null; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "tests/run.sh: chromium and chromium-driver are missing; install them as root (apt-get install chromium chromium-driver)" >&2
+        echo "tests/run.sh: ${missing[*]} missing; install as root (apt-get install ${missing[*]})" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q chromium chromium-driver
+    apt-get install -y -q "${missing[@]}"
 fi
 # The browser tests' packages (playwright-core, ws, protobufjs, leaflet), exactly as locked.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
-cargo build --workspace --all-targets --locked
 status=0
+# The Kubernetes manifests against the API schemas and against the server's flags and metrics
+# (k8s/README.md). The first run installs kubernetes-validate from PyPI into k8s/.venv.
+k8s/validate.sh || status=$?
+
+cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast || status=$?
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
