@@ -224,6 +224,15 @@ impl Cluster {
         })))
     }
 
+    /// The largest message body the broker carries, less room for headers: a REST call or answer
+    /// larger than this cannot be forwarded (the NATS server's `max_payload`, 1 MiB by default).
+    pub fn max_body(&self) -> usize {
+        self.client
+            .server_info()
+            .max_payload
+            .saturating_sub(8 * 1024)
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node

@@ -308,6 +308,17 @@ async fn replay_http(serving: &Serving, message: &NatsMessage) -> (HeaderMap, By
         Ok::<_, reqwest::Error>((status, content_type, response.bytes().await?))
     };
     match replayed.await {
+        Ok((_, _, body)) if body.len() > serving.cluster.max_body() => {
+            // Better a clear error than a reply the broker drops (the caller would wait, then
+            // blame the owner).
+            let message = format!(
+                "the answer ({} bytes) is more than the broker carries between nodes ({}); ask for less (from_ms/to_ms) or ask node {}",
+                body.len(),
+                serving.cluster.max_body(),
+                serving.cluster.node()
+            );
+            error_answer(answer, 502, "too_large_to_forward", &message)
+        }
         Ok((status, content_type, body)) => {
             answer.insert(headers::STATUS, status.to_string().as_str());
             if let Some(content_type) = content_type {
@@ -317,12 +328,26 @@ async fn replay_http(serving: &Serving, message: &NatsMessage) -> (HeaderMap, By
         }
         Err(error) => {
             tracing::warn!(%error, "replaying a forwarded request failed");
-            answer.insert(headers::STATUS, "503");
-            answer.insert(headers::CONTENT_TYPE, "application/json");
-            let body = serde_json::json!({"error": {"code": "owner_unavailable", "message": format!("owner {} could not serve the request", serving.cluster.node())}});
-            (answer, Bytes::from(body.to_string()))
+            let message = format!(
+                "owner {} could not serve the request",
+                serving.cluster.node()
+            );
+            error_answer(answer, 503, "owner_unavailable", &message)
         }
     }
+}
+
+/// A forwarded call's answer that is an error of this node's own, in the API's error shape.
+fn error_answer(
+    mut answer: HeaderMap,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> (HeaderMap, Bytes) {
+    answer.insert(headers::STATUS, status.to_string().as_str());
+    answer.insert(headers::CONTENT_TYPE, "application/json");
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (answer, Bytes::from(body.to_string()))
 }
 
 /// Sends one order's frames to one other node.

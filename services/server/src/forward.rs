@@ -83,6 +83,16 @@ pub async fn to_owner(
     } else {
         Bytes::new()
     };
+    if body.len() > cluster.max_body() {
+        let error = ApiError::PayloadTooLarge(format!(
+            "a body of {} bytes is more than the broker carries to the order's owner ({})",
+            body.len(),
+            cluster.max_body()
+        ));
+        return Ok(req
+            .into_response(error.error_response())
+            .map_into_right_body());
+    }
     let order = if creating {
         order_in_body(&body)
     } else {
