@@ -27,6 +27,7 @@ use trackline_proto::v1::{self, server_frame::Kind};
 use trackline_proto::{from_e7, to_e7, Message as _};
 use trackline_server::{Config, ServerHandle};
 
+pub mod cluster;
 pub mod raw;
 
 /// The token secret every test server is started with.
@@ -34,7 +35,7 @@ pub const SECRET: &str = "test-secret";
 /// How long any single wait (a reply, an ack, an update) may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long starting or stopping the server may take.
-const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client WebSocket of the harness.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -434,7 +435,7 @@ enum Backend {
     Process(ServerProcess),
 }
 
-fn temp_data_dir() -> TempDir {
+pub(crate) fn temp_data_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("trackline-e2e-")
         .tempdir()
@@ -442,7 +443,7 @@ fn temp_data_dir() -> TempDir {
 }
 
 /// The store of a binary server whose temporary dir is `root`.
-fn binary_data_dir(root: &Path) -> PathBuf {
+pub(crate) fn binary_data_dir(root: &Path) -> PathBuf {
     root.join("data")
 }
 
@@ -450,7 +451,7 @@ fn binary_data_dir(root: &Path) -> PathBuf {
 const LOG_FILE: &str = "server.log";
 
 /// Where a binary server over `data_dir` writes its log.
-fn log_path(data_dir: &Path) -> PathBuf {
+pub(crate) fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(LOG_FILE)
 }
 
@@ -480,6 +481,45 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts the `trackline` binary on `addr` over `data_dir` with the test secret and `args`, its
+/// output appended to the log next to `data_dir` (see [`log_path`]); does not wait for anything.
+pub(crate) fn spawn_binary(
+    data_dir: &Path,
+    addr: SocketAddr,
+    args: &[String],
+) -> std::process::Child {
+    let binary = server_binary();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data_dir))
+        .expect("opening the server log");
+    let err = log.try_clone().expect("cloning the log handle");
+    let mut command = std::process::Command::new(&binary);
+    // Flags win over the environment, but a stray TRACKLINE_* of the caller must not change
+    // the flags the test does not set.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TRACKLINE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--secret")
+        .arg(SECRET)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()))
+}
+
 /// The real `trackline` binary in a child process.
 struct ServerProcess {
     child: std::process::Child,
@@ -489,37 +529,8 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary and waits until `/readyz` answers 200.
     fn spawn(data_dir: &Path, args: &[String]) -> Self {
-        let binary = server_binary();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path(data_dir))
-            .expect("opening the server log");
-        let err = log.try_clone().expect("cloning the log handle");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = std::process::Command::new(&binary);
-        // Flags win over the environment, but a stray TRACKLINE_* of the caller must not change
-        // the flags the test does not set.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TRACKLINE_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--secret")
-            .arg(SECRET)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(err);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let child = spawn_binary(data_dir, addr, args);
         let mut process = Self { child, addr };
         process.wait_ready(data_dir);
         process
