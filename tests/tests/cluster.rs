@@ -953,3 +953,44 @@ fn an_unreachable_broker_refuses_to_start() {
         "the error does not say which broker could not be reached ({url}):\n{output}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
+    let (_broker, cluster) = start_cluster();
+    // No order: the courier is live for dispatch only, known first to the node it streams to.
+    let courier = Cluster::id_on(1, "nearby-courier");
+    let points = run_points(10);
+    let fixes = trip_fixes(&points, 1);
+    let mut client = cluster.node(0).courier(&courier).await;
+    client.stream(&fixes, 1).await;
+    let last = points.last().expect("points").pos;
+
+    for node in 0..NODES.len() {
+        // Nodes share positions every half second: wait (bounded) until this one has it.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let found = loop {
+            let near = cluster.node(node).nearby(last, 200.0, 10).await;
+            if let Some(found) = near.into_iter().find(|c| c.courier_id == courier) {
+                break found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never saw {courier}, connected to {}",
+                NODES[node],
+                NODES[0]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            found.distance_m < 50.0,
+            "{} places {courier} {} m from its last fix",
+            NODES[node],
+            found.distance_m
+        );
+    }
+    // And a courier far away is not near: nobody else is there.
+    let far = LatLon::new(last.lat + 1.0, last.lon);
+    for node in 0..NODES.len() {
+        assert!(cluster.node(node).nearby(far, 200.0, 10).await.is_empty());
+    }
+}
