@@ -965,7 +965,7 @@ async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
     client.stream(&fixes, 1).await;
     let last = points.last().expect("points").pos;
 
-    for node in 0..NODES.len() {
+    for (node, name) in NODES.iter().enumerate() {
         // Nodes share positions every half second: wait (bounded) until this one has it.
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         let found = loop {
@@ -975,16 +975,14 @@ async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} never saw {courier}, connected to {}",
-                NODES[node],
+                "{name} never saw {courier}, connected to {}",
                 NODES[0]
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(
             found.distance_m < 50.0,
-            "{} places {courier} {} m from its last fix",
-            NODES[node],
+            "{name} places {courier} {} m from its last fix",
             found.distance_m
         );
     }
