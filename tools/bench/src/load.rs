@@ -720,6 +720,19 @@ pub async fn run(
     server_pid: u32,
     spec: &LoadSpec,
 ) -> Result<LoadResult> {
+    run_split(peer, server_addr, server_addr, server_pid, spec).await
+}
+
+/// Runs one load with the couriers (and the orders' creation) on `server_addr` and the watchers
+/// on `watch_addr`: another node of the same service in broker mode. CPU and memory are those of
+/// `server_pid`.
+pub async fn run_split(
+    peer: Peer,
+    server_addr: SocketAddr,
+    watch_addr: SocketAddr,
+    server_pid: u32,
+    spec: &LoadSpec,
+) -> Result<LoadResult> {
     let n = spec.couriers;
     let limit = match spec.pace {
         Pace::Window(w) => w * spec.batch.max(1),
@@ -767,7 +780,7 @@ pub async fn run(
             conns.push((
                 i,
                 j,
-                open_watcher(peer, server_addr, i, j, wt)
+                open_watcher(peer, watch_addr, i, j, wt)
                     .await
                     .with_context(|| format!("watcher {i}/{j}"))?,
             ));

@@ -80,6 +80,9 @@ pub const NATS_WS_PORT: u16 = 18183;
 pub const MQTT_PORT: u16 = 18184;
 pub const MQTT_WS_PORT: u16 = 18185;
 pub const REDIS_PORT: u16 = 18186;
+/// The broker scenario: its NATS server (plain, no WebSocket) and its second trackline node.
+pub const BROKER_PORT: u16 = 18187;
+pub const SECOND_NODE_PORT: u16 = 18188;
 
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -171,8 +174,13 @@ pub fn trackline_bin() -> PathBuf {
 
 /// Starts trackline on `data_dir` (kept when it exists) without waiting for readiness.
 pub fn spawn_trackline(data_dir: &Path) -> Result<Server> {
+    spawn_trackline_on(data_dir, TRACKLINE_PORT, &[])
+}
+
+/// Starts trackline on `port` with `extra` flags, without waiting for readiness.
+fn spawn_trackline_on(data_dir: &Path, port: u16, extra: &[String]) -> Result<Server> {
     let child = Command::new(trackline_bin())
-        .args(["--listen", &addr(TRACKLINE_PORT).to_string()])
+        .args(["--listen", &addr(port).to_string()])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--secret", SECRET])
@@ -182,6 +190,7 @@ pub fn spawn_trackline(data_dir: &Path) -> Result<Server> {
         // Room for a whole batched frame of updates per watcher, so that the closed loop
         // measures throughput rather than conflation.
         .args(["--watcher-queue", "1024"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -190,9 +199,63 @@ pub fn spawn_trackline(data_dir: &Path) -> Result<Server> {
         .with_context(|| format!("starting {}", trackline_bin().display()))?;
     Ok(Server {
         child,
-        addr: addr(TRACKLINE_PORT),
+        addr: addr(port),
         dir: data_dir.to_path_buf(),
     })
+}
+
+/// Two trackline nodes in broker mode and their NATS server.
+pub struct TwoNodes {
+    pub broker: Server,
+    /// Node `a` (where the couriers connect) and node `b` (where the watchers connect).
+    pub nodes: [Server; 2],
+}
+
+impl TwoNodes {
+    /// Starts a NATS server and two nodes (`a`, `b`) on it, each over its own fresh data dir
+    /// under `work`, and waits until both are ready.
+    pub async fn start(work: &Path) -> Result<TwoNodes> {
+        let dir = work.join(format!("broker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let nats = which("nats-server").context("nats-server not installed")?;
+        let child = Command::new(nats)
+            .args(["-a", "127.0.0.1", "-p", &BROKER_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nats-server")?;
+        let broker = Server {
+            child,
+            addr: addr(BROKER_PORT),
+            dir: dir.clone(),
+        };
+        wait_for_port(broker.addr, Duration::from_secs(10)).await?;
+        let node = |name: &str, port: u16| {
+            let extra = [
+                "--broker".to_string(),
+                format!("nats://{}", addr(BROKER_PORT)),
+                "--node-id".into(),
+                name.into(),
+                "--cluster-nodes".into(),
+                "a,b".into(),
+            ];
+            spawn_trackline_on(&dir.join(name), port, &extra)
+        };
+        let nodes = [node("a", TRACKLINE_PORT)?, node("b", SECOND_NODE_PORT)?];
+        for n in &nodes {
+            wait_ready(n.addr, Duration::from_secs(30)).await?;
+        }
+        Ok(TwoNodes { broker, nodes })
+    }
+
+    pub async fn stop(self) {
+        let [a, b] = self.nodes;
+        a.stop(Duration::from_secs(20)).await;
+        b.stop(Duration::from_secs(20)).await;
+        self.broker.stop(Duration::from_secs(5)).await;
+    }
 }
 
 /// Starts `peer` in a fresh directory under `work` and waits until it listens.

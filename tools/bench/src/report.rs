@@ -21,7 +21,8 @@ pub struct SuiteArgs {
     /// Peers to run (comma-separated); default all.
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// Scenarios to run (comma-separated: throughput,latency,idle,nearby,restart,export); default all.
+    /// Scenarios to run (comma-separated: throughput,batched,latency,broker,idle,nearby,restart,
+    /// export); default all.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Couriers (each with one order and one watcher) in the throughput and latency scenarios.
@@ -134,6 +135,10 @@ pub struct Report {
     pub throughput_batched: BTreeMap<String, PeerLoad>,
     pub half_load_fixes_per_s: f64,
     pub latency: BTreeMap<String, PeerLoad>,
+    /// The same load on one node, and split over two nodes in broker mode (couriers on one,
+    /// watchers on the other): what the broker adds.
+    pub broker_fixes_per_s: f64,
+    pub broker: BTreeMap<String, PeerLoad>,
     pub idle: BTreeMap<String, PeerIdle>,
     pub nearby: Vec<NearbyResult>,
     pub nearby_median_http_p50_us: f64,
@@ -191,6 +196,21 @@ fn save(report: &Report, args: &SuiteArgs) -> Result<()> {
     let notes = std::fs::read_to_string(&args.notes).unwrap_or_default();
     std::fs::write(&args.md, markdown(report, &notes))?;
     Ok(())
+}
+
+/// The broker scenario's set-ups, as named in the report.
+const ONE_NODE: &str = "one node";
+const TWO_NODES: &str = "two nodes, broker between";
+/// The broker scenario's load (or half load, if that is lower).
+const BROKER_SCENARIO_FIXES_PER_S: f64 = 1000.0;
+
+/// Couriers on node a, watchers on node b, orders placed by hash (half on each).
+async fn two_node_load(work: &Path, spec: &LoadSpec) -> Result<LoadResult> {
+    let cluster = peers::TwoNodes::start(work).await?;
+    let [a, b] = &cluster.nodes;
+    let r = load::run_split(Peer::Trackline, a.addr, b.addr, a.pid(), spec).await;
+    cluster.stop().await;
+    r
 }
 
 async fn one_load(peer: Peer, work: &Path, spec: &LoadSpec) -> Result<LoadResult> {
@@ -326,6 +346,41 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
             }
         }
         report.latency.values_mut().for_each(PeerLoad::finish);
+        save(&report, &args)?;
+    }
+
+    if wanted("broker") && peers_to_run.contains(&Peer::Trackline) {
+        report.load_average.insert("broker".into(), load_average());
+        // A moderate load, the same for both set-ups: the question is latency, not the maximum.
+        let half = report.half_load_fixes_per_s;
+        let rate = if half > 0.0 {
+            BROKER_SCENARIO_FIXES_PER_S.min(half)
+        } else {
+            BROKER_SCENARIO_FIXES_PER_S
+        };
+        report.broker_fixes_per_s = rate;
+        let spec = spec(Pace::Rate(rate / args.couriers as f64));
+        for run in 0..runs {
+            for setup in [ONE_NODE, TWO_NODES] {
+                eprintln!(
+                    "broker run {}/{runs}: {setup} at {rate:.0} fixes/s",
+                    run + 1
+                );
+                let r = if setup == ONE_NODE {
+                    one_load(Peer::Trackline, work, &spec).await
+                } else {
+                    two_node_load(work, &spec).await
+                };
+                match r {
+                    Ok(r) => {
+                        eprintln!("  p50 {:.0} us p99 {:.0} us", r.e2e.p50_us, r.e2e.p99_us);
+                        report.broker.entry(setup.into()).or_default().runs.push(r);
+                    }
+                    Err(e) => report.errors.push(format!("broker {setup}: {e:#}")),
+                }
+            }
+        }
+        report.broker.values_mut().for_each(PeerLoad::finish);
         save(&report, &args)?;
     }
 
@@ -754,6 +809,47 @@ pub fn markdown(r: &Report, notes: &str) -> String {
                 "\ntrackline ack latency at half load: p50 {}, p99 {}.",
                 fmt_us(t.median_ack_p50_us),
                 fmt_us(t.median_ack_p99_us)
+            );
+        }
+        s.push('\n');
+    }
+
+    if !r.broker.is_empty() {
+        let _ = writeln!(
+            s,
+            "## What the broker adds ({:.0} fixes/s, trackline only)\n\n\
+             The same load on one node, and on two nodes in broker mode with a NATS server between \
+             them: couriers connect to node a, watchers to node b, orders are placed by hash (about \
+             half owned by each), so a fix crosses the broker once or twice before its ack and once \
+             more to reach its watcher. CPU is node a's.\n\n\
+             | set-up | delivered fixes/s | e2e p50 | e2e p99 | ack p50 | ack p99 | node a CPU (cores) | errors |\n\
+             |---|---|---|---|---|---|---|---|",
+            r.broker_fixes_per_s
+        );
+        for setup in [ONE_NODE, TWO_NODES] {
+            let Some(x) = r.broker.get(setup) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {setup} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                fmt_rate(x.median_delivered_fixes_per_s),
+                fmt_us(x.median_p50_us),
+                fmt_us(x.median_p99_us),
+                fmt_us(x.median_ack_p50_us),
+                fmt_us(x.median_ack_p99_us),
+                x.median_server_cpu_cores,
+                x.errors
+            );
+        }
+        if let (Some(one), Some(two)) = (r.broker.get(ONE_NODE), r.broker.get(TWO_NODES)) {
+            let _ = writeln!(
+                s,
+                "\nAdded by the broker (median of runs): e2e p50 {}, p99 {}; ack p50 {}, p99 {}.",
+                fmt_us(two.median_p50_us - one.median_p50_us),
+                fmt_us(two.median_p99_us - one.median_p99_us),
+                fmt_us(two.median_ack_p50_us - one.median_ack_p50_us),
+                fmt_us(two.median_ack_p99_us - one.median_ack_p99_us)
             );
         }
         s.push('\n');
