@@ -201,7 +201,7 @@ mod tests {
             (courier("fiji-west"), LatLon::new(-17.8, -179.9), 1),
             (courier("far"), LatLon::new(-17.8, 170.0), 1),
         ]);
-        let live = LiveIndex::new(index, 600).start();
+        let live = LiveIndex::new(index, 600, None).start();
         let ask = |south, west, north, east, limit| {
             live.send(WithinBox {
                 south,
