@@ -282,6 +282,15 @@ impl Cluster {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Message, CallError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            // Without a broker nobody can answer: say so now rather than after the timeout.
+            metrics::counter!("trackline_broker_requests_total", "kind" => kind.as_str(), "outcome" => "failed")
+                .increment(1);
+            return Err(CallError::Unavailable(
+                node.to_string(),
+                "the broker is not connected".into(),
+            ));
+        }
         let started = Instant::now();
         let request = async_nats::Request::new()
             .headers(headers)
