@@ -2,15 +2,25 @@
 //!
 //! Writes go through one writer thread that applies whatever has queued up and then flushes once
 //! (group commit): a caller's future resolves only after its writes are on disk, yet a burst of
-//! many couriers costs one fsync, not one per fix.
+//! many couriers costs one fsync, not one per fix. sled's cost is per insert (a log entry each,
+//! a copy of the node it lands in, splits), so a group writes each order's fixes as one block
+//! and each order's record once, the latest of the group (an order sends its whole record with
+//! every batch of fixes).
 //!
 //! Layout (sled trees):
-//! - `fixes`: `order_id 0x00 time_ms seq` -> the fix as protobuf. Ids never contain 0x00 and the
-//!   time is big-endian with its sign bit flipped, so one order's fixes are one contiguous range,
-//!   sorted by time then seq; a resent fix lands on the same key and is never stored twice.
+//! - `fix_blocks`: `order_id 0x00 time_ms seq` of a block's first fix -> the block: up to
+//!   [`MAX_FIXES_PER_BLOCK`] fixes of one order as a protobuf `CourierFrame`, sorted by time then
+//!   seq. Ids never contain 0x00 and the time is big-endian with its sign bit flipped, so one
+//!   order's blocks are one contiguous range; blocks of different groups may overlap in time (a
+//!   late fix, a buffer flushed after a while), so reads merge them, and a fix stored twice (a
+//!   resend after a crash that kept the fixes but not the record) is read once. A block written
+//!   where one already starts is merged with it, never replacing it.
+//! - `fixes`: `order_id 0x00 time_ms seq` -> one fix as protobuf: the layout before blocks, still
+//!   read and purged (stores written by older versions), no longer written.
 //! - `orders`: `order_id` -> the order record as JSON, rewritten with every update.
 //! - `routes`: `order_id` -> the planned route as JSON, written once when the order is created.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -25,7 +35,7 @@ use crate::ids::OrderId;
 use crate::order::OrderRecord;
 
 /// What the store can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("history store: {0}")]
     Sled(#[from] sled::Error),
@@ -73,11 +83,17 @@ pub struct CommitStats {
 /// The most jobs applied before one flush; bounds the latency of the first job in a burst.
 const MAX_JOBS_PER_FLUSH: usize = 4096;
 
+/// The most fixes in one block: big enough that a group writes one block per order, small
+/// enough that a purge that cuts a block rewrites little and a merge decodes little.
+pub const MAX_FIXES_PER_BLOCK: usize = 256;
+
 /// The history store. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct HistoryStore {
     db: sled::Db,
+    /// The per-fix layout of older versions (read and purged only).
     fixes: sled::Tree,
+    blocks: sled::Tree,
     orders: sled::Tree,
     routes: sled::Tree,
     jobs: mpsc::Sender<Job>,
@@ -110,14 +126,16 @@ fn fix_key(order: &OrderId, time_ms: i64, seq: u64) -> Vec<u8> {
     key
 }
 
-fn decode_fix(key: &[u8], value: &[u8]) -> Result<Fix> {
-    let corrupt = |reason: String| StoreError::Corrupt {
+fn corrupt(key: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
-    };
-    let raw = v1::Fix::decode(value).map_err(|e| corrupt(e.to_string()))?;
+    }
+}
+
+fn from_proto(raw: &v1::Fix) -> Fix {
     let to_opt = |v: f32, known: bool| known.then_some(v);
-    Ok(Fix {
+    Fix {
         seq: raw.seq,
         time_ms: raw.time_ms,
         pos: LatLon::new(
@@ -127,7 +145,54 @@ fn decode_fix(key: &[u8], value: &[u8]) -> Result<Fix> {
         accuracy_m: to_opt(raw.accuracy_m, raw.accuracy_m > 0.0),
         speed_mps: to_opt(raw.speed_mps, raw.speed_mps >= 0.0),
         heading_deg: to_opt(raw.heading_deg, raw.heading_deg >= 0.0),
-    })
+    }
+}
+
+fn decode_fix(key: &[u8], value: &[u8]) -> Result<Fix> {
+    let raw = v1::Fix::decode(value).map_err(|e| corrupt(key, e.to_string()))?;
+    Ok(from_proto(&raw))
+}
+
+fn encode_block(fixes: &[Fix]) -> Vec<u8> {
+    let fixes = fixes.iter().map(Fix::to_proto).collect();
+    v1::CourierFrame { fixes }.encode_to_vec()
+}
+
+fn decode_block(key: &[u8], value: &[u8]) -> Result<Vec<Fix>> {
+    let raw = v1::CourierFrame::decode(value).map_err(|e| corrupt(key, e.to_string()))?;
+    Ok(raw.fixes.iter().map(from_proto).collect())
+}
+
+/// The key of a block: that of its first fix.
+fn block_key(order: &OrderId, fixes: &[Fix]) -> Vec<u8> {
+    fix_key(order, fixes[0].time_ms, fixes[0].seq)
+}
+
+/// Sorts by time then seq and keeps one fix per (time, seq): the last one in `fixes`, as a later
+/// write replaced an earlier one under the same key in the per-fix layout.
+fn sort_unique(fixes: &mut Vec<Fix>) {
+    // Stable, so among equal keys the order of writing survives the sort.
+    fixes.sort_by_key(|f| (f.time_ms, f.seq));
+    let mut unique: Vec<Fix> = Vec::with_capacity(fixes.len());
+    for fix in fixes.drain(..) {
+        match unique.last_mut() {
+            Some(last) if (last.time_ms, last.seq) == (fix.time_ms, fix.seq) => *last = fix,
+            _ => unique.push(fix),
+        }
+    }
+    *fixes = unique;
+}
+
+/// `fixes` (sorted, unique) as the value for `key`, merged with the block already stored there,
+/// if any: two blocks starting with the same fix (a resend) must not lose the other's fixes.
+fn merged_block(blocks: &sled::Tree, key: &[u8], fixes: Vec<Fix>) -> Result<Vec<u8>> {
+    let Some(stored) = blocks.get(key)? else {
+        return Ok(encode_block(&fixes));
+    };
+    let mut all = decode_block(key, &stored)?;
+    all.extend(fixes);
+    sort_unique(&mut all);
+    Ok(encode_block(&all))
 }
 
 fn decode_order(key: &[u8], value: &[u8]) -> Result<OrderRecord> {
@@ -153,12 +218,14 @@ impl HistoryStore {
             .cache_capacity(256 * 1024 * 1024)
             .open()?;
         let fixes = db.open_tree("fixes")?;
+        let blocks = db.open_tree("fix_blocks")?;
         let orders = db.open_tree("orders")?;
         let routes = db.open_tree("routes")?;
         let (jobs, queue) = mpsc::channel();
         let store = Self {
             db,
             fixes,
+            blocks,
             orders,
             routes,
             jobs,
@@ -175,7 +242,7 @@ impl HistoryStore {
     fn clone_without_sender(&self) -> WriterState {
         WriterState {
             db: self.db.clone(),
-            fixes: self.fixes.clone(),
+            blocks: self.blocks.clone(),
             orders: self.orders.clone(),
             routes: self.routes.clone(),
         }
@@ -261,20 +328,38 @@ impl HistoryStore {
         if from_ms > to_ms {
             return Ok(Vec::new());
         }
-        let start = fix_key(order, from_ms, 0);
         let end = fix_key(order, to_ms, u64::MAX);
-        self.fixes
-            .range(start..=end)
-            .map(|item| {
-                let (k, v) = item?;
-                decode_fix(&k, &v)
-            })
-            .collect()
+        let mut fixes = Vec::new();
+        for item in self.fixes.range(fix_key(order, from_ms, 0)..=end.clone()) {
+            let (k, v) = item?;
+            fixes.push(decode_fix(&k, &v)?);
+        }
+        // Every block that starts by `to_ms`: one that starts earlier than `from_ms` may still
+        // hold fixes after it.
+        for item in self.blocks.range(order_prefix(order)..=end) {
+            let (k, v) = item?;
+            let block = decode_block(&k, &v)?;
+            fixes.extend(
+                block
+                    .into_iter()
+                    .filter(|f| (from_ms..=to_ms).contains(&f.time_ms)),
+            );
+        }
+        sort_unique(&mut fixes);
+        Ok(fixes)
     }
 
-    /// How many fixes are stored for all orders (blocking: walks the tree; for tests and tools).
+    /// How many fixes are stored for all orders (blocking: walks the trees; for tests and tools).
     pub fn fix_count(&self) -> usize {
-        self.fixes.len()
+        let in_blocks: usize = self
+            .blocks
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.ok()?;
+                Some(decode_block(&k, &v).ok()?.len())
+            })
+            .sum();
+        self.fixes.len() + in_blocks
     }
 
     /// Deletes every fix older than `cutoff_ms`, and ended orders (delivered or cancelled) last
@@ -299,11 +384,19 @@ impl HistoryStore {
             let start = fix_key(&record.order_id, i64::MIN, 0);
             let end = fix_key(&record.order_id, fixes_until, u64::MAX);
             let mut doomed = sled::Batch::default();
+            let mut removed = 0;
             for old in self.fixes.range(start..=end).keys() {
                 doomed.remove(old?);
-                stats.fixes += 1;
+                removed += 1;
             }
-            self.fixes.apply_batch(doomed)?;
+            // Only when there is something to remove: a sled batch costs two writes of its I/O
+            // buffer even when empty, and this runs for every order at every start (a server
+            // restarted on 100,000 orders spent seconds in empty batches, and its shutdown
+            // waited for them).
+            if removed > 0 {
+                self.fixes.apply_batch(doomed)?;
+            }
+            stats.fixes += removed + self.purge_blocks(&record.order_id, fixes_until)?;
             if ended_long_ago {
                 self.orders.remove(&key)?;
                 self.routes.remove(&key)?;
@@ -319,6 +412,46 @@ impl HistoryStore {
         &self.db
     }
 
+    /// Removes `order`'s fixes up to `until_ms` from the blocks; a block that also holds later
+    /// fixes is written again without the removed ones. Returns how many fixes went.
+    fn purge_blocks(&self, order: &OrderId, until_ms: i64) -> Result<usize> {
+        let mut removed = 0;
+        let mut doomed = sled::Batch::default();
+        let mut kept_blocks = Vec::new();
+        for item in self
+            .blocks
+            .range(order_prefix(order)..=fix_key(order, until_ms, u64::MAX))
+        {
+            let (key, value) = item?;
+            let (gone, kept): (Vec<Fix>, Vec<Fix>) = decode_block(&key, &value)?
+                .into_iter()
+                .partition(|f| f.time_ms <= until_ms);
+            if gone.is_empty() {
+                continue;
+            }
+            removed += gone.len();
+            doomed.remove(key);
+            if !kept.is_empty() {
+                kept_blocks.push(kept);
+            }
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        self.blocks.apply_batch(doomed)?;
+        // After the removals: a kept remainder may start where another block starts.
+        if !kept_blocks.is_empty() {
+            let mut rewritten = sled::Batch::default();
+            for kept in kept_blocks {
+                let key = block_key(order, &kept);
+                let value = merged_block(&self.blocks, &key, kept)?;
+                rewritten.insert(key, value);
+            }
+            self.blocks.apply_batch(rewritten)?;
+        }
+        Ok(removed)
+    }
+
     /// Flushes everything to disk (blocking).
     ///
     /// # Errors
@@ -332,28 +465,37 @@ impl HistoryStore {
 /// The writer thread's side of the store.
 struct WriterState {
     db: sled::Db,
-    fixes: sled::Tree,
+    blocks: sled::Tree,
     orders: sled::Tree,
     routes: sled::Tree,
 }
 
 impl WriterState {
     fn run_writer(self, queue: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(64);
         while let Ok(first) = queue.recv() {
             let started = Instant::now();
-            let mut applied = Vec::with_capacity(64);
-            let mut fixes = 0;
-            applied.push(self.apply(first, &mut fixes));
-            while applied.len() < MAX_JOBS_PER_FLUSH {
+            jobs.push(first);
+            while jobs.len() < MAX_JOBS_PER_FLUSH {
                 match queue.try_recv() {
-                    Ok(job) => applied.push(self.apply(job, &mut fixes)),
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            let flushed = self.db.flush().map(|_| ());
+            let mut group = Group::default();
+            let mut applied = Vec::with_capacity(jobs.len());
+            for job in jobs.drain(..) {
+                applied.push(self.apply(job, &mut group));
+            }
+            let written = match group.failed.take() {
+                Some(error) => Err(error),
+                None => self.write(&mut group),
+            };
+            let flushed =
+                written.and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from));
             let stats = CommitStats {
                 jobs: applied.len(),
-                fixes,
+                fixes: group.fix_count,
                 flush: started.elapsed(),
             };
             metrics_hook(stats);
@@ -366,13 +508,21 @@ impl WriterState {
         }
     }
 
-    fn apply(&self, job: Job, fixes: &mut usize) -> Applied {
+    /// Adds a write job to the group, or runs a create (after the group's writes so far, so that
+    /// it sees the orders as the jobs before it left them).
+    fn apply(&self, job: Job, group: &mut Group) -> Applied {
         match job {
             Job::Write(batch, reply) => {
-                *fixes += batch.fixes.len();
-                Applied::Write(self.write(batch), reply)
+                group.add(batch);
+                Applied::Write(reply)
             }
-            Job::Create(record, reply) => Applied::Create(self.create(&record), reply),
+            Job::Create(record, reply) => {
+                if let Err(error) = self.write(group) {
+                    // Fails the whole group: the writes drained just now are in no later batch.
+                    group.failed.get_or_insert(error);
+                }
+                Applied::Create(self.create(&record), reply)
+            }
         }
     }
 
@@ -394,56 +544,74 @@ impl WriterState {
         Ok(true)
     }
 
-    fn write(&self, batch: WriteBatch) -> Result<()> {
-        if !batch.fixes.is_empty() {
-            let mut fixes = sled::Batch::default();
-            for (order, fix) in &batch.fixes {
-                fixes.insert(
-                    fix_key(order, fix.time_ms, fix.seq),
-                    fix.to_proto().encode_to_vec(),
-                );
+    /// Applies the group's queued writes to the trees (not yet flushed): each order's fixes as
+    /// blocks, then each order's latest record once. Fixes go first so that a record on disk never
+    /// claims fixes (its `last_seq`) that the log lost: sled recovers a prefix of its log.
+    ///
+    /// Plain inserts, not `apply_batch`: each insert is atomic on its own, and the flush after
+    /// the group makes them durable together. A sled batch seals the current I/O buffer twice
+    /// (two more writes to disk for every batch) and sled does not support a batch that spans
+    /// more than one I/O buffer, which a whole group's writes can.
+    fn write(&self, group: &mut Group) -> Result<()> {
+        for (order, mut fixes) in group.fixes.drain() {
+            sort_unique(&mut fixes);
+            for chunk in fixes.chunks(MAX_FIXES_PER_BLOCK) {
+                let key = block_key(&order, chunk);
+                let value = merged_block(&self.blocks, &key, chunk.to_vec())?;
+                self.blocks.insert(key, value)?;
             }
-            self.fixes.apply_batch(fixes)?;
         }
-        if !batch.orders.is_empty() {
-            let mut orders = sled::Batch::default();
-            for record in &batch.orders {
-                orders.insert(record.order_id.as_str(), encode_order(record));
-            }
-            self.orders.apply_batch(orders)?;
+        for (_, record) in group.records.drain() {
+            self.orders
+                .insert(record.order_id.as_str(), encode_order(&record))?;
         }
         Ok(())
     }
 }
 
-/// A job applied but not yet answered: its answer waits for the flush.
+/// The writes of one group commit, merged: each order's fixes in queue order, and per order only
+/// the latest record (each record is the order's whole state, so a later one supersedes an
+/// earlier one of the same group; the order actor sends one with every batch).
+#[derive(Default)]
+struct Group {
+    fixes: HashMap<OrderId, Vec<Fix>>,
+    records: HashMap<OrderId, OrderRecord>,
+    /// Fixes in the group, for metrics.
+    fix_count: usize,
+    /// A write of the group that failed before its end (ahead of a create).
+    failed: Option<StoreError>,
+}
+
+impl Group {
+    fn add(&mut self, batch: WriteBatch) {
+        self.fix_count += batch.fixes.len();
+        for (order, fix) in batch.fixes {
+            self.fixes.entry(order).or_default().push(fix);
+        }
+        for record in batch.orders {
+            self.records.insert(record.order_id.clone(), record);
+        }
+    }
+}
+
+/// A job applied but not yet answered: its answer waits for the group's write and flush.
 enum Applied {
-    Write(Result<()>, oneshot::Sender<Result<()>>),
+    Write(oneshot::Sender<Result<()>>),
     Create(Result<bool>, oneshot::Sender<Result<bool>>),
 }
 
 impl Applied {
-    fn reply(self, flushed: &std::result::Result<(), sled::Error>) {
-        let flush_error = || StoreError::Sled(flushed.clone().unwrap_err());
+    /// `flushed` is the outcome of writing the group's merged batches and flushing: a write job
+    /// shares it (its data was in those batches), a create adds its own outcome.
+    fn reply(self, flushed: &Result<()>) {
+        let group = || flushed.clone();
         // A send fails only when the caller stopped waiting; the write stands regardless.
         match self {
-            Applied::Write(result, reply) => {
-                let _ = reply.send(result.and_then(|()| {
-                    if flushed.is_ok() {
-                        Ok(())
-                    } else {
-                        Err(flush_error())
-                    }
-                }));
+            Applied::Write(reply) => {
+                let _ = reply.send(group());
             }
             Applied::Create(result, reply) => {
-                let _ = reply.send(result.and_then(|c| {
-                    if flushed.is_ok() {
-                        Ok(c)
-                    } else {
-                        Err(flush_error())
-                    }
-                }));
+                let _ = reply.send(result.and_then(|c| group().map(|()| c)));
             }
         }
     }
@@ -661,5 +829,105 @@ mod tests {
             }
         });
         assert_eq!(store.fixes(&a, i64::MIN, i64::MAX).unwrap().len(), 200);
+    }
+
+    #[test]
+    fn blocks_that_overlap_in_time_read_as_one_sorted_history_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = OrderId::new("a").unwrap();
+        let commit = |seqs: &[(u64, i64)]| {
+            let fixes = seqs.iter().map(|&(s, t)| (a.clone(), fix(s, t))).collect();
+            block_on(store.commit(WriteBatch {
+                fixes,
+                orders: vec![],
+            }))
+            .unwrap();
+        };
+        commit(&[(1, 100), (2, 200), (3, 300)]);
+        // A late fix (device time before the others) and a resend of one already stored.
+        commit(&[(4, 150), (2, 200), (5, 400)]);
+        // A resend that starts where the first block starts, with less in it: merged, not lost.
+        commit(&[(1, 100)]);
+        let all: Vec<(u64, i64)> = store
+            .fixes(&a, i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|f| (f.seq, f.time_ms))
+            .collect();
+        assert_eq!(all, [(1, 100), (4, 150), (2, 200), (3, 300), (5, 400)]);
+        let middle: Vec<u64> = store
+            .fixes(&a, 150, 300)
+            .unwrap()
+            .iter()
+            .map(|f| f.seq)
+            .collect();
+        assert_eq!(
+            middle,
+            [4, 2, 3],
+            "a block that starts before the range still counts"
+        );
+    }
+
+    #[test]
+    fn a_group_splits_an_orders_fixes_into_bounded_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = OrderId::new("a").unwrap();
+        let n = MAX_FIXES_PER_BLOCK as u64 * 2 + 3;
+        let fixes = (1..=n).map(|i| (a.clone(), fix(i, i as i64))).collect();
+        block_on(store.commit(WriteBatch {
+            fixes,
+            orders: vec![],
+        }))
+        .unwrap();
+        assert_eq!(store.blocks.len(), 3);
+        assert_eq!(store.fix_count(), n as usize);
+        assert_eq!(
+            store.fixes(&a, i64::MIN, i64::MAX).unwrap().len(),
+            n as usize
+        );
+    }
+
+    #[test]
+    fn purge_cuts_a_block_that_straddles_the_cutoff_and_reads_the_per_fix_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = order("a");
+        assert!(block_on(store.create_order(a.clone())).unwrap());
+        let id = a.order_id.clone();
+        // Two fixes as an older version stored them, one key each.
+        for f in [fix(10, 10), fix(11, 500)] {
+            store
+                .fixes
+                .insert(fix_key(&id, f.time_ms, f.seq), f.to_proto().encode_to_vec())
+                .unwrap();
+        }
+        let fixes = [(1, 50), (2, 90), (3, 120), (4, 600)]
+            .iter()
+            .map(|&(s, t)| (id.clone(), fix(s, t)))
+            .collect();
+        block_on(store.commit(WriteBatch {
+            fixes,
+            orders: vec![],
+        }))
+        .unwrap();
+        let times = || {
+            store
+                .fixes(&id, i64::MIN, i64::MAX)
+                .unwrap()
+                .iter()
+                .map(|f| f.time_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(), [10, 50, 90, 120, 500, 600]);
+        let stats = store.purge_before(100).unwrap();
+        assert_eq!(
+            stats.fixes, 3,
+            "10 (per fix), 50 and 90 (cut from the block)"
+        );
+        assert_eq!(times(), [120, 500, 600]);
+        assert_eq!(store.fix_count(), 3);
+        assert_eq!(store.purge_before(100).unwrap(), PurgeStats::default());
     }
 }

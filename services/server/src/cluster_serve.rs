@@ -114,8 +114,8 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
             let Some(call) = parse::<RouteCall>(&message) else {
                 return;
             };
-            let reports = serving
-                .registry
+            // A fresh clone of the address: see `in_order`.
+            let reports = in_order(&serving.registry)
                 .send(Route {
                     courier: call.courier,
                     fixes: call.fixes.into(),
@@ -138,7 +138,7 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
             let order = here.order.clone();
             // A mailbox error means the registry is gone (shutting down): no reply, the caller
             // times out and does not ack.
-            let Ok(report) = serving.registry.send(here).await else {
+            let Ok(report) = in_order(&serving.registry).send(here).await else {
                 return;
             };
             let report = match report {
@@ -189,6 +189,16 @@ async fn has_ended(serving: &Serving, order: OrderId) -> bool {
     let store = serving.store.clone();
     let record = actix_web::rt::task::spawn_blocking(move || store.order(&order)).await;
     matches!(record, Ok(Ok(Some(record))) if record.status.is_final())
+}
+
+/// The registry's address for one message that must keep its place among a courier's frames.
+///
+/// Requests are served in tasks started in arrival order, and each queues its message at once,
+/// but only on an address that is not parked: a shared one parks when the registry's mailbox is
+/// full, and then lets its messages through in whatever order their futures are polled. Frame
+/// N+1 of a courier reaching its order before frame N would have N's fixes skipped as resends.
+fn in_order(registry: &Addr<Registry>) -> Addr<Registry> {
+    registry.clone()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(message: &NatsMessage) -> Option<T> {

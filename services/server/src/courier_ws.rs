@@ -1,17 +1,25 @@
 //! The courier stream: one session actor per connected courier app.
 //!
 //! Each binary frame is decoded, every fix validated, the courier's live position updated, and
-//! the good fixes routed to the courier's active orders. The session waits for that to be
-//! durable before it reads the next frame, so acks go out in order and a fast app is held back
-//! by TCP rather than by an unbounded queue here.
+//! the good fixes routed to the courier's active orders. The session keeps reading while earlier
+//! frames are being committed (up to [`MAX_FRAMES_IN_FLIGHT`], so that one connection's frames
+//! share group commits instead of each waiting for a flush of its own), and answers frames
+//! strictly in the order they came: a frame's `Rejected`s and its `Ack` go out only after every
+//! earlier frame has been answered, and an `Ack` only once the frame is durable. At the bound it
+//! stops reading, so a fast app is held back by TCP rather than by an unbounded queue here.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use prost::Message;
 use trackline_core::filter::{GpsFilter, Verdict};
 use trackline_core::fix::{validate, Fix, RejectCode, Rejection};
@@ -19,11 +27,29 @@ use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
 use crate::live_index::Upsert;
+use crate::order_actor::IngestReport;
 use crate::registry::{CourierJoined, CourierLeft, Route, Supersede};
 use crate::session::{
     close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
 };
 use crate::AppState;
+
+/// The most frames of one connection that may be read and not yet answered. Enough for an app
+/// that streams faster than one group commit (a commit takes milliseconds, an app sends a fix
+/// every second or flushes its buffer in one frame), small enough that what a connection can
+/// hold in the server stays bounded (this many decoded frames).
+pub const MAX_FRAMES_IN_FLIGHT: usize = 16;
+
+/// Where a frame's fixes went: one report per order, known once durable.
+type Routed = Pin<Box<dyn Future<Output = Result<Vec<IngestReport>, MailboxError>>>>;
+
+/// A frame read but not yet answered.
+struct Unanswered {
+    /// Fixes refused by validation, in frame order, held back until earlier frames are answered.
+    rejected: Vec<(u64, Rejection)>,
+    /// The seq to ack once the frame is durable (0: none).
+    ack: u64,
+}
 
 static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -40,6 +66,15 @@ pub struct CourierSession {
     /// A fragmented binary message being reassembled.
     partial: Option<BytesMut>,
     rate: RateLimit,
+    /// Frames read and not yet answered, oldest first; `routed` holds their routings in the
+    /// same order and yields them in that order (made at the first frame: an idle connection
+    /// does not pay for its allocations).
+    unanswered: VecDeque<Unanswered>,
+    routed: Option<FuturesOrdered<Routed>>,
+    /// An [`AnswerInOrder`] is spawned and will answer what `routed` yields.
+    answering: bool,
+    /// Closed (or closing after the unanswered frames): nothing more is answered.
+    closing: bool,
     _slot: ConnectionSlot,
 }
 
@@ -65,6 +100,10 @@ impl CourierSession {
             last_heard: Instant::now(),
             partial: None,
             rate,
+            unanswered: VecDeque::new(),
+            routed: None,
+            answering: false,
+            closing: false,
             _slot: slot,
         }
     }
@@ -93,16 +132,13 @@ impl CourierSession {
                 "rate limit: more than {} frames per second",
                 self.app.config.max_frames_per_s
             );
-            return close(ctx, ws::CloseCode::Policy, &reason);
+            return self.close_in_order(ctx, ws::CloseCode::Policy, reason);
         }
         let frame = match CourierFrame::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
-                return close(
-                    ctx,
-                    ws::CloseCode::Protocol,
-                    &format!("malformed CourierFrame: {e}"),
-                )
+                let reason = format!("malformed CourierFrame: {e}");
+                return self.close_in_order(ctx, ws::CloseCode::Protocol, reason);
             }
         };
         if frame.fixes.len() > self.app.config.max_fixes_per_frame {
@@ -111,13 +147,14 @@ impl CourierSession {
                 frame.fixes.len(),
                 self.app.config.max_fixes_per_frame
             );
-            return close(ctx, ws::CloseCode::Size, &reason);
+            return self.close_in_order(ctx, ws::CloseCode::Size, reason);
         }
         metrics::counter!("trackline_fixes_received_total").increment(frame.fixes.len() as u64);
         let now = now_ms();
         let bounds = self.app.config.time_bounds();
         let mut valid: Vec<Fix> = Vec::with_capacity(frame.fixes.len());
         let mut invalid: Vec<RejectCode> = Vec::new();
+        let mut rejected: Vec<(u64, Rejection)> = Vec::new();
         let mut ack = 0;
         for raw in &frame.fixes {
             ack = ack.max(raw.seq);
@@ -126,11 +163,7 @@ impl CourierSession {
                     "seq {} is not above {} sent before on this connection",
                     raw.seq, self.last_seq
                 );
-                Self::reject(
-                    ctx,
-                    raw.seq,
-                    &Rejection::new(RejectCode::SeqNotIncreasing, why),
-                );
+                rejected.push((raw.seq, Rejection::new(RejectCode::SeqNotIncreasing, why)));
                 invalid.push(RejectCode::SeqNotIncreasing);
                 continue;
             }
@@ -138,61 +171,169 @@ impl CourierSession {
             match validate(raw, now, bounds) {
                 Ok(fix) => valid.push(fix),
                 Err(rejection) => {
-                    Self::reject(ctx, raw.seq, &rejection);
                     invalid.push(rejection.code);
+                    rejected.push((raw.seq, rejection));
                 }
             }
         }
-        self.update_live_position(&valid);
-        if valid.is_empty() && invalid.is_empty() {
-            if ack > 0 {
-                Self::send(ctx, Kind::Ack(Ack { seq: ack }));
+        if self.unanswered.is_empty() {
+            // Every earlier frame is answered: the refusals can go out now, in order.
+            for (seq, rejection) in rejected.drain(..) {
+                Self::reject(ctx, seq, &rejection);
             }
+        }
+        self.update_live_position(&valid);
+        let routed: Routed = if valid.is_empty() && invalid.is_empty() {
+            // An empty frame: nothing to store, answered in its turn like any other.
+            Box::pin(futures_util::future::ready(Ok(Vec::new())))
+        } else {
+            // Routed even when every fix was refused: the orders count what their courier sent
+            // wrong. Sent on a fresh clone of the address: frames must reach the registry in the
+            // order they came, and actix queues a message at once only on a sender that is not
+            // parked; the shared one parks whenever the registry's mailbox is full, and then
+            // holds each later message until that future is polled again, in whatever order the
+            // futures are polled (frame N+1 before frame N: its order would then skip frame N's
+            // fixes as resends, and ack them unstored).
+            let registry = self.app.registry.clone();
+            Box::pin(registry.send(Route {
+                courier: self.courier.clone(),
+                fixes: Arc::from(valid),
+                invalid: Arc::from(invalid),
+            }))
+        };
+        self.unanswered.push_back(Unanswered { rejected, ack });
+        self.routed
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(routed);
+        if !self.answering {
+            self.answering = true;
+            ctx.spawn(AnswerInOrder {
+                until_fewer_than: 1,
+                background: true,
+            });
+        }
+        if self.unanswered.len() >= MAX_FRAMES_IN_FLIGHT {
+            // wait(): no frame is read (TCP pushes back on the app) until the oldest is answered.
+            ctx.wait(AnswerInOrder {
+                until_fewer_than: MAX_FRAMES_IN_FLIGHT,
+                background: false,
+            });
+        }
+    }
+
+    /// Answers, in order, every frame at the front whose routing is done; registers `task` to be
+    /// woken when the next one is.
+    fn answer_ready(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        task: &mut std::task::Context<'_>,
+    ) {
+        while !self.closing {
+            let Some(routed) = self.routed.as_mut() else {
+                return;
+            };
+            let Poll::Ready(Some(reports)) = routed.poll_next_unpin(task) else {
+                return;
+            };
+            // unwrap: one Unanswered is pushed with every routing, and popped with its result
+            let frame = self.unanswered.pop_front().unwrap();
+            self.answer(frame, reports, ctx);
+        }
+    }
+
+    /// Sends one durable frame's refusals and its ack; closes with 1011 (and acks nothing more)
+    /// when any of its fixes could not be stored.
+    fn answer(
+        &mut self,
+        frame: Unanswered,
+        reports: Result<Vec<IngestReport>, MailboxError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let reports = match reports {
+            Ok(reports) => reports,
+            Err(e) => {
+                self.closing = true;
+                let reason = format!("order routing failed: {e}");
+                return close(ctx, ws::CloseCode::Error, &reason);
+            }
+        };
+        if let Some(failure) = reports.iter().find_map(|r| r.failed.as_ref()) {
+            tracing::error!(courier_id = %self.courier, failure, "fixes not stored, closing so the app resends");
+            self.closing = true;
+            return close(
+                ctx,
+                ws::CloseCode::Error,
+                "history store failed; resend unacked fixes",
+            );
+        }
+        for (seq, rejection) in &frame.rejected {
+            Self::reject(ctx, *seq, rejection);
+        }
+        let mut rejected: Vec<&(u64, Rejection)> =
+            reports.iter().flat_map(|r| &r.rejected).collect();
+        rejected.sort_by_key(|(seq, _)| *seq);
+        rejected.dedup_by_key(|(seq, _)| *seq);
+        for (seq, rejection) in rejected {
+            Self::reject(ctx, *seq, rejection);
+        }
+        metrics::counter!("trackline_fixes_stored_total")
+            .increment(reports.iter().map(|r| r.stored as u64).sum());
+        if frame.ack > 0 {
+            Self::send(ctx, Kind::Ack(Ack { seq: frame.ack }));
+        }
+    }
+
+    /// Closes with `code` once every frame read before is answered (as when frames were read
+    /// one at a time, the app gets the answers to what it sent before the offending frame).
+    fn close_in_order(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: ws::CloseCode,
+        reason: String,
+    ) {
+        self.after_answers(ctx, move |ctx| close(ctx, code, &reason));
+    }
+
+    /// Runs `then` (which closes the connection) once every frame read before is answered;
+    /// reads nothing more meanwhile. Every close that the stream itself causes goes through
+    /// here, so the app hears what became of its frames first, as when it was read frame by
+    /// frame.
+    fn after_answers<F>(&mut self, ctx: &mut ws::WebsocketContext<Self>, then: F)
+    where
+        F: FnOnce(&mut ws::WebsocketContext<Self>) + 'static,
+    {
+        if self.closing {
             return;
         }
-        // Routed even when every fix was refused: the orders count what their courier sent wrong.
-        let route = self.app.registry.send(Route {
-            courier: self.courier.clone(),
-            fixes: Arc::from(valid),
-            invalid: Arc::from(invalid),
-        });
-        // wait(): the next frame is read only after this one is durable and acked.
-        ctx.wait(route.into_actor(self).map(move |reports, act, ctx| {
-            let reports = match reports {
-                Ok(reports) => reports,
-                Err(e) => return close(ctx, ws::CloseCode::Error, &format!("order routing failed: {e}")),
-            };
-            if let Some(failure) = reports.iter().find_map(|r| r.failed.as_ref()) {
-                tracing::error!(courier_id = %act.courier, failure, "fixes not stored, closing so the app resends");
-                return close(ctx, ws::CloseCode::Error, "history store failed; resend unacked fixes");
+        if self.unanswered.is_empty() {
+            self.closing = true;
+            return then(ctx);
+        }
+        ctx.wait(
+            AnswerInOrder {
+                until_fewer_than: 1,
+                background: false,
             }
-            let mut rejected: Vec<&(u64, Rejection)> = reports.iter().flat_map(|r| &r.rejected).collect();
-            rejected.sort_by_key(|(seq, _)| *seq);
-            rejected.dedup_by_key(|(seq, _)| *seq);
-            for (seq, rejection) in rejected {
-                Self::reject(ctx, *seq, rejection);
-            }
-            metrics::counter!("trackline_fixes_stored_total").increment(reports.iter().map(|r| r.stored as u64).sum());
-            Self::send(ctx, Kind::Ack(Ack { seq: ack }));
-        }));
+            .map(move |(), act, ctx| {
+                // A store failure meanwhile has closed with 1011 already.
+                if !act.closing {
+                    act.closing = true;
+                    then(ctx);
+                }
+            }),
+        );
     }
 
     /// Appends one fragment of a fragmented binary message; decodes the whole at the last one.
     fn on_fragment(&mut self, bytes: Bytes, last: bool, ctx: &mut ws::WebsocketContext<Self>) {
         let max = self.app.config.max_frame_bytes;
         let Some(partial) = self.partial.as_mut() else {
-            return close(
-                ctx,
-                ws::CloseCode::Protocol,
-                "continuation without a first fragment",
-            );
+            let reason = "continuation without a first fragment".to_string();
+            return self.close_in_order(ctx, ws::CloseCode::Protocol, reason);
         };
         if partial.len() + bytes.len() > max {
-            return close(
-                ctx,
-                ws::CloseCode::Size,
-                &format!("message larger than {max} bytes"),
-            );
+            let reason = format!("message larger than {max} bytes");
+            return self.close_in_order(ctx, ws::CloseCode::Size, reason);
         }
         partial.extend_from_slice(&bytes);
         if last {
@@ -217,6 +358,42 @@ impl CourierSession {
                 pos,
                 time_ms,
             });
+        }
+    }
+}
+
+/// The close reason for text frames on the courier stream.
+const TEXT: &str = "text frames are not accepted; send binary protobuf";
+
+/// Answers the session's frames in order as their routings finish; done once fewer than
+/// `until_fewer_than` frames are unanswered (or the session is closing).
+///
+/// Spawned, it answers in the background while the session keeps reading; passed to
+/// `ctx.wait`, it also holds the session's reading back until then (a waiting context polls
+/// nothing else, so this future must drive the routings itself, which it does).
+struct AnswerInOrder {
+    until_fewer_than: usize,
+    /// The spawned one, which the session's `answering` flag stands for.
+    background: bool,
+}
+
+impl ActorFuture<CourierSession> for AnswerInOrder {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut CourierSession,
+        ctx: &mut ws::WebsocketContext<CourierSession>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        act.answer_ready(ctx, task);
+        if act.closing || act.unanswered.len() < self.until_fewer_than {
+            if self.background {
+                act.answering = false;
+            }
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -273,24 +450,21 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for CourierSession {
                 Item::FirstBinary(bytes) => self.partial = Some(BytesMut::from(&bytes[..])),
                 Item::Continue(bytes) => self.on_fragment(bytes, false, ctx),
                 Item::Last(bytes) => self.on_fragment(bytes, true, ctx),
-                Item::FirstText(_) => close(
-                    ctx,
-                    ws::CloseCode::Unsupported,
-                    "text frames are not accepted; send binary protobuf",
-                ),
+                Item::FirstText(_) => {
+                    self.close_in_order(ctx, ws::CloseCode::Unsupported, TEXT.into())
+                }
             },
-            Ok(ws::Message::Text(_)) => close(
-                ctx,
-                ws::CloseCode::Unsupported,
-                "text frames are not accepted; send binary protobuf",
-            ),
+            Ok(ws::Message::Text(_)) => {
+                self.close_in_order(ctx, ws::CloseCode::Unsupported, TEXT.into())
+            }
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
+            // The app's close is answered after the acks of what it sent before it.
+            Ok(ws::Message::Close(reason)) => self.after_answers(ctx, move |ctx| {
                 ctx.close(reason);
                 ctx.stop();
-            }
-            Err(e) => close_on_protocol_error(ctx, e, max),
+            }),
+            Err(e) => self.after_answers(ctx, move |ctx| close_on_protocol_error(ctx, e, max)),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use actix_web::HttpResponse;
 use serde_json::json;
+use trackline_core::export::{Shape, Track};
 use trackline_core::fix::Fix;
 use trackline_core::OrderId;
 
@@ -42,65 +43,6 @@ fn fix_json(fix: &Fix) -> serde_json::Value {
     })
 }
 
-/// The fixes as one LineString feature (GeoJSON positions are `[lon, lat]`), with the times and
-/// seqs as parallel arrays in its properties.
-pub fn to_geojson(order: &OrderId, fixes: &[Fix]) -> geojson::FeatureCollection {
-    let line: Vec<Vec<f64>> = fixes.iter().map(|f| vec![f.pos.lon, f.pos.lat]).collect();
-    let mut properties = serde_json::Map::new();
-    properties.insert("order_id".into(), json!(order));
-    properties.insert(
-        "times_ms".into(),
-        json!(fixes.iter().map(|f| f.time_ms).collect::<Vec<_>>()),
-    );
-    properties.insert(
-        "seqs".into(),
-        json!(fixes.iter().map(|f| f.seq).collect::<Vec<_>>()),
-    );
-    let feature = geojson::Feature {
-        bbox: None,
-        geometry: Some(geojson::Geometry::new(geojson::Value::LineString(line))),
-        id: None,
-        properties: Some(properties),
-        foreign_members: None,
-    };
-    geojson::FeatureCollection {
-        bbox: None,
-        features: vec![feature],
-        foreign_members: None,
-    }
-}
-
-/// The fixes as one GPX 1.1 track.
-///
-/// # Errors
-/// When a fix's time is outside what GPX can express.
-pub fn to_gpx(order: &OrderId, fixes: &[Fix]) -> Result<gpx::Gpx, String> {
-    let mut segment = gpx::TrackSegment::new();
-    for fix in fixes {
-        let mut point = gpx::Waypoint::new(geo_types_point(fix));
-        let time =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(fix.time_ms) * 1_000_000)
-                .map_err(|e| format!("fix {} time: {e}", fix.seq))?;
-        point.time = Some(time.into());
-        point.speed = fix.speed_mps.map(f64::from);
-        point.hdop = None;
-        segment.points.push(point);
-    }
-    let mut track = gpx::Track::new();
-    track.name = Some(format!("order {order}"));
-    track.segments.push(segment);
-    Ok(gpx::Gpx {
-        version: gpx::GpxVersion::Gpx11,
-        creator: Some("trackline".into()),
-        tracks: vec![track],
-        ..Default::default()
-    })
-}
-
-fn geo_types_point(fix: &Fix) -> geo::Point<f64> {
-    geo::Point::new(fix.pos.lon, fix.pos.lat)
-}
-
 /// The HTTP answer for `fixes` in `format`.
 ///
 /// # Errors
@@ -111,14 +53,14 @@ pub fn respond(format: HistoryFormat, order: &OrderId, fixes: &[Fix]) -> ApiResu
             let fixes: Vec<_> = fixes.iter().map(fix_json).collect();
             Ok(HttpResponse::Ok().json(json!({"order_id": order, "fixes": fixes})))
         }
+        // the shape documented in proto/README.md, which API clients parse
         HistoryFormat::GeoJson => Ok(HttpResponse::Ok()
             .content_type("application/geo+json")
-            .json(to_geojson(order, fixes))),
+            .json(Track::new(order, fixes).to_geojson(Shape::Api))),
         HistoryFormat::Gpx => {
-            let doc = to_gpx(order, fixes).map_err(ApiError::Internal)?;
-            let mut out = Vec::new();
-            gpx::write(&doc, &mut out)
-                .map_err(|e| ApiError::Internal(format!("writing gpx: {e}")))?;
+            let out = Track::new(order, fixes)
+                .to_gpx_bytes(Shape::Api)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok(HttpResponse::Ok()
                 .content_type("application/gpx+xml")
                 .body(out))
