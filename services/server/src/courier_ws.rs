@@ -263,7 +263,7 @@ impl CourierSession {
             return close(
                 ctx,
                 ws::CloseCode::Error,
-                "history store failed; resend unacked fixes",
+                "fixes not stored (the history store, or a node they go to, failed); resend unacked fixes",
             );
         }
         for (seq, rejection) in &frame.rejected {
