@@ -962,6 +962,24 @@ impl WatchProtocol {
     }
 }
 
+/// Whether two frames show the same state of the stream (everything but type and recovered).
+pub fn same_state(a: &Update, b: &Update) -> bool {
+    (a.order_id == b.order_id)
+        & (a.offset == b.offset)
+        & (a.epoch == b.epoch)
+        & (a.status == b.status)
+        & (a.position == b.position)
+        & (a.eta == b.eta)
+}
+
+/// The frame of `reference` (a watcher that saw every update) at `offset`.
+pub fn update_at(reference: &[Update], offset: u64) -> &Update {
+    reference
+        .iter()
+        .find(|u| u.offset == offset)
+        .unwrap_or_else(|| panic!("the reference watcher never saw offset {offset}"))
+}
+
 /// One watch-stream message, decoded from JSON or protobuf into one shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {

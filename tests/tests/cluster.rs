@@ -17,7 +17,8 @@ use trackline_tests::cluster::{
     RECOVERY_TIMEOUT,
 };
 use trackline_tests::{
-    load_trip, trip_fixes, HistoryFix, NewOrder, Reply, TripPoint, Update, TIMEOUT,
+    load_trip, same_state, trip_fixes, update_at, HistoryFix, NewOrder, Reply, TripPoint, Update,
+    TIMEOUT,
 };
 
 /// A broker and a cluster of [`NODES`] on it (dropped in reverse: the nodes first).
@@ -43,24 +44,6 @@ fn destination(points: &[TripPoint]) -> LatLon {
 /// An order to [`destination`], assigned to `courier`.
 fn run_order(order: &str, courier: &str, points: &[TripPoint]) -> NewOrder {
     NewOrder::new(order, destination(points)).courier(courier)
-}
-
-/// Whether two frames show the same state of the stream (everything but type and recovered).
-fn same_state(a: &Update, b: &Update) -> bool {
-    (a.order_id == b.order_id)
-        & (a.offset == b.offset)
-        & (a.epoch == b.epoch)
-        & (a.status == b.status)
-        & (a.position == b.position)
-        & (a.eta == b.eta)
-}
-
-/// The frame of `reference` (a watcher that saw every update) at `offset`.
-fn at(reference: &[Update], offset: u64) -> &Update {
-    reference
-        .iter()
-        .find(|u| u.offset == offset)
-        .unwrap_or_else(|| panic!("the reference watcher never saw offset {offset}"))
 }
 
 /// Asserts that `frames` (one watcher's, over one or more connections) are one stream of the
@@ -623,9 +606,9 @@ async fn a_watcher_resumes_on_another_node_with_exactly_the_missed_updates_then_
             "a replayed update says recovered: {update:?}"
         );
         assert!(
-            same_state(update, at(&reference.seen, update.offset)),
+            same_state(update, update_at(&reference.seen, update.offset)),
             "replayed {update:?} differs from the live {:?}",
-            at(&reference.seen, update.offset)
+            update_at(&reference.seen, update.offset)
         );
     }
 
@@ -647,7 +630,7 @@ async fn a_watcher_resumes_on_another_node_with_exactly_the_missed_updates_then_
             "a live update is not recovered: {update:?}"
         );
         assert!(
-            same_state(update, at(&reference.seen, update.offset)),
+            same_state(update, update_at(&reference.seen, update.offset)),
             "{update:?}"
         );
     }
@@ -825,9 +808,9 @@ async fn a_broker_outage_keeps_local_paths_working_and_cross_node_ones_recover()
         .await
         .expect("a new local watcher gets a snapshot");
     assert!(
-        same_state(&snapshot, at(&local_feed.seen, during)),
+        same_state(&snapshot, update_at(&local_feed.seen, during)),
         "a new local watcher sees the current state {:?}, got {snapshot:?}",
-        at(&local_feed.seen, during)
+        update_at(&local_feed.seen, during)
     );
     // What crosses nodes is refused, not acked.
     let ops = cluster.node(1).ops_token();
@@ -857,7 +840,7 @@ async fn a_broker_outage_keeps_local_paths_working_and_cross_node_ones_recover()
     for update in &replayed {
         assert!(update.recovered, "{update:?}");
         assert!(
-            same_state(update, at(&local_feed.seen, update.offset)),
+            same_state(update, update_at(&local_feed.seen, update.offset)),
             "{update:?}"
         );
     }

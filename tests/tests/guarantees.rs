@@ -17,8 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 use trackline_core::LatLon;
 use trackline_proto::v1;
 use trackline_tests::{
-    load_trip, trip_fixes, CourierClient, NewOrder, TestServer, TokenIn, TripPoint, Update,
-    WatchError, WatchEvent, WatchProtocol, Watcher, TIMEOUT,
+    load_trip, same_state, trip_fixes, update_at, CourierClient, NewOrder, TestServer, TokenIn,
+    TripPoint, Update, WatchError, WatchEvent, WatchProtocol, Watcher, TIMEOUT,
 };
 
 const ORDER: &str = "order-g";
@@ -65,24 +65,6 @@ async fn stream_one_by_one(courier: &mut CourierClient, fixes: &[v1::Fix]) {
 /// Reads updates until the one at `offset` (included).
 async fn read_through(watcher: &mut Watcher, offset: u64) -> Vec<Update> {
     watcher.updates_until(TIMEOUT, |u| u.offset >= offset).await
-}
-
-/// Whether two frames show the same state of the stream (everything but type and recovered).
-fn same_state(a: &Update, b: &Update) -> bool {
-    (a.order_id == b.order_id)
-        & (a.offset == b.offset)
-        & (a.epoch == b.epoch)
-        & (a.status == b.status)
-        & (a.position == b.position)
-        & (a.eta == b.eta)
-}
-
-/// The update of `reference` (a watcher that saw every update) at `offset`.
-fn at(reference: &[Update], offset: u64) -> &Update {
-    reference
-        .iter()
-        .find(|u| u.offset == offset)
-        .unwrap_or_else(|| panic!("the reference watcher never saw offset {offset}"))
 }
 
 /// Asserts the first frame of a resume the server could not honour: a snapshot of the current
@@ -215,9 +197,9 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
         );
         assert_eq!(update.kind.as_deref(), Some("update"), "{update:?}");
         assert!(
-            same_state(update, at(&seen, update.offset)),
+            same_state(update, update_at(&seen, update.offset)),
             "replayed {update:?} differs from the live {:?}",
-            at(&seen, update.offset)
+            update_at(&seen, update.offset)
         );
     }
 
@@ -236,7 +218,10 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
             !update.recovered,
             "a live update is not recovered: {update:?}"
         );
-        assert!(same_state(update, at(&seen, update.offset)), "{update:?}");
+        assert!(
+            same_state(update, update_at(&seen, update.offset)),
+            "{update:?}"
+        );
     }
     resumed.close().await;
 
@@ -290,7 +275,7 @@ async fn resume_with_nothing_missed_replays_nothing_then_goes_live() {
     let next = resumed.next_update(TIMEOUT).await;
     assert_eq!(next.kind.as_deref(), Some("update"), "{next:?}");
     assert!(!next.recovered, "{next:?}");
-    assert!(same_state(&next, at(&seen, now)), "{next:?}");
+    assert!(same_state(&next, update_at(&seen, now)), "{next:?}");
     courier.close().await;
 }
 
@@ -345,7 +330,11 @@ async fn resume_older_than_the_buffer_gets_a_snapshot_with_recovered_false() {
             )
             .await;
         let first = resumed.next_update(TIMEOUT).await;
-        assert_fresh_snapshot(&first, at(&seen, current), &format!("resume since {since}"));
+        assert_fresh_snapshot(
+            &first,
+            update_at(&seen, current),
+            &format!("resume since {since}"),
+        );
         resumed.close().await;
     }
     let mut resumed = server
@@ -400,7 +389,7 @@ async fn resume_from_another_epoch_or_a_future_offset_gets_a_snapshot_with_recov
             )
             .await;
         let first = resumed.next_update(TIMEOUT).await;
-        assert_fresh_snapshot(&first, at(&seen, current), what);
+        assert_fresh_snapshot(&first, update_at(&seen, current), what);
         assert_eq!(
             first.epoch, epoch,
             "{what}: the snapshot names the real epoch"
