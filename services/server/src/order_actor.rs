@@ -225,6 +225,9 @@ impl Handler<Ingest> for OrderActor {
         for code in msg.invalid.iter() {
             self.record.count_rejected(*code);
         }
+        // Restored if the commit fails: the app resends after the 1011 close, and those fixes
+        // must then be stored, not skipped as already seen.
+        let seen_before = self.record.last_seq;
         let mut stored = Vec::new();
         for fix in msg.fixes.iter() {
             if fix.seq <= self.record.last_seq {
@@ -247,7 +250,10 @@ impl Handler<Ingest> for OrderActor {
         report.stored = stored.len();
         // Committed even when nothing is new: a resend of fixes still in flight must not be
         // acked before the flush that covers them, and this job queues behind that flush.
-        Box::pin(self.persist(stored).map(move |outcome, _, _| {
+        Box::pin(self.persist(stored).map(move |outcome, act, _| {
+            if outcome.is_err() {
+                act.record.last_seq = act.record.last_seq.min(seen_before);
+            }
             report.failed = outcome.err();
             report
         }))
