@@ -352,15 +352,7 @@ impl Cluster {
 
     /// The order's state as its owner reports it: `(offset, epoch)` (asked of node `via`).
     pub async fn offset_and_epoch(&self, via: usize, order: &str) -> (u64, String) {
-        let state = self.nodes[via].order_state(order).await;
-        let offset = state["offset"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no offset in {state}"));
-        let epoch = state["epoch"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no epoch in {state}"))
-            .to_string();
-        (offset, epoch)
+        self.nodes[via].offset_and_epoch(order).await
     }
 
     /// The last lines of every running node's log, each under its name (for failure messages).

@@ -273,6 +273,19 @@ impl TestServer {
     }
 
     /// `GET /v1/orders/{id}` as ops.
+    /// The order's current (durable) offset and epoch, as `GET /v1/orders/{id}` reports them.
+    pub async fn offset_and_epoch(&self, order: &str) -> (u64, String) {
+        let state = self.order_state(order).await;
+        let offset = state["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no offset in {state}"));
+        let epoch = state["epoch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no epoch in {state}"))
+            .to_string();
+        (offset, epoch)
+    }
+
     pub async fn order_state(&self, order: &str) -> Value {
         self.ops_get(&format!("/v1/orders/{order}")).await
     }

@@ -39,19 +39,6 @@ fn run_order(order: &str, courier: &str, points: &[TripPoint]) -> NewOrder {
         .route(vec![start, waypoint, destination])
 }
 
-/// The order's current (durable) offset and epoch, as `GET /v1/orders/{id}` reports them.
-async fn offset_and_epoch(server: &TestServer, order: &str) -> (u64, String) {
-    let state = server.order_state(order).await;
-    let offset = state["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no offset in {state}"));
-    let epoch = state["epoch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no epoch in {state}"))
-        .to_string();
-    (offset, epoch)
-}
-
 /// Streams `fixes` one per frame (one update each), every frame acked before the next.
 async fn stream_one_by_one(courier: &mut CourierClient, fixes: &[v1::Fix]) {
     let rejected = courier.stream(fixes, 1).await;
@@ -139,7 +126,7 @@ async fn order_with_updates(
     let mut reference = Reference::start(server, ORDER).await;
     let mut courier = server.courier(COURIER).await;
     stream_one_by_one(&mut courier, &fixes).await;
-    let (offset, _) = offset_and_epoch(server, ORDER).await;
+    let (offset, _) = server.offset_and_epoch(ORDER).await;
     reference.catch_up(offset).await;
     (reference, courier, rest)
 }
@@ -156,7 +143,7 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
         .await;
     let snapshot = watcher.next_update(TIMEOUT).await;
     stream_one_by_one(&mut courier, &rest[..2]).await;
-    let (seen_through, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (seen_through, epoch) = server.offset_and_epoch(ORDER).await;
     let live = read_through(&mut watcher, seen_through).await;
     assert_eq!(live.last().map(|u| u.offset), Some(seen_through));
     assert_eq!(snapshot.epoch, epoch);
@@ -164,7 +151,7 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
 
     // Updates it misses (fewer than the buffer holds).
     stream_one_by_one(&mut courier, &rest[2..7]).await;
-    let (current, _) = offset_and_epoch(&server, ORDER).await;
+    let (current, _) = server.offset_and_epoch(ORDER).await;
     let missed = current - seen_through;
     assert!(
         (2..=8).contains(&missed),
@@ -205,7 +192,7 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
 
     // Then live updates, not recovered, continuing the offsets without a gap.
     stream_one_by_one(&mut courier, &rest[7..10]).await;
-    let (now, _) = offset_and_epoch(&server, ORDER).await;
+    let (now, _) = server.offset_and_epoch(ORDER).await;
     let seen = reference.catch_up(now).await.to_vec();
     let live = read_through(&mut resumed, now).await;
     assert_eq!(
@@ -252,7 +239,7 @@ async fn resumed_watcher_gets_exactly_the_missed_updates_in_order_then_live_ones
 async fn resume_with_nothing_missed_replays_nothing_then_goes_live() {
     let server = TestServer::start_with(|c| c.resume_buffer = 8);
     let (mut reference, mut courier, rest) = order_with_updates(&server, 4, 10).await;
-    let (current, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (current, epoch) = server.offset_and_epoch(ORDER).await;
     let token = server.watch_token(ORDER);
     let mut resumed = server
         .watch_resume(
@@ -269,7 +256,7 @@ async fn resume_with_nothing_missed_replays_nothing_then_goes_live() {
         other => panic!("a resume with nothing missed must send nothing yet, got {other:?}"),
     }
     stream_one_by_one(&mut courier, &rest[..1]).await;
-    let (now, _) = offset_and_epoch(&server, ORDER).await;
+    let (now, _) = server.offset_and_epoch(ORDER).await;
     assert_eq!(now, current + 1, "one fix, one update");
     let seen = reference.catch_up(now).await.to_vec();
     let next = resumed.next_update(TIMEOUT).await;
@@ -284,9 +271,9 @@ async fn resume_older_than_the_buffer_gets_a_snapshot_with_recovered_false() {
     const BUFFER: u64 = 4;
     let server = TestServer::start_with(|c| c.resume_buffer = BUFFER as usize);
     let (mut reference, mut courier, rest) = order_with_updates(&server, 2, 20).await;
-    let (seen_through, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (seen_through, epoch) = server.offset_and_epoch(ORDER).await;
     stream_one_by_one(&mut courier, &rest[..10]).await;
-    let (current, _) = offset_and_epoch(&server, ORDER).await;
+    let (current, _) = server.offset_and_epoch(ORDER).await;
     assert!(
         current - seen_through > BUFFER + 1,
         "more updates missed ({}) than the buffer ({BUFFER}) holds",
@@ -365,7 +352,7 @@ async fn resume_older_than_the_buffer_gets_a_snapshot_with_recovered_false() {
 async fn resume_from_another_epoch_or_a_future_offset_gets_a_snapshot_with_recovered_false() {
     let server = TestServer::start_with(|c| c.resume_buffer = 8);
     let (mut reference, mut courier, rest) = order_with_updates(&server, 6, 10).await;
-    let (current, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (current, epoch) = server.offset_and_epoch(ORDER).await;
     let seen = reference.catch_up(current).await.to_vec();
     let token = server.watch_token(ORDER);
     let wrong_epoch = format!("{epoch}x");
@@ -429,7 +416,7 @@ async fn resume_after_a_restart_gets_a_snapshot_in_the_same_epoch_at_no_older_of
     let before = server.order_state(ORDER).await;
     server.restart();
 
-    let (current, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (current, epoch) = server.offset_and_epoch(ORDER).await;
     assert_eq!(
         epoch, last_seen.epoch,
         "a restart keeps the epoch: nothing was lost"
@@ -504,7 +491,7 @@ async fn an_order_recreated_after_history_loss_has_a_new_epoch_and_old_resumes_g
     server
         .create_order(&run_order(ORDER, COURIER, &points))
         .await;
-    let (offset, epoch) = offset_and_epoch(&server, ORDER).await;
+    let (offset, epoch) = server.offset_and_epoch(ORDER).await;
     assert_ne!(
         epoch, old_epoch,
         "a stream that lost its history has a new epoch"
@@ -537,7 +524,7 @@ async fn an_order_recreated_after_history_loss_has_a_new_epoch_and_old_resumes_g
     // says they are not (the frames after old_offset are not the ones the watcher missed).
     let mut courier = server.courier(COURIER).await;
     stream_one_by_one(&mut courier, &fixes[..old_offset as usize + 3]).await;
-    let (current, _) = offset_and_epoch(&server, ORDER).await;
+    let (current, _) = server.offset_and_epoch(ORDER).await;
     assert!(current > old_offset + 1, "{current} vs {old_offset}");
     let mut resumed = resume_old(old_offset).await;
     let first = resumed.next_update(TIMEOUT).await;
@@ -691,7 +678,7 @@ async fn stall_watchers(server: &TestServer, watchers: usize) -> Stalled {
     }))
     .await;
     let (connected_kib, _) = server.rss_kib();
-    let (offset_before, _) = offset_and_epoch(server, ORDER).await;
+    let (offset_before, _) = server.offset_and_epoch(ORDER).await;
 
     // Sample the server's RSS while the courier streams.
     let peak_kib = Arc::new(AtomicU64::new(connected_kib));
@@ -728,7 +715,7 @@ async fn stall_watchers(server: &TestServer, watchers: usize) -> Stalled {
     );
 
     // The healthy watcher reaches the final offset, in order.
-    let (final_offset, epoch) = offset_and_epoch(server, ORDER).await;
+    let (final_offset, epoch) = server.offset_and_epoch(ORDER).await;
     target.store(final_offset, Ordering::SeqCst);
     let updates = join(healthy_task).await;
     let mut previous = snapshot.offset;
