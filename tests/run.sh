@@ -43,7 +43,12 @@ status=0
 # (k8s/README.md). The first run installs kubernetes-validate from PyPI into k8s/.venv.
 k8s/validate.sh || status=$?
 
+# One build per run: incremental caches would only add gigabytes of disk (a CI machine's disk is
+# small), so they are off unless the caller asks for them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | sed 's/^/disk before build: /'
 cargo build --workspace --all-targets --locked
+df -h . | sed 's/^/disk after build: /'
 cargo test --workspace --locked --no-fail-fast || status=$?
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
