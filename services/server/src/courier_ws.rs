@@ -7,6 +7,10 @@
 //! strictly in the order they came: a frame's `Rejected`s and its `Ack` go out only after every
 //! earlier frame has been answered, and an `Ack` only once the frame is durable. At the bound it
 //! stops reading, so a fast app is held back by TCP rather than by an unbounded queue here.
+//!
+//! On one node the session sends each frame straight to its courier's order actors, from a copy
+//! of the registry's routes that it renews whenever the registry's routing table changed; in
+//! broker mode every frame goes through the registry, which knows the orders on other nodes.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -27,8 +31,9 @@ use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
 use crate::live_index::Upsert;
+use crate::order_actor::Ingest;
 use crate::order_actor::IngestReport;
-use crate::registry::{CourierJoined, CourierLeft, Route, Supersede};
+use crate::registry::{CourierJoined, CourierLeft, Lookup, Route, Routes, Supersede};
 use crate::session::{
     close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
 };
@@ -73,6 +78,9 @@ pub struct CourierSession {
     routed: Option<FuturesOrdered<Routed>>,
     /// An [`AnswerInOrder`] is spawned and will answer what `routed` yields.
     answering: bool,
+    /// One node only: the courier's order actors as the registry last named them (`None` in
+    /// broker mode, and until the first frame).
+    routes: Option<Routes>,
     /// Closed (or closing after the unanswered frames): nothing more is answered.
     closing: bool,
     _slot: ConnectionSlot,
@@ -103,6 +111,7 @@ impl CourierSession {
             unanswered: VecDeque::new(),
             routed: None,
             answering: false,
+            routes: None,
             closing: false,
             _slot: slot,
         }
@@ -183,25 +192,96 @@ impl CourierSession {
             }
         }
         self.update_live_position(&valid);
-        let routed: Routed = if valid.is_empty() && invalid.is_empty() {
+        let frame = Unanswered { rejected, ack };
+        let (fixes, invalid): (Arc<[Fix]>, Arc<[RejectCode]>) = (valid.into(), invalid.into());
+        let stale = |routes: &Option<Routes>, app: &AppState| {
+            routes
+                .as_ref()
+                .is_none_or(|r| r.version != app.routes_version.current())
+        };
+        let empty = fixes.is_empty() && invalid.is_empty();
+        if !empty && self.app.cluster.is_none() && stale(&self.routes, &self.app) {
+            // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
+            // each order actor must get the courier's frames in the order they came.
+            let lookup = self.app.registry.send(Lookup {
+                courier: self.courier.clone(),
+                here: Arbiter::current(),
+            });
+            ctx.wait(
+                fut::wrap_future(lookup).map(move |routes, act: &mut Self, ctx| {
+                    act.routes = routes.ok();
+                    act.dispatch(frame, fixes, invalid, ctx);
+                }),
+            );
+            return;
+        }
+        self.dispatch(frame, fixes, invalid, ctx);
+    }
+
+    /// Sends a read frame's fixes on their way (to the order actors, or in broker mode to the
+    /// registry) and queues it to be answered in its turn.
+    fn dispatch(
+        &mut self,
+        frame: Unanswered,
+        fixes: Arc<[Fix]>,
+        invalid: Arc<[RejectCode]>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let routed: Routed = if fixes.is_empty() && invalid.is_empty() {
             // An empty frame: nothing to store, answered in its turn like any other.
             Box::pin(futures_util::future::ready(Ok(Vec::new())))
-        } else {
+        } else if self.app.cluster.is_none() {
             // Routed even when every fix was refused: the orders count what their courier sent
-            // wrong. Sent on a fresh clone of the address: frames must reach the registry in the
-            // order they came, and actix queues a message at once only on a sender that is not
-            // parked; the shared one parks whenever the registry's mailbox is full, and then
-            // holds each later message until that future is polled again, in whatever order the
-            // futures are polled (frame N+1 before frame N: its order would then skip frame N's
-            // fixes as resends, and ack them unstored).
+            // wrong. Each send goes on a fresh clone of the actor's address: actix queues a
+            // message at once only on a sender that is not parked, and a parked shared one
+            // would hold this frame back while a later frame overtakes it (the order would then
+            // skip this frame's fixes as resends, and they would be acked unstored).
+            // A lookup that failed (the registry is gone: shutting down) routes nowhere, and the
+            // frame is not acked.
+            let Some(routes) = self.routes.as_ref() else {
+                let gone: Routed = Box::pin(futures_util::future::ready(Err(MailboxError::Closed)));
+                return self.queue(frame, gone, ctx);
+            };
+            let sent: Vec<_> = routes
+                .actors
+                .iter()
+                .map(|actor| {
+                    actor.clone().send(Ingest {
+                        courier: self.courier.clone(),
+                        fixes: fixes.clone(),
+                        invalid: invalid.clone(),
+                    })
+                })
+                .collect();
+            Box::pin(async move {
+                let mut reports = Vec::with_capacity(sent.len());
+                for report in sent {
+                    match report.await {
+                        Ok(report) => reports.push(report),
+                        // The actor stopped: its order ended (and routes are renewed at the
+                        // next frame), so none of these fixes belong to it any more.
+                        Err(MailboxError::Closed) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(reports)
+            })
+        } else {
+            // Broker mode: the registry knows the courier's orders on other nodes. Same fresh
+            // address clone, for the same reason.
             let registry = self.app.registry.clone();
             Box::pin(registry.send(Route {
                 courier: self.courier.clone(),
-                fixes: Arc::from(valid),
-                invalid: Arc::from(invalid),
+                fixes,
+                invalid,
             }))
         };
-        self.unanswered.push_back(Unanswered { rejected, ack });
+        self.queue(frame, routed, ctx);
+    }
+
+    /// Queues a frame to be answered once `routed` is done, after every frame read before it.
+    fn queue(&mut self, frame: Unanswered, routed: Routed, ctx: &mut ws::WebsocketContext<Self>) {
+        self.unanswered.push_back(frame);
         self.routed
             .get_or_insert_with(FuturesOrdered::new)
             .push_back(routed);

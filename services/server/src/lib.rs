@@ -44,6 +44,8 @@ pub struct AppState {
     pub keys: TokenKeys,
     pub store: HistoryStore,
     registry: Addr<registry::Registry>,
+    /// Changes of the registry's routing table, which courier sessions check their routes by.
+    routes_version: registry::RoutesVersion,
     live_index: Addr<live_index::LiveIndex>,
     order_settings: Arc<order_actor::OrderSettings>,
     /// Turns true when the server begins to shut down; sessions then close with 1001.
@@ -304,6 +306,7 @@ pub async fn run(
         ..Default::default()
     });
     let recovered = records.len();
+    let routes_version = registry::RoutesVersion::default();
     let registry = registry::Registry::new(
         records,
         arbiters.iter().map(Arbiter::handle).collect(),
@@ -311,6 +314,7 @@ pub async fn run(
         order_settings.clone(),
         config.max_connections_per_courier,
         cluster.clone(),
+        routes_version.clone(),
     )
     .start();
     let cluster = cluster.map(|(cluster, _, links)| (cluster, links));
@@ -335,6 +339,7 @@ pub async fn run(
         keys,
         store: store.clone(),
         registry,
+        routes_version,
         live_index,
         order_settings,
         shutdown: shutdown_rx,

@@ -185,12 +185,22 @@ impl OrderActor {
             Ok(relink) => relink,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
-        if let Some(relink) = relink {
-            self.deps.registry.do_send(relink);
-        }
+        // The caller hears back only once the registry routes by the new assignment: a frame
+        // the courier sends after that must reach the orders it names (courier sessions keep a
+        // copy of their routes, and check it against the registry's version at every frame).
+        let relinked = relink.map(|relink| self.deps.registry.send(relink));
         self.next_frame();
         Box::pin(
             self.persist(Vec::new())
+                .then(move |outcome, _, _| {
+                    fut::wrap_future(async move {
+                        if let Some(relinked) = relinked {
+                            // An error means the registry is gone: the server is shutting down.
+                            let _ = relinked.await;
+                        }
+                        outcome
+                    })
+                })
                 .map(|outcome, act, _| match outcome {
                     Ok(()) => Ok(act.stream.published().view.clone()),
                     Err(e) => Err(ApiError::Internal(e)),

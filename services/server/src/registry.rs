@@ -1,10 +1,15 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
 //! order arbiters) and routes each courier's fixes to every active order assigned to it.
 //!
-//! In broker mode the registry of a courier's home node also knows the courier's orders on other
-//! nodes (from the durable links) and forwards its fixes to their owners.
+//! On one node a courier session asks the registry once for its courier's order actors
+//! ([`Lookup`]) and sends each frame to them itself; the registry counts every change of the
+//! routing table ([`RoutesVersion`]), so a session notices that its copy is stale before its next
+//! frame. In broker mode the registry of a courier's home node also knows the courier's orders on
+//! other nodes (from the durable links) and forwards its fixes to their owners; there every frame
+//! goes through the registry.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -20,6 +25,25 @@ use trackline_core::links::LinkStore;
 
 /// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
 pub type ClusterPart = (Arc<Cluster>, Vec<(CourierId, OrderId)>, LinkStore);
+
+/// How many times the routing table (which courier's fixes go to which order actors) changed.
+///
+/// Only the registry raises it, while it applies a change, so a [`Routes`] it hands out together
+/// with the count it had then stays right for as long as the count has not moved. A change that
+/// some caller waits for (an assignment, a status change) is applied before the caller hears
+/// back, so a frame its courier sends afterwards sees the new count.
+#[derive(Clone, Default)]
+pub struct RoutesVersion(Arc<AtomicU64>);
+
+impl RoutesVersion {
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
 
 /// An active order: its record until someone needs it, then its running actor.
 enum Slot {
@@ -41,6 +65,7 @@ pub struct Registry {
     settings: Arc<crate::order_actor::OrderSettings>,
     /// Broker mode: the cluster, and the links of the couriers homed here.
     cluster: Option<(Arc<Cluster>, LinkStore)>,
+    version: RoutesVersion,
 }
 
 impl Registry {
@@ -52,6 +77,7 @@ impl Registry {
         settings: Arc<crate::order_actor::OrderSettings>,
         max_sessions_per_courier: usize,
         cluster: Option<ClusterPart>,
+        version: RoutesVersion,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
@@ -64,6 +90,7 @@ impl Registry {
             store,
             settings,
             cluster: None,
+            version,
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
@@ -82,6 +109,7 @@ impl Registry {
         let orders = self.couriers.entry(courier).or_default();
         if !orders.contains(&order) {
             orders.push(order);
+            self.version.bump();
         }
     }
 
@@ -91,6 +119,7 @@ impl Registry {
             if list.is_empty() {
                 self.couriers.remove(courier);
             }
+            self.version.bump();
         }
     }
 
@@ -104,6 +133,16 @@ impl Registry {
 
     /// The running actor of an active order, started now if it was dormant.
     fn live(&mut self, order: &OrderId) -> Option<Addr<OrderActor>> {
+        self.live_on(order, None)
+    }
+
+    /// The running actor of an active order; if it was dormant, started now on `arbiter` (or on
+    /// the next order arbiter).
+    fn live_on(
+        &mut self,
+        order: &OrderId,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> Option<Addr<OrderActor>> {
         let slot = self.orders.get_mut(order)?;
         match slot {
             Slot::Live(addr) if addr.connected() => Some(addr.clone()),
@@ -116,8 +155,10 @@ impl Registry {
                 };
                 // unwrap: deps is set in started(), before any message is handled
                 let deps = self.deps.clone().unwrap();
-                let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-                self.next_arbiter += 1;
+                let arbiter = arbiter.unwrap_or_else(|| {
+                    self.next_arbiter += 1;
+                    &self.arbiters[self.next_arbiter % self.arbiters.len()]
+                });
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
                 *slot = Slot::Live(addr.clone());
@@ -199,6 +240,38 @@ impl Handler<Find> for Registry {
 
     fn handle(&mut self, msg: Find, _: &mut Context<Self>) -> Self::Result {
         self.live(&msg.0)
+    }
+}
+
+/// The actors of a courier's active orders, as of a version of the routing table.
+#[derive(Clone)]
+pub struct Routes {
+    pub version: u64,
+    pub actors: Arc<[Addr<OrderActor>]>,
+}
+
+/// Where a courier's fixes go now. One node only: in broker mode frames go through [`Route`].
+///
+/// The actors of dormant orders are started on `here`, the asker's own thread: the courier
+/// session then hands its frames to them without waking another thread.
+#[derive(Message)]
+#[rtype(result = "Routes")]
+pub struct Lookup {
+    pub courier: CourierId,
+    pub here: ArbiterHandle,
+}
+
+impl Handler<Lookup> for Registry {
+    type Result = MessageResult<Lookup>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
+        let version = self.version.current();
+        let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
+        let actors = orders
+            .iter()
+            .filter_map(|order| self.live_on(order, Some(&msg.here)))
+            .collect();
+        MessageResult(Routes { version, actors })
     }
 }
 
@@ -400,6 +473,7 @@ impl Handler<Relink> for Registry {
             None => {
                 // Ended: later lookups read the final record from the store.
                 self.orders.remove(&msg.order);
+                self.version.bump();
                 metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
             }
         }
