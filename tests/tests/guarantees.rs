@@ -929,13 +929,15 @@ async fn sigterm_closes_both_streams_with_1001_exits_0_within_the_grace_and_keep
     let mut courier = server.courier(COURIER).await;
     courier.stream(&fixes[..100], 10).await;
 
-    // The courier keeps streaming (a frame, its ack, the next) until the server goes away.
+    // The courier keeps streaming (a frame, its ack, a pause as an app makes, the next) until
+    // the server goes away: paced, so that the trip outlasts the wait below on a fast machine.
     let acked = Arc::new(Mutex::new(CourierRun::default()));
     let courier_task = {
         let acked = acked.clone();
         let rest = fixes[100..].to_vec();
         tokio::spawn(async move {
             for chunk in rest.chunks(10) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 let _ = courier.try_send(chunk).await;
                 loop {
                     match courier.next_message(TIMEOUT).await {

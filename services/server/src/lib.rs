@@ -383,7 +383,6 @@ pub async fn run(
             .app_data(api::query_config())
             .configure(api::routes)
             .default_service(web::to(api::not_found))
-            .wrap(actix_web::middleware::from_fn(forward::to_owner))
             .wrap(node_header_of(node_header.as_deref()))
             .wrap(access_log())
     })
