@@ -733,6 +733,79 @@ async fn fixes_are_routed_to_every_active_order_of_the_courier() {
     );
 }
 
+/// A connected courier's frames follow its assignments as they change: a frame sent after the
+/// answer to an assignment (or a reassignment, or a delivery) reaches exactly the orders the
+/// courier has then, on the same connection (whose session keeps a copy of its routes).
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_follow_assignments_made_while_the_courier_streams() {
+    let server = TestServer::start();
+    let points = run_points();
+    let fixes = trip_fixes(&points[..40], 1);
+    server
+        .create_order(&run_order(ORDER, COURIER, &points))
+        .await;
+    let far_destination = LatLon::new(points[0].pos.lat - 0.03, points[0].pos.lon);
+    server
+        .create_order(&NewOrder::new("order-2", far_destination))
+        .await;
+    let mut courier = server.courier(COURIER).await;
+    let seqs = |fixes: &[v1::Fix]| fixes.iter().map(|f| f.seq).collect::<Vec<u64>>();
+    let history = |order: &'static str| {
+        let server = &server;
+        async move { seqs_of(&server.history(order).await) }
+    };
+
+    courier.stream(&fixes[..10], BATCH).await;
+    let assign = |order: &str, to: &str| {
+        let path = format!("/v1/orders/{order}/assign");
+        let body = json!({ "courier_id": to });
+        let server = &server;
+        async move { server.ops_post(&path, &body, 200).await }
+    };
+    assign("order-2", COURIER).await;
+    courier.stream(&fixes[10..20], BATCH).await;
+    assert_eq!(history(ORDER).await, seqs(&fixes[..20]), "order-1 has all");
+    assert_eq!(
+        history("order-2").await,
+        seqs(&fixes[10..20]),
+        "order-2 has the frames sent after its assignment, at once"
+    );
+
+    assign(ORDER, "courier-2").await;
+    courier.stream(&fixes[20..30], BATCH).await;
+    assert_eq!(
+        history(ORDER).await,
+        seqs(&fixes[..20]),
+        "order-1 has nothing sent after it went to another courier"
+    );
+    assert_eq!(history("order-2").await, seqs(&fixes[10..30]));
+
+    for status in ["picked_up", "delivered"] {
+        server
+            .ops_post(
+                "/v1/orders/order-2/status",
+                &json!({ "status": status }),
+                200,
+            )
+            .await;
+    }
+    courier.stream(&fixes[30..], BATCH).await;
+    assert_eq!(
+        courier.acked,
+        fixes.last().unwrap().seq,
+        "every frame acked"
+    );
+    assert_eq!(
+        history("order-2").await,
+        seqs(&fixes[10..30]),
+        "a delivered order takes no more fixes"
+    );
+}
+
+fn seqs_of(history: &[trackline_tests::HistoryFix]) -> Vec<u64> {
+    history.iter().map(|f| f.seq).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn eta_counts_down_along_the_route_and_the_order_becomes_arriving() {
     let server = TestServer::start();
