@@ -203,10 +203,7 @@ impl CourierSession {
         if !empty && self.app.cluster.is_none() && stale(&self.routes, &self.app) {
             // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
             // each order actor must get the courier's frames in the order they came.
-            let lookup = self.app.registry.send(Lookup {
-                courier: self.courier.clone(),
-                here: Arbiter::current(),
-            });
+            let lookup = self.app.registry.send(Lookup(self.courier.clone()));
             ctx.wait(
                 fut::wrap_future(lookup).map(move |routes, act: &mut Self, ctx| {
                     act.routes = routes.ok();

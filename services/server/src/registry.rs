@@ -133,16 +133,6 @@ impl Registry {
 
     /// The running actor of an active order, started now if it was dormant.
     fn live(&mut self, order: &OrderId) -> Option<Addr<OrderActor>> {
-        self.live_on(order, None)
-    }
-
-    /// The running actor of an active order; if it was dormant, started now on `arbiter` (or on
-    /// the next order arbiter).
-    fn live_on(
-        &mut self,
-        order: &OrderId,
-        arbiter: Option<&ArbiterHandle>,
-    ) -> Option<Addr<OrderActor>> {
         let slot = self.orders.get_mut(order)?;
         match slot {
             Slot::Live(addr) if addr.connected() => Some(addr.clone()),
@@ -155,10 +145,8 @@ impl Registry {
                 };
                 // unwrap: deps is set in started(), before any message is handled
                 let deps = self.deps.clone().unwrap();
-                let arbiter = arbiter.unwrap_or_else(|| {
-                    self.next_arbiter += 1;
-                    &self.arbiters[self.next_arbiter % self.arbiters.len()]
-                });
+                let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+                self.next_arbiter += 1;
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
                 *slot = Slot::Live(addr.clone());
@@ -250,27 +238,19 @@ pub struct Routes {
     pub actors: Arc<[Addr<OrderActor>]>,
 }
 
-/// Where a courier's fixes go now. One node only: in broker mode frames go through [`Route`].
-///
-/// The actors of dormant orders are started on `here`, the asker's own thread: the courier
-/// session then hands its frames to them without waking another thread.
+/// Where a courier's fixes go now (starting the actors of dormant orders). One node only: in
+/// broker mode frames go through [`Route`].
 #[derive(Message)]
 #[rtype(result = "Routes")]
-pub struct Lookup {
-    pub courier: CourierId,
-    pub here: ArbiterHandle,
-}
+pub struct Lookup(pub CourierId);
 
 impl Handler<Lookup> for Registry {
     type Result = MessageResult<Lookup>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
         let version = self.version.current();
-        let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
-        let actors = orders
-            .iter()
-            .filter_map(|order| self.live_on(order, Some(&msg.here)))
-            .collect();
+        let orders = self.couriers.get(&msg.0).cloned().unwrap_or_default();
+        let actors = orders.iter().filter_map(|order| self.live(order)).collect();
         MessageResult(Routes { version, actors })
     }
 }
