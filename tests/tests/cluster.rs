@@ -975,3 +975,48 @@ async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
         assert!(cluster.node(node).nearby(far, 200.0, 10).await.is_empty());
     }
 }
+
+/// A create refused because the order exists takes back the courier link it made at the
+/// courier's home node (else that node would forward every frame of the courier's to an order
+/// that is not its), but not the link of the courier the order is assigned to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_refused_as_a_conflict_leaves_no_stray_courier_link() {
+    let (_broker, mut cluster) = start_cluster();
+    let order = Cluster::id_on(1, "dup-order");
+    let assigned = Cluster::id_on(2, "dup-assigned");
+    let other = Cluster::id_on(2, "dup-other");
+    let ops = cluster.node(0).ops_token();
+    let points = run_points(2);
+    let create_for = |courier: &str| {
+        NewOrder::new(&order, destination(&points))
+            .courier(courier)
+            .to_json()
+    };
+    let (reply, _) = cluster
+        .post(0, "/v1/orders", Some(&ops), &create_for(&assigned))
+        .await;
+    reply.expect_status(201);
+    for courier in [&other, &assigned] {
+        let (reply, _) = cluster
+            .post(0, "/v1/orders", Some(&ops), &create_for(courier))
+            .await;
+        reply.expect_error(409);
+    }
+
+    // Both couriers are homed on node c, which keeps their links in its store: read them there
+    // with the node stopped.
+    cluster.node_mut(2).kill();
+    let (store, _writer) = trackline_core::history::HistoryStore::open(cluster.node(2).data_dir())
+        .expect("node c's store opens once the node is gone");
+    let links: Vec<(String, String)> = trackline_core::links::LinkStore::open(&store)
+        .and_then(|links| links.all())
+        .expect("node c's courier links")
+        .into_iter()
+        .map(|(courier, order)| (courier.to_string(), order.to_string()))
+        .collect();
+    assert_eq!(
+        links,
+        vec![(assigned.clone(), order.clone())],
+        "only the assigned courier's link is kept"
+    );
+}

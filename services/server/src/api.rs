@@ -159,7 +159,13 @@ async fn create_order(
     if let Some(courier) = &record.courier_id {
         link_first(&app, courier, &order).await?;
     }
-    app.registry.send(Create(record)).await??;
+    let courier = record.courier_id.clone();
+    if let Err(error) = app.registry.send(Create(record)).await? {
+        if let Some(courier) = &courier {
+            unlink_unless_assigned(&app, courier, &order).await;
+        }
+        return Err(error);
+    }
     let watch_token = app
         .keys
         .mint(&Role::Watch(order.clone()), app.config.watch_token_ttl_s);
@@ -179,6 +185,26 @@ async fn link_first(app: &AppState, courier: &CourierId, order: &OrderId) -> Api
     match &app.cluster {
         Some(cluster) => cluster.link(courier, order, true).await,
         None => Ok(()),
+    }
+}
+
+/// Broker mode: takes back the link made for a create that was refused (the order exists), unless
+/// the existing order is assigned to that courier anyway. Left behind, the link would cost a
+/// forward of every frame of the courier's until the order ends.
+async fn unlink_unless_assigned(app: &AppState, courier: &CourierId, order: &OrderId) {
+    let Some(cluster) = &app.cluster else {
+        return;
+    };
+    let assigned = view_of(app, order)
+        .await
+        .ok()
+        .and_then(|view| view.courier_id);
+    if assigned.as_ref() == Some(courier) {
+        return;
+    }
+    if let Err(error) = cluster.link(courier, order, false).await {
+        tracing::warn!(%error, courier_id = %courier, order_id = %order,
+            "undoing the courier link of a refused create failed; it goes when the order ends");
     }
 }
 
