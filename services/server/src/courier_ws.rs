@@ -31,8 +31,7 @@ use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
 use crate::live_index::Upsert;
-use crate::order_actor::Ingest;
-use crate::order_actor::IngestReport;
+use crate::order_actor::{Ingest, IngestReport};
 use crate::registry::{CourierJoined, CourierLeft, Lookup, Route, Routes, Supersede};
 use crate::session::{
     close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
@@ -194,13 +193,8 @@ impl CourierSession {
         self.update_live_position(&valid);
         let frame = Unanswered { rejected, ack };
         let (fixes, invalid): (Arc<[Fix]>, Arc<[RejectCode]>) = (valid.into(), invalid.into());
-        let stale = |routes: &Option<Routes>, app: &AppState| {
-            routes
-                .as_ref()
-                .is_none_or(|r| r.version != app.routes_version.current())
-        };
         let empty = fixes.is_empty() && invalid.is_empty();
-        if !empty && self.app.cluster.is_none() && stale(&self.routes, &self.app) {
+        if !empty && self.app.cluster.is_none() && !self.routes_current() {
             // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
             // each order actor must get the courier's frames in the order they came.
             let lookup = self.app.registry.send(Lookup(self.courier.clone()));
@@ -213,6 +207,13 @@ impl CourierSession {
             return;
         }
         self.dispatch(frame, fixes, invalid, ctx);
+    }
+
+    /// Whether the copy of the routes is as new as the registry's routing table.
+    fn routes_current(&self) -> bool {
+        self.routes
+            .as_ref()
+            .is_some_and(|r| r.version == self.app.routes_version.current())
     }
 
     /// Sends a read frame's fixes on their way (to the order actors, or in broker mode to the
