@@ -1020,3 +1020,55 @@ async fn a_create_refused_as_a_conflict_leaves_no_stray_courier_link() {
         "only the assigned courier's link is kept"
     );
 }
+
+/// `GET /v1/orders` lists the whole fleet's orders on any node (each node keeps only the ones it
+/// owns), merged most recently updated first and cut at the limit; with a node down the list
+/// cannot be complete, and the call says so instead of answering short.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_list_is_the_whole_fleets_on_any_node() {
+    let (_broker, mut cluster) = start_cluster();
+    let ops = cluster.node(0).ops_token();
+    let points = run_points(2);
+    // Created one after another, so each is updated later than the one before.
+    let orders: Vec<String> = [2, 0, 1]
+        .iter()
+        .map(|&owner| Cluster::id_on(owner, "listed"))
+        .collect();
+    for order in &orders {
+        let new_order = NewOrder::new(order, destination(&points)).to_json();
+        let (reply, _) = cluster.post(0, "/v1/orders", Some(&ops), &new_order).await;
+        reply.expect_status(201);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let newest_first: Vec<String> = orders.iter().rev().cloned().collect();
+    let listed = |answer: Value| -> Vec<String> {
+        answer["orders"]
+            .as_array()
+            .unwrap_or_else(|| panic!("an order list: {answer}"))
+            .iter()
+            .map(|o| o["order_id"].as_str().expect("an order id").to_string())
+            .collect()
+    };
+    for node in 0..NODES.len() {
+        let (reply, _) = cluster.get(node, "/v1/orders?status=all", Some(&ops)).await;
+        assert_eq!(
+            listed(reply.expect_status(200)),
+            newest_first,
+            "the list on {}",
+            NODES[node]
+        );
+        let (reply, _) = cluster.get(node, "/v1/orders?limit=2", Some(&ops)).await;
+        assert_eq!(
+            listed(reply.expect_status(200)),
+            newest_first[..2],
+            "the two newest on {}",
+            NODES[node]
+        );
+    }
+
+    cluster.node_mut(2).kill();
+    let (reply, _) = cluster.get(0, "/v1/orders", Some(&ops)).await;
+    let text = reply.text.clone();
+    assert_eq!(reply.expect_error(503), "owner_unavailable");
+    assert!(text.contains("node-c"), "names the node missing: {text}");
+}

@@ -265,10 +265,14 @@ struct ListQuery {
 /// The most orders one listing returns.
 const MAX_LIST_LIMIT: usize = 10_000;
 
-/// `GET /v1/orders`: orders, most recently updated first.
+/// `GET /v1/orders`: orders, most recently updated first. In broker mode each node keeps the
+/// orders it owns, so the node asked gathers the lists of all (the same query on each) and
+/// merges them; a node that does not answer makes the call fail (503) rather than the list
+/// silently short.
 async fn list_orders(
     caller: Caller,
     app: App,
+    req: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
@@ -305,6 +309,29 @@ async fn list_orders(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if let Some(cluster) = app
+        .cluster
+        .as_ref()
+        .filter(|_| !crate::forward::is_forwarded(&req))
+    {
+        let asked = cluster
+            .others()
+            .map(|node| crate::forward::replay_at(cluster, node, &req, bytes::Bytes::new()));
+        for answer in futures_util::future::join_all(asked).await {
+            let answer = answer?;
+            if crate::forward::answer_status(&answer) != actix_web::http::StatusCode::OK {
+                // Its own error (an answer too large for the broker, say), as it gave it.
+                return Ok(crate::forward::owners_answer(&answer));
+            }
+            #[derive(Deserialize)]
+            struct Listed {
+                orders: Vec<OrderView>,
+            }
+            let listed: Listed = serde_json::from_slice(&answer.payload)
+                .map_err(|e| ApiError::Internal(format!("another node's order list: {e}")))?;
+            views.extend(listed.orders);
+        }
+    }
     views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
     views.truncate(limit);
     Ok(HttpResponse::Ok().json(json!({"orders": views})))

@@ -248,6 +248,14 @@ impl Cluster {
         &self.nodes[trackline_core::cluster::owner(courier.as_str(), &self.nodes)]
     }
 
+    /// Every node but this one.
+    pub fn others(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .map(String::as_str)
+            .filter(|node| *node != self.node)
+    }
+
     pub fn owns(&self, order: &OrderId) -> bool {
         self.owner_of(order) == self.node
     }

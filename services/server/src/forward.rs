@@ -12,12 +12,12 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use trackline_core::OrderId;
 
-use crate::cluster::Kind;
+use crate::cluster::{CallError, Cluster, Kind};
 use crate::cluster_serve::headers;
 use crate::error::ApiError;
 use crate::AppState;
@@ -49,7 +49,7 @@ pub async fn to_owner(
         .app_data::<web::Data<Arc<AppState>>>()
         .map(|data| data.get_ref().clone());
     let cluster = app.as_ref().and_then(|app| app.cluster.clone());
-    let Some(cluster) = cluster.filter(|_| !req.headers().contains_key(headers::FORWARDED)) else {
+    let Some(cluster) = cluster.filter(|_| !is_forwarded(req.request())) else {
         return next
             .call(req)
             .await
@@ -108,6 +108,25 @@ pub async fn to_owner(
                 .map(ServiceResponse::map_into_left_body);
         }
     };
+    let response = match replay_at(&cluster, &owner, req.request(), body).await {
+        Ok(answer) => owners_answer(&answer),
+        Err(e) => ApiError::from(e).error_response(),
+    };
+    Ok(req.into_response(response).map_into_right_body())
+}
+
+/// Whether `req` is a call that another node replays here (which this node answers itself).
+pub fn is_forwarded(req: &HttpRequest) -> bool {
+    req.headers().contains_key(headers::FORWARDED)
+}
+
+/// Has `node` answer `req` (method, path and query, token, `body`) as if it had been asked.
+pub async fn replay_at(
+    cluster: &Cluster,
+    node: &str,
+    req: &HttpRequest,
+    body: Bytes,
+) -> Result<async_nats::Message, CallError> {
     let mut forwarded = HeaderMap::new();
     forwarded.insert(headers::METHOD, req.method().as_str());
     let path = req
@@ -123,21 +142,24 @@ pub async fn to_owner(
             forwarded.insert(name, value);
         }
     }
-    let response = match cluster.request(&owner, Kind::Http, forwarded, body).await {
-        Ok(answer) => owners_answer(&answer),
-        Err(e) => ApiError::from(e).error_response(),
-    };
-    Ok(req.into_response(response).map_into_right_body())
+    cluster.request(node, Kind::Http, forwarded, body).await
 }
 
-/// The owner's answer as this node's response.
-fn owners_answer(answer: &async_nats::Message) -> HttpResponse {
-    let header = |name: &str| answer.headers.as_ref().and_then(|h| h.get(name));
-    let status = header(headers::STATUS)
+/// The status of another node's answer (502 when it carries none).
+pub fn answer_status(answer: &async_nats::Message) -> StatusCode {
+    answer
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::STATUS))
         .and_then(|s| s.as_str().parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = HttpResponse::build(status);
+        .unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// The owner's (or another node's) answer as this node's response.
+pub fn owners_answer(answer: &async_nats::Message) -> HttpResponse {
+    let header = |name: &str| answer.headers.as_ref().and_then(|h| h.get(name));
+    let mut response = HttpResponse::build(answer_status(answer));
     if let Some(content_type) = header(headers::CONTENT_TYPE) {
         response.insert_header((header::CONTENT_TYPE, content_type.as_str()));
     }
