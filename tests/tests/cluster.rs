@@ -1049,20 +1049,18 @@ async fn the_order_list_is_the_whole_fleets_on_any_node() {
             .map(|o| o["order_id"].as_str().expect("an order id").to_string())
             .collect()
     };
-    for node in 0..NODES.len() {
+    for (node, name) in NODES.iter().enumerate() {
         let (reply, _) = cluster.get(node, "/v1/orders?status=all", Some(&ops)).await;
         assert_eq!(
             listed(reply.expect_status(200)),
             newest_first,
-            "the list on {}",
-            NODES[node]
+            "the list on {name}"
         );
         let (reply, _) = cluster.get(node, "/v1/orders?limit=2", Some(&ops)).await;
         assert_eq!(
             listed(reply.expect_status(200)),
             newest_first[..2],
-            "the two newest on {}",
-            NODES[node]
+            "the two newest on {name}"
         );
     }
 
