@@ -1070,3 +1070,57 @@ async fn the_order_list_is_the_whole_fleets_on_any_node() {
     assert_eq!(reply.expect_error(503), "owner_unavailable");
     assert!(text.contains("node-c"), "names the node missing: {text}");
 }
+
+/// A purge asked of one node purges every node's store with one cutoff and answers the totals;
+/// with a node down it says so (503) rather than answering for part of the fleet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_on_any_node_purges_the_whole_fleet() {
+    let (_broker, mut cluster) = start_cluster();
+    let ops = cluster.node(0).ops_token();
+    let courier = Cluster::id_on(0, "purge-courier");
+    let points = run_points(12);
+    let orders: Vec<String> = (0..NODES.len())
+        .map(|owner| Cluster::id_on(owner, "purged"))
+        .collect();
+    for order in &orders {
+        cluster
+            .node(0)
+            .create_order(&run_order(order, &courier, &points))
+            .await;
+    }
+    let fixes = trip_fixes(&points, 1);
+    let mut client = cluster.node(0).courier(&courier).await;
+    client.stream(&fixes, 4).await;
+    for order in &orders {
+        assert_eq!(
+            history_everywhere(&cluster, order).await.len(),
+            fixes.len(),
+            "{order} before the purge"
+        );
+    }
+
+    let cutoff = json!({ "before_ms": fixes.last().expect("fixes").time_ms + 1 });
+    let (reply, _) = cluster
+        .post(1, "/v1/admin/purge", Some(&ops), &cutoff)
+        .await;
+    let purged = reply.expect_status(200);
+    assert_eq!(
+        purged["fixes"],
+        orders.len() * fixes.len(),
+        "every node's fixes: {purged}"
+    );
+    for order in &orders {
+        assert!(
+            history_everywhere(&cluster, order).await.is_empty(),
+            "{order} after the purge"
+        );
+    }
+
+    cluster.node_mut(2).kill();
+    let (reply, _) = cluster
+        .post(0, "/v1/admin/purge", Some(&ops), &cutoff)
+        .await;
+    let text = reply.text.clone();
+    assert_eq!(reply.expect_error(503), "owner_unavailable");
+    assert!(text.contains("node-c"), "names the node missing: {text}");
+}

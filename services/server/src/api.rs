@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use trackline_core::auth::{Role, DEFAULT_TTL_S};
@@ -15,6 +16,7 @@ use crate::auth::{authenticate, Caller, TokenSource};
 use crate::courier_ws::CourierSession;
 use crate::error::{ApiError, ApiResult};
 use crate::fanout::Resume;
+use crate::forward;
 use crate::frames::{Frame, FrameKind, WatchFormat};
 use crate::history_formats::{self, HistoryFormat};
 use crate::live_index::NearbyQuery;
@@ -309,27 +311,15 @@ async fn list_orders(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    if let Some(cluster) = app
-        .cluster
-        .as_ref()
-        .filter(|_| !crate::forward::is_forwarded(&req))
-    {
-        let asked = cluster
-            .others()
-            .map(|node| crate::forward::replay_at(cluster, node, &req, bytes::Bytes::new()));
-        for answer in futures_util::future::join_all(asked).await {
-            let answer = answer?;
-            if crate::forward::answer_status(&answer) != actix_web::http::StatusCode::OK {
-                // Its own error (an answer too large for the broker, say), as it gave it.
-                return Ok(crate::forward::owners_answer(&answer));
-            }
-            #[derive(Deserialize)]
-            struct Listed {
-                orders: Vec<OrderView>,
-            }
-            let listed: Listed = serde_json::from_slice(&answer.payload)
-                .map_err(|e| ApiError::Internal(format!("another node's order list: {e}")))?;
-            views.extend(listed.orders);
+    if let Some(cluster) = fleet_call(&app, &req) {
+        #[derive(Deserialize)]
+        struct Listed {
+            orders: Vec<OrderView>,
+        }
+        let others = forward::ask_others::<Listed>(cluster, &req, Bytes::new()).await;
+        match others {
+            Ok(others) => views.extend(others.into_iter().flat_map(|listed| listed.orders)),
+            Err(response) => return Ok(response),
         }
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
@@ -633,7 +623,24 @@ struct PurgeBody {
     before_ms: Option<i64>,
 }
 
-async fn purge(caller: Caller, app: App, body: web::Json<PurgeBody>) -> ApiResult<HttpResponse> {
+/// Broker mode: the cluster, when `req` is a call about the whole fleet that this node was asked
+/// first (and so asks the others); `None` on one node, and on a node that another one asks.
+fn fleet_call<'a>(app: &'a AppState, req: &HttpRequest) -> Option<&'a crate::cluster::Cluster> {
+    app.cluster
+        .as_deref()
+        .filter(|_| !forward::is_forwarded(req))
+}
+
+/// `POST /v1/admin/purge`: history before `before_ms` (default: the retention period) goes. In
+/// broker mode on every node, with one cutoff: the node asked purges its store and has every
+/// other node purge with the same `before_ms`, and answers the totals. When a node does not
+/// answer the call fails (503) although the others purged: purging again is harmless.
+async fn purge(
+    caller: Caller,
+    app: App,
+    req: HttpRequest,
+    body: web::Json<PurgeBody>,
+) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let before_ms = match (body.before_ms, app.config.retention()) {
         (Some(before), _) => before,
@@ -655,8 +662,23 @@ async fn purge(caller: Caller, app: App, body: web::Json<PurgeBody>) -> ApiResul
         orders = stats.orders,
         "purged on request"
     );
-    Ok(HttpResponse::Ok()
-        .json(json!({"before_ms": before_ms, "fixes": stats.fixes, "orders": stats.orders})))
+    let (mut fixes, mut orders) = (stats.fixes, stats.orders);
+    if let Some(cluster) = fleet_call(&app, &req) {
+        #[derive(Deserialize)]
+        struct Purged {
+            fixes: usize,
+            orders: usize,
+        }
+        let same_cutoff = Bytes::from(json!({ "before_ms": before_ms }).to_string());
+        match forward::ask_others::<Purged>(cluster, &req, same_cutoff).await {
+            Ok(others) => {
+                fixes += others.iter().map(|p| p.fixes).sum::<usize>();
+                orders += others.iter().map(|p| p.orders).sum::<usize>();
+            }
+            Err(response) => return Ok(response),
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({"before_ms": before_ms, "fixes": fixes, "orders": orders})))
 }
 
 /// Request bodies are small JSON documents; a planned route is the largest (20,000 points).

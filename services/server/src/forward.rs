@@ -145,8 +145,34 @@ pub async fn replay_at(
     cluster.request(node, Kind::Http, forwarded, body).await
 }
 
+/// Broker mode, for the calls about the whole fleet: the same call (with `body`) answered by
+/// every other node, each 200 answer parsed. The error is this call's response: 503 naming a
+/// node that does not answer, or another node's own error as it gave it.
+pub async fn ask_others<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    req: &HttpRequest,
+    body: Bytes,
+) -> Result<Vec<T>, HttpResponse> {
+    let asked = cluster
+        .others()
+        .map(|node| replay_at(cluster, node, req, body.clone()));
+    let mut parsed = Vec::new();
+    for answer in futures_util::future::join_all(asked).await {
+        let answer = answer.map_err(|e| ApiError::from(e).error_response())?;
+        if answer_status(&answer) != StatusCode::OK {
+            return Err(owners_answer(&answer));
+        }
+        let answer = serde_json::from_slice(&answer.payload).map_err(|e| {
+            ApiError::Internal(format!("another node's answer to {}: {e}", req.path()))
+                .error_response()
+        })?;
+        parsed.push(answer);
+    }
+    Ok(parsed)
+}
+
 /// The status of another node's answer (502 when it carries none).
-pub fn answer_status(answer: &async_nats::Message) -> StatusCode {
+fn answer_status(answer: &async_nats::Message) -> StatusCode {
     answer
         .headers
         .as_ref()
@@ -157,7 +183,7 @@ pub fn answer_status(answer: &async_nats::Message) -> StatusCode {
 }
 
 /// The owner's (or another node's) answer as this node's response.
-pub fn owners_answer(answer: &async_nats::Message) -> HttpResponse {
+fn owners_answer(answer: &async_nats::Message) -> HttpResponse {
     let header = |name: &str| answer.headers.as_ref().and_then(|h| h.get(name));
     let mut response = HttpResponse::build(answer_status(answer));
     if let Some(content_type) = header(headers::CONTENT_TYPE) {
