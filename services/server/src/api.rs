@@ -68,8 +68,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// A REST resource about one order, which in broker mode the order's owner answers
 /// ([`crate::forward`]). Only these go through the forwarding middleware: the streams never
-/// do, and a middleware on every request would stay with every WebSocket connection for its
-/// whole life (measured: ~3.8 KiB per idle connection).
+/// need it, and with it on every request each idle WebSocket connection held ~3.8 KiB more
+/// (measured with 10,000 connections, even on one node).
 fn order_call(
     path: &str,
 ) -> actix_web::Resource<
@@ -81,7 +81,7 @@ fn order_call(
         InitError = (),
     >,
 > {
-    web::resource(path).wrap(actix_web::middleware::from_fn(crate::forward::to_owner))
+    web::resource(path).wrap(actix_web::middleware::from_fn(forward::to_owner))
 }
 
 fn order_id(raw: &str) -> ApiResult<OrderId> {
