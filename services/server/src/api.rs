@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use trackline_core::auth::{Role, DEFAULT_TTL_S};
 use trackline_core::fix::Fix;
+use trackline_core::history::PurgeStats;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
 use trackline_core::{now_ms, CourierId, LatLon, OrderId};
 
@@ -664,13 +665,9 @@ async fn purge(
     );
     let (mut fixes, mut orders) = (stats.fixes, stats.orders);
     if let Some(cluster) = fleet_call(&app, &req) {
-        #[derive(Deserialize)]
-        struct Purged {
-            fixes: usize,
-            orders: usize,
-        }
+        // Each node answers with its own figures (the same fields as PurgeStats).
         let same_cutoff = Bytes::from(json!({ "before_ms": before_ms }).to_string());
-        match forward::ask_others::<Purged>(cluster, &req, same_cutoff).await {
+        match forward::ask_others::<PurgeStats>(cluster, &req, same_cutoff).await {
             Ok(others) => {
                 fixes += others.iter().map(|p| p.fixes).sum::<usize>();
                 orders += others.iter().map(|p| p.orders).sum::<usize>();

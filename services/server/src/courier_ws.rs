@@ -192,9 +192,13 @@ impl CourierSession {
         }
         self.update_live_position(&valid);
         let frame = Unanswered { rejected, ack };
+        if valid.is_empty() && invalid.is_empty() {
+            // An empty frame: nothing to store, answered in its turn like any other.
+            let nothing: Routed = Box::pin(futures_util::future::ready(Ok(Vec::new())));
+            return self.queue(frame, nothing, ctx);
+        }
         let (fixes, invalid): (Arc<[Fix]>, Arc<[RejectCode]>) = (valid.into(), invalid.into());
-        let empty = fixes.is_empty() && invalid.is_empty();
-        if !empty && self.app.cluster.is_none() && !self.routes_current() {
+        if self.app.cluster.is_none() && !self.routes_current() {
             // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
             // each order actor must get the courier's frames in the order they came.
             let lookup = self.app.registry.send(Lookup(self.courier.clone()));
@@ -216,8 +220,8 @@ impl CourierSession {
             .is_some_and(|r| r.version == self.app.routes_version.current())
     }
 
-    /// Sends a read frame's fixes on their way (to the order actors, or in broker mode to the
-    /// registry) and queues it to be answered in its turn.
+    /// Sends a read frame's fixes (some, or refusals to count) on their way: to the order actors,
+    /// or in broker mode to the registry; and queues the frame to be answered in its turn.
     fn dispatch(
         &mut self,
         frame: Unanswered,
@@ -225,10 +229,7 @@ impl CourierSession {
         invalid: Arc<[RejectCode]>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let routed: Routed = if fixes.is_empty() && invalid.is_empty() {
-            // An empty frame: nothing to store, answered in its turn like any other.
-            Box::pin(futures_util::future::ready(Ok(Vec::new())))
-        } else if self.app.cluster.is_none() {
+        let routed: Routed = if self.app.cluster.is_none() {
             // Routed even when every fix was refused: the orders count what their courier sent
             // wrong. Each send goes on a fresh clone of the actor's address: actix queues a
             // message at once only on a sender that is not parked, and a parked shared one
