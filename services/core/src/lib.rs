@@ -8,6 +8,8 @@ pub mod eta_eval;
 pub mod export;
 pub mod filter;
 pub mod fix;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 pub mod history;
 pub mod ids;
 pub mod links;

@@ -110,31 +110,7 @@ pub fn write_csv(fixes: &[Fix], out: impl Write) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixes() -> Vec<Fix> {
-        vec![
-            Fix {
-                seq: 7,
-                time_ms: 1_608_272_150_125,
-                pos: LatLon::new(45.273_518_9, 13.714_21),
-                accuracy_m: Some(4.5),
-                speed_mps: None,
-                heading_deg: Some(90.0),
-            },
-            Fix {
-                seq: 8,
-                time_ms: 1_608_272_160_000,
-                pos: LatLon::new(45.273_413_3, 13.714_188_5),
-                accuracy_m: None,
-                speed_mps: Some(1.25),
-                heading_deg: None,
-            },
-        ]
-    }
-
-    fn order() -> OrderId {
-        OrderId::new("o-1").unwrap()
-    }
+    use trackline_core::fixtures::{order, two_fixes as fixes};
 
     #[test]
     fn csv_keeps_milliseconds_and_reads_back_as_a_trip() {
