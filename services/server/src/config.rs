@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_DATA_DIR", default_value = "./trackline-data")]
     pub data_dir: PathBuf,
 
+    /// Seconds of history kept in the store's write-ahead log before they are folded into sled
+    /// as compact blocks (each fix is durable in the log at once; this bounds the log's size and
+    /// how often sled is written).
+    #[arg(long, env = "TRACKLINE_COMPACT_EVERY_S", default_value_t = 15.0)]
+    pub compact_every_s: f64,
+
     /// Secret that signs and verifies tokens. Without one a random development secret is used.
     #[arg(long, env = "TRACKLINE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -38,9 +44,19 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_ARRIVAL_RADIUS_M", default_value_t = 100.0)]
     pub arrival_radius_m: f64,
 
-    /// Updates kept per order so that a reconnecting watcher can resume without a gap.
-    #[arg(long, env = "TRACKLINE_RESUME_BUFFER", default_value_t = 512)]
+    /// Updates kept per order so that a reconnecting watcher can resume without a gap: at most
+    /// this many, none older than --resume-max-age-s and within --resume-max-bytes. A resume from
+    /// further back gets a snapshot with `recovered: false`. 0 keeps none.
+    #[arg(long, env = "TRACKLINE_RESUME_BUFFER", default_value_t = 64)]
     pub resume_buffer: usize,
+
+    /// Oldest update a resuming watcher is still replayed, in seconds since it was published.
+    #[arg(long, env = "TRACKLINE_RESUME_MAX_AGE_S", default_value_t = 60)]
+    pub resume_max_age_s: u64,
+
+    /// Memory the resume buffer of one order may hold, in bytes (an update takes 72).
+    #[arg(long, env = "TRACKLINE_RESUME_MAX_BYTES", default_value_t = 8192)]
+    pub resume_max_bytes: usize,
 
     /// Frames that may wait for one watcher before it counts as slow and gets only the latest
     /// state (conflation). Frames are shared between watchers, so a queued frame costs a pointer;

@@ -17,9 +17,12 @@ pub enum WatchFormat {
 }
 
 impl WatchFormat {
+    /// The subprotocol of JSON text frames.
     pub const JSON_PROTOCOL: &'static str = "trackline.v1.json";
+    /// The subprotocol of protobuf binary frames.
     pub const PROTO_PROTOCOL: &'static str = "trackline.v1.proto";
 
+    /// The subprotocol name of this format.
     pub fn protocol(self) -> &'static str {
         match self {
             WatchFormat::Json => Self::JSON_PROTOCOL,
@@ -63,8 +66,11 @@ struct JsonFrame<'a> {
 /// A frame between nodes (broker mode): the state, without its encodings.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireFrame {
+    /// The state.
     pub view: OrderView,
+    /// Snapshot or update.
     pub kind: FrameKind,
+    /// Replayed after a resume.
     pub recovered: bool,
 }
 
@@ -72,8 +78,11 @@ pub struct WireFrame {
 ///
 /// Each encoding is made the first time a watcher of that kind needs it, then shared by every
 /// watcher: an order nobody watches, or watched only in JSON, never pays for the other one.
+/// A frame lives while it is the order's latest state or on its way to a watcher; the resume
+/// buffer keeps no frames (see `fanout`), so past updates cost no encodings.
 #[derive(Debug)]
 pub struct Frame {
+    /// The state it shows.
     pub view: OrderView,
     kind: FrameKind,
     recovered: bool,
@@ -118,6 +127,7 @@ impl Frame {
             .clone()
     }
 
+    /// Snapshot or update.
     pub fn kind(&self) -> FrameKind {
         self.kind
     }
@@ -134,11 +144,6 @@ impl Frame {
     /// A frame received from another node.
     pub fn from_wire(wire: WireFrame) -> Arc<Frame> {
         Frame::encode(wire.view, wire.kind, wire.recovered)
-    }
-
-    /// The same state, replayed to a watcher that resumed.
-    pub fn replayed(&self) -> Arc<Frame> {
-        Frame::encode(self.view.clone(), FrameKind::Update, true)
     }
 }
 

@@ -301,7 +301,7 @@ pub async fn run(
     let arbiters: Vec<Arbiter> = (0..workers.max(1)).map(|_| Arbiter::new()).collect();
     let order_settings = Arc::new(order_actor::OrderSettings {
         arrival_radius_m: config.arrival_radius_m,
-        resume_buffer: config.resume_buffer,
+        resume: fanout::ResumeLimits::from_config(&config),
         slow_watcher_timeout: Duration::from_secs(config.slow_watcher_timeout_s),
         ..Default::default()
     });

@@ -36,7 +36,8 @@ pub struct OrderDeps {
 #[derive(Debug, Clone, Default)]
 pub struct OrderSettings {
     pub arrival_radius_m: f64,
-    pub resume_buffer: usize,
+    /// What bounds each order's resume buffer.
+    pub resume: crate::fanout::ResumeLimits,
     /// A watcher slow for this long is closed with 4008.
     pub slow_watcher_timeout: Duration,
     pub filter: FilterConfig,
@@ -104,7 +105,7 @@ impl OrderActor {
         let published = Frame::encode(record.view(), FrameKind::Update, false);
         let stream = Fanout::new(
             published,
-            deps.settings.resume_buffer,
+            deps.settings.resume,
             deps.settings.slow_watcher_timeout,
         );
         Self {

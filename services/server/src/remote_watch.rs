@@ -166,7 +166,7 @@ impl RemoteOrder {
             let Some(stream) = self.stream.as_mut() else {
                 let stream = Fanout::new(
                     frame,
-                    self.settings.resume_buffer,
+                    self.settings.resume,
                     self.settings.slow_watcher_timeout,
                 );
                 self.stream = Some(stream);
