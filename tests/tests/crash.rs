@@ -14,6 +14,9 @@
 //! restart, resend everything unacked with the same seqs before streaming new fixes; the server
 //! must store each fix once however often it arrives. At the end every fix ever sent is stored.
 //!
+//! The server folds its write-ahead log into sled every quarter second here (15 s by default), so
+//! kills also land in the middle of a compaction and restarts fold what it left.
+//!
 //! `TRACKLINE_CRASH_CYCLES` sets the number of kill/restart cycles (default 5);
 //! `TRACKLINE_CRASH_SEED` replays a run (the seed is printed). `tests/crash-check.sh` runs this
 //! test with 20 cycles.
@@ -37,6 +40,8 @@ use trackline_tests::{
 const CYCLES_VAR: &str = "TRACKLINE_CRASH_CYCLES";
 const SEED_VAR: &str = "TRACKLINE_CRASH_SEED";
 const DEFAULT_CYCLES: usize = 5;
+/// How often the server folds its write-ahead log into sled during the test.
+const COMPACT_EVERY_S: &str = "0.25";
 
 /// Courier `a` serves two orders (each fix goes to both), courier `b` one.
 const COURIERS: [&str; 2] = ["crash-courier-a", "crash-courier-b"];
@@ -495,7 +500,16 @@ async fn acked_fixes_and_order_state_survive_sigkill_at_random_moments() {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
 
-    let mut server = TestServer::start_binary(&["--max-frames-per-s", "1000", "--workers", "2"]);
+    // The log is folded into sled several times a second, so that kills land before, during
+    // and after compactions, and restarts fold what a killed compaction left.
+    let mut server = TestServer::start_binary(&[
+        "--max-frames-per-s",
+        "1000",
+        "--workers",
+        "2",
+        "--compact-every-s",
+        COMPACT_EVERY_S,
+    ]);
     for (order, courier) in ORDERS {
         let index = COURIERS.iter().position(|c| *c == courier).unwrap();
         server

@@ -32,7 +32,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tokio::sync::watch;
 use trackline_core::auth::TokenKeys;
-use trackline_core::history::{HistoryStore, WriterGuard};
+use trackline_core::history::{HistoryStore, StoreOptions, WriterGuard};
 use trackline_core::order::OrderRecord;
 use trackline_core::spatial::SpatialIndex;
 
@@ -276,7 +276,11 @@ pub async fn run(
     ready: Option<std::sync::mpsc::Sender<Result<(), String>>>,
 ) -> anyhow::Result<WriterGuard> {
     let started = std::time::Instant::now();
-    let opened = HistoryStore::open(&config.data_dir)
+    let store_options = StoreOptions {
+        compact_every: Duration::from_secs_f64(config.compact_every_s.clamp(0.01, 86_400.0)),
+        ..Default::default()
+    };
+    let opened = HistoryStore::open_with(&config.data_dir, store_options)
         .with_context(|| format!("opening history at {}", config.data_dir.display()))
         .and_then(|(store, writer)| Ok((recover(&store, config.live_ttl_s)?, store, writer)));
     let opened = match opened {

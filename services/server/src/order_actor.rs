@@ -12,7 +12,7 @@ use actix::prelude::*;
 use trackline_core::eta::{EtaConfig, EtaEstimator};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::{Fix, RejectCode, Rejection};
-use trackline_core::history::{HistoryStore, WriteBatch};
+use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView, Position};
 use trackline_core::{now_ms, CourierId};
 
@@ -92,6 +92,11 @@ pub struct OrderActor {
     stream: Fanout,
     /// Frames whose changes are not yet known to be durable, oldest first.
     unpublished: std::collections::VecDeque<Arc<Frame>>,
+    /// The record changed in more than its progress (status, courier, counts of refused fixes)
+    /// since it was last handed to the store whole: the next write carries it whole.
+    record_changed: bool,
+    /// The offset and last seq of the last state handed to the store.
+    persisted: (u64, u64),
 }
 
 impl OrderActor {
@@ -103,6 +108,7 @@ impl OrderActor {
         );
         let filter = GpsFilter::new(deps.settings.filter.clone());
         let published = Frame::encode(record.view(), FrameKind::Update, false);
+        let persisted = (record.offset, record.last_seq);
         let stream = Fanout::new(
             published,
             deps.settings.resume,
@@ -115,6 +121,8 @@ impl OrderActor {
             deps,
             stream,
             unpublished: Default::default(),
+            record_changed: false,
+            persisted,
         }
     }
 
@@ -143,16 +151,31 @@ impl OrderActor {
         }
     }
 
-    /// Persists the record (with `fixes`) and, once durable, publishes the frames up to now.
+    /// Persists `fixes` with what changed of the record and, once durable, publishes the frames
+    /// up to now.
+    ///
+    /// The record goes whole only when more than its progress changed; otherwise only the
+    /// progress (offset, last seq, position, ETA), and nothing of it when the state did not move
+    /// (a resend): the store lays progress over the last whole record when it reads.
     fn persist(
         &mut self,
         fixes: Vec<(trackline_core::OrderId, Fix)>,
     ) -> impl ActorFuture<Self, Output = Result<(), String>> {
         let offset = self.record.offset;
-        let commit = self.deps.store.commit(WriteBatch {
+        let now = (offset, self.record.last_seq);
+        let whole = std::mem::take(&mut self.record_changed);
+        let mut batch = WriteBatch {
             fixes,
-            orders: vec![self.record.clone()],
-        });
+            ..Default::default()
+        };
+        if whole {
+            batch.orders.push(self.record.clone());
+        } else if now != self.persisted || !batch.fixes.is_empty() {
+            let id = self.record.order_id.clone();
+            batch.progress.push((id, Progress::of(&self.record)));
+        }
+        self.persisted = now;
+        let commit = self.deps.store.commit(batch);
         commit.into_actor(self).map(move |outcome, act, ctx| match outcome {
             Ok(()) => {
                 act.publish_through(offset, ctx);
@@ -160,6 +183,8 @@ impl OrderActor {
             }
             Err(error) => {
                 tracing::error!(order_id = %act.record.order_id, %error, "history write failed");
+                // The next write carries the whole record, and with it what this one failed to.
+                act.record_changed = true;
                 Err(error.to_string())
             }
         })
@@ -174,6 +199,7 @@ impl OrderActor {
             && estimate.to_destination_m <= self.deps.settings.arrival_radius_m
         {
             self.record.set_status(OrderStatus::Arriving, fix.time_ms);
+            self.record_changed = true;
         }
         self.next_frame();
     }
@@ -190,6 +216,7 @@ impl OrderActor {
         // the courier sends after that must reach the orders it names (courier sessions keep a
         // copy of their routes, and check it against the registry's version at every frame).
         let relinked = relink.map(|relink| self.deps.registry.send(relink));
+        self.record_changed = true;
         self.next_frame();
         Box::pin(
             self.persist(Vec::new())
@@ -235,6 +262,7 @@ impl Handler<Ingest> for OrderActor {
         }
         for code in msg.invalid.iter() {
             self.record.count_rejected(*code);
+            self.record_changed = true;
         }
         // Restored if the commit fails: the app resends after the 1011 close, and those fixes
         // must then be stored, not skipped as already seen.
@@ -254,6 +282,7 @@ impl Handler<Ingest> for OrderActor {
                 Verdict::Duplicate => {}
                 Verdict::Rejected(rejection) => {
                     self.record.count_rejected(rejection.code);
+                    self.record_changed = true;
                     report.rejected.push((fix.seq, rejection));
                 }
             }
