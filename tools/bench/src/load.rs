@@ -7,7 +7,12 @@
 //! north (22 m/s at one fix per millisecond: plausible for the GPS filter). The generator keeps
 //! the send instant of each counter in a ring per courier, so the watcher finds the exact send
 //! time of whatever it receives, at nanosecond resolution, with the same payload for every peer.
+//!
+//! The fleet pace ([`Pace::Fleet`]) keeps that scheme with a courier's own period: `time_ms =
+//! base + counter * period`, stamped at the moment of sending, and positions along a course
+//! ([`crate::course`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{stream, SinkExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
@@ -29,11 +34,18 @@ use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::CourierId;
 use trackline_proto::v1::{server_frame, CourierFrame, Fix, OrderUpdate, ServerFrame};
 
+use crate::course::{DeviceClock, Schedule};
 use crate::peers::{Peer, SECRET};
 use crate::stats::{new_histogram, CpuMeter, LatencySummary};
 use crate::wire::{self, MqttParser, NatsIn, NatsParser, Resp, Ws};
 
+/// Send instants kept per courier: the counters a late update may still carry. At one fix per
+/// millisecond, 16 s.
 const RING: usize = 1 << 14;
+/// The same for the fleet pace: at one fix per second or slower, over four minutes.
+const FLEET_RING: usize = 256;
+/// Orders created and connections opened at once while a load is set up (not measured).
+const SETUP_CONCURRENCY: usize = 32;
 
 /// How the couriers pace themselves.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -44,6 +56,9 @@ pub enum Pace {
     Window(usize),
     /// Open loop: this many fixes per second per courier, whatever happens.
     Rate(f64),
+    /// Open loop as a fleet sends: one fix per frame, each courier at its own period and phase,
+    /// device times that follow wall time, positions along a plausible course.
+    Fleet(Schedule),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,11 +97,32 @@ struct Lane {
     /// The highest counter a watcher received: everything up to it has left the window, even
     /// updates a server conflated away.
     received: AtomicU64,
+    /// How the courier stamps its fixes, so the watcher reads the counter back.
+    device: DeviceClock,
+}
+
+impl Lane {
+    fn new(ring: usize, window: usize, device: DeviceClock) -> Self {
+        Self {
+            sent_ns: (0..ring).map(|_| AtomicU64::new(0)).collect(),
+            window: Semaphore::new(window),
+            received: AtomicU64::new(0),
+            device,
+        }
+    }
+
+    /// Where the send instant of fix `counter` is kept.
+    fn sent(&self, counter: u64) -> &AtomicU64 {
+        &self.sent_ns[counter as usize % self.sent_ns.len()]
+    }
 }
 
 struct Clock {
     origin: Instant,
     base_ms: i64,
+    /// The first fix may go out now; `start_wall_ms` is the same moment in wall time.
+    start: Instant,
+    start_wall_ms: i64,
     t0: Instant,
     t1: Instant,
 }
@@ -107,9 +143,16 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Where courier `i` starts, in degrees: a grid 1.1 km apart.
+fn start_deg(i: usize) -> (f64, f64) {
+    (
+        45.0 + (i % 200) as f64 * 0.01,
+        13.0 + (i / 200) as f64 * 0.01,
+    )
+}
+
 fn start_e7(i: usize) -> (i32, i32) {
-    let lat = 45.0 + (i % 200) as f64 * 0.01;
-    let lon = 13.0 + (i / 200) as f64 * 0.01;
+    let (lat, lon) = start_deg(i);
     (trackline_proto::to_e7(lat), trackline_proto::to_e7(lon))
 }
 
@@ -302,21 +345,20 @@ async fn run_watcher(
         let now = Instant::now();
         let now_ns = clock.ns();
         for t in times.drain(..) {
-            let c = t - clock.base_ms;
-            if c <= 0 {
+            let Some(c) = lane.device.counter_of(t) else {
                 continue;
-            }
-            let sent = lane.sent_ns[c as usize % RING].load(Ordering::Relaxed);
+            };
+            let sent = lane.sent(c).load(Ordering::Relaxed);
             // Only an order's first watcher paces its courier (limit 0 for the others).
             let prev = if limit > 0 {
-                lane.received.fetch_max(c as u64, Ordering::Relaxed)
+                lane.received.fetch_max(c, Ordering::Relaxed)
             } else {
                 u64::MAX
             };
-            if c as u64 > prev {
+            if c > prev {
                 let room = limit.saturating_sub(lane.window.available_permits());
                 lane.window
-                    .add_permits((c as u64 - prev).min(room as u64) as usize);
+                    .add_permits((c - prev).min(room as u64) as usize);
             }
             if sent == 0 || !clock.in_window(now) {
                 continue;
@@ -511,7 +553,7 @@ async fn drain_courier_stream(
         match ServerFrame::decode(b.as_ref()).ok().and_then(|f| f.kind) {
             Some(server_frame::Kind::Ack(a)) => {
                 let now = Instant::now();
-                let sent = lane.sent_ns[a.seq as usize % RING].load(Ordering::Relaxed);
+                let sent = lane.sent(a.seq).load(Ordering::Relaxed);
                 if sent != 0 && clock.in_window(now) {
                     let _ = ack.record(clock.ns().saturating_sub(sent).max(1));
                 }
@@ -640,7 +682,7 @@ async fn run_courier(
     let adaptive = spec.batch == 0;
     let window = match spec.pace {
         Pace::Window(w) => w,
-        Pace::Rate(_) => 1,
+        Pace::Rate(_) | Pace::Fleet(_) => 1,
     };
     let mut counter = 0u64;
     let end = tokio::time::Instant::from_std(clock.t1);
@@ -653,7 +695,21 @@ async fn run_courier(
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             Some(t)
         }
+        Pace::Fleet(schedule) => {
+            // Ticks at the moments the device clock stamps, so a fix is never ahead of its time;
+            // a late tick sends its fix late, stamped when it was due, as a busy phone does.
+            let (period, phase) = schedule.of(i);
+            let ms = |ms: u32| Duration::from_millis(u64::from(ms));
+            let first = tokio::time::Instant::from_std(clock.start) + ms(phase);
+            let mut t = tokio::time::interval_at(first, ms(period));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            Some(t)
+        }
         Pace::Window(_) => None,
+    };
+    let mut course = match spec.pace {
+        Pace::Fleet(schedule) => Some(schedule.course(i, start_deg(i))),
+        _ => None,
     };
     loop {
         if let Some(t) = ticker.as_mut() {
@@ -691,12 +747,15 @@ async fn run_courier(
         let fixes: Vec<Fix> = (0..batch)
             .map(|_| {
                 counter += 1;
-                fix_for(i, counter, clock.base_ms)
+                match course.as_mut() {
+                    Some(c) => c.next_fix(counter, lane.device.time_of(counter)),
+                    None => fix_for(i, counter, clock.base_ms),
+                }
             })
             .collect();
         let now_ns = clock.ns();
         for f in &fixes {
-            lane.sent_ns[f.seq as usize % RING].store(now_ns, Ordering::Relaxed);
+            lane.sent(f.seq).store(now_ns, Ordering::Relaxed);
         }
         let in_window = clock.in_window(Instant::now());
         if let Err(_e) = sender.send(fixes).await {
@@ -712,6 +771,14 @@ async fn run_courier(
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Starts a fresh `peer` under `work`, runs one load against it and stops it.
+pub async fn run_fresh(peer: Peer, work: &std::path::Path, spec: &LoadSpec) -> Result<LoadResult> {
+    let server = crate::peers::start(peer, work).await?;
+    let r = run(peer, server.addr, server.pid(), spec).await;
+    server.stop(Duration::from_secs(20)).await;
+    r
+}
 
 /// Runs one load against a started server.
 pub async fn run(
@@ -733,21 +800,41 @@ pub async fn run_split(
     server_pid: u32,
     spec: &LoadSpec,
 ) -> Result<LoadResult> {
+    let (result, ()) = run_observed(peer, server_addr, watch_addr, server_pid, spec, |_| async {
+    })
+    .await?;
+    Ok(result)
+}
+
+/// The moments of a load, for an observer that samples the server meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// The first fix may go out.
+    pub start: Instant,
+    /// The couriers stop (the measurement began a warm-up after `start`).
+    pub t1: Instant,
+}
+
+/// [`run_split`], with `observe` running from the first fix on beside the load; it should end by
+/// the window's `t1`, and its output comes back with the load's result.
+pub async fn run_observed<T, F, O>(
+    peer: Peer,
+    server_addr: SocketAddr,
+    watch_addr: SocketAddr,
+    server_pid: u32,
+    spec: &LoadSpec,
+    observe: O,
+) -> Result<(LoadResult, T)>
+where
+    O: FnOnce(Window) -> F,
+    F: Future<Output = T>,
+{
     let n = spec.couriers;
     let limit = match spec.pace {
         Pace::Window(w) => w * spec.batch.max(1),
         // (adaptive batching: the window counts fixes)
-        Pace::Rate(_) => 0,
+        Pace::Rate(_) | Pace::Fleet(_) => 0,
     };
-    let lanes: Vec<Arc<Lane>> = (0..n)
-        .map(|_| {
-            Arc::new(Lane {
-                sent_ns: (0..RING).map(|_| AtomicU64::new(0)).collect(),
-                window: Semaphore::new(limit),
-                received: AtomicU64::new(0),
-            })
-        })
-        .collect();
 
     // trackline: orders and tokens.
     let keys = keys();
@@ -755,53 +842,80 @@ pub async fn run_split(
     if peer == Peer::Trackline {
         let http = reqwest::Client::new();
         let ops = keys.mint(&Role::Ops, 3600);
-        for (i, wt) in watch_tokens.iter_mut().enumerate() {
-            let (lat, lon) = start_e7(i);
-            let dest = (
-                trackline_proto::from_e7(lat) + 0.1,
-                trackline_proto::from_e7(lon),
-            );
-            *wt = create_order(
-                &http,
-                server_addr,
-                &ops,
-                &format!("o-{i}"),
-                &format!("c-{i}"),
-                dest,
-            )
+        watch_tokens = stream::iter(0..n)
+            .map(|i| {
+                let (http, ops) = (&http, &ops);
+                async move {
+                    let (lat, lon) = start_deg(i);
+                    let dest = (lat + 0.1, lon);
+                    let (order, courier) = (format!("o-{i}"), format!("c-{i}"));
+                    create_order(http, server_addr, ops, &order, &courier, dest).await
+                }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
             .await?;
-        }
     }
 
     // Watchers first, all subscribed before the first fix.
-    let mut conns = Vec::with_capacity(n * spec.watchers.max(1));
-    for j in 0..spec.watchers.max(1) {
-        for (i, wt) in watch_tokens.iter().enumerate() {
-            conns.push((
-                i,
-                j,
-                open_watcher(peer, watch_addr, i, j, wt)
+    let watch_tokens = &watch_tokens;
+    let conns: Vec<(usize, usize, WatchConn)> =
+        stream::iter((0..spec.watchers.max(1)).flat_map(|j| (0..n).map(move |i| (i, j))))
+            .map(|(i, j)| async move {
+                let conn = open_watcher(peer, watch_addr, i, j, &watch_tokens[i])
                     .await
-                    .with_context(|| format!("watcher {i}/{j}"))?,
-            ));
-        }
-    }
-    let mut pending = Vec::with_capacity(n);
-    for i in 0..n {
-        let token = courier_token(&keys, &format!("c-{i}"));
-        pending.push(
+                    .with_context(|| format!("watcher {i}/{j}"))?;
+                anyhow::Ok((i, j, conn))
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+    let keys = &keys;
+    let pending: Vec<(Sender, Back)> = stream::iter(0..n)
+        .map(|i| async move {
+            let token = courier_token(keys, &format!("c-{i}"));
             open_courier(peer, server_addr, i, &token)
                 .await
-                .with_context(|| format!("courier {i}"))?,
-        );
-    }
-    let start = Instant::now() + Duration::from_millis(100);
+                .with_context(|| format!("courier {i}"))
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let lead = Duration::from_millis(100);
+    let (now, wall_ms) = (Instant::now(), now_ms());
+    let start = now + lead;
     let clock = Arc::new(Clock {
-        origin: Instant::now(),
-        base_ms: now_ms() - 600_000,
+        origin: now,
+        base_ms: wall_ms - 600_000,
+        start,
+        start_wall_ms: wall_ms + lead.as_millis() as i64,
         t0: start + spec.warmup,
         t1: start + spec.warmup + spec.duration,
     });
+    let lanes: Vec<Arc<Lane>> = (0..n)
+        .map(|i| {
+            Arc::new(match spec.pace {
+                Pace::Fleet(schedule) => {
+                    // Fix 1 is due at the courier's phase and stamped with that moment.
+                    let (period, phase) = schedule.of(i);
+                    let (period, phase) = (i64::from(period), i64::from(phase));
+                    let device = DeviceClock {
+                        base_ms: clock.start_wall_ms + phase - period,
+                        period_ms: period,
+                    };
+                    Lane::new(FLEET_RING, limit, device)
+                }
+                _ => Lane::new(
+                    RING,
+                    limit,
+                    DeviceClock {
+                        base_ms: clock.base_ms,
+                        period_ms: 1,
+                    },
+                ),
+            })
+        })
+        .collect();
     let mut readers = JoinSet::new();
     let mut senders = Vec::with_capacity(n);
     for (i, (sender, back)) in pending.into_iter().enumerate() {
@@ -826,12 +940,19 @@ pub async fn run_split(
         ));
     }
 
-    tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t0)).await;
-    let server_meter = CpuMeter::start(server_pid);
-    let client_meter = CpuMeter::start(std::process::id());
-    tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t1)).await;
-    let (server_cpu, server_rss) = server_meter.stop();
-    let (client_cpu, _) = client_meter.stop();
+    let measure = async {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t0)).await;
+        let server_meter = CpuMeter::start(server_pid);
+        let client_meter = CpuMeter::start(std::process::id());
+        tokio::time::sleep_until(tokio::time::Instant::from_std(clock.t1)).await;
+        (server_meter.stop(), client_meter.stop())
+    };
+    let window = Window {
+        start,
+        t1: clock.t1,
+    };
+    let (((server_cpu, server_rss), (client_cpu, _)), observed) =
+        tokio::join!(measure, observe(window));
 
     let mut result = LoadResult {
         server_cpu_cores: server_cpu,
@@ -870,7 +991,7 @@ pub async fn run_split(
     result.delivered_fixes_per_s = result.delivered as f64 / secs;
     result.e2e = LatencySummary::of(&e2e);
     result.ack = LatencySummary::of(&ack);
-    Ok(result)
+    Ok((result, observed))
 }
 
 #[cfg(test)]

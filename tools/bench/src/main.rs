@@ -2,6 +2,8 @@
 //! one machine, with one load generator. `tools/bench/run.sh` is the one command; this binary
 //! runs the scenarios, writes the JSON report and BENCHMARKS.md.
 
+mod course;
+mod fleet;
 mod load;
 mod peers;
 mod report;
@@ -14,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::load::{LoadSpec, Pace};
 use crate::peers::Peer;
@@ -59,13 +61,51 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
     },
+    /// Many couriers at one fix per 1-5 s against every peer, printed as JSON: CPU per fix,
+    /// latency, memory and disk over time, the highest rate within the p99 bar.
+    Fleet(fleet::FleetArgs),
     /// Every scenario against every peer; writes the JSON report and BENCHMARKS.md.
-    All(report::SuiteArgs),
+    // Boxed: the suite's flags are many times the size of any other command's.
+    All(Box<report::SuiteArgs>),
+}
+
+/// The id prefix of the fleet flags; see [`fleet::FleetArgs`].
+const FLEET_ID_PREFIX: &str = "fleet_";
+
+/// Parses the command line. Inside `all` the fleet scenario's flags would clash with the suite's
+/// own (`--couriers`, `--seconds`, ...), so there each is renamed after its id:
+/// `--fleet-couriers`, `--fleet-seconds`, ... (clap has no prefix for flattened flags).
+fn parse_cli() -> Cli {
+    let cmd = Cli::command()
+        .mut_subcommand("fleet", |c| fleet_flags(c, false))
+        .mut_subcommand("all", |c| fleet_flags(c, true));
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Names the fleet flags' values after their ids (`--couriers <COURIERS>`, not the id) and, with
+/// `prefixed`, their long names too (`--fleet-couriers`).
+fn fleet_flags(cmd: clap::Command, prefixed: bool) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let id = arg.get_id().as_str().to_string();
+        let Some(bare) = id.strip_prefix(FLEET_ID_PREFIX) else {
+            return arg;
+        };
+        // Leaked once per flag at start-up: clap keeps names as &'static str.
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let arg = arg.value_name(leak(bare.to_uppercase()));
+        if prefixed {
+            let long = leak(id.replace('_', "-"));
+            arg.long(long)
+        } else {
+            arg
+        }
+    })
 }
 
 fn main() -> Result<()> {
     let limit = stats::raise_nofile_limit();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,12 +144,27 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r?)?);
                 Ok(())
             }
+            Cmd::Fleet(args) => {
+                let work = std::env::temp_dir().join("trackline-bench");
+                std::fs::create_dir_all(&work)?;
+                let (peers, missing): (Vec<Peer>, Vec<Peer>) = args
+                    .peer_list()?
+                    .into_iter()
+                    .partition(|p| p.missing().is_none());
+                let mut r = fleet::run(&args, &peers, &work, limit).await;
+                for p in missing {
+                    r.errors
+                        .push(format!("{}: {}", p.name(), p.missing().unwrap_or_default()));
+                }
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
             Cmd::All(args) => {
                 let work = args
                     .work
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("/tmp/trackline-bench"));
-                report::run_suite(args, &work, limit).await
+                report::run_suite(*args, &work, limit).await
             }
         }
     })

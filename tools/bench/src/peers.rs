@@ -68,6 +68,14 @@ impl Peer {
             _ => None,
         }
     }
+
+    /// Why this peer cannot run here (its program is not installed), or `None` when it can.
+    pub fn missing(self) -> Option<String> {
+        let prog = self.program()?;
+        which(prog)
+            .is_none()
+            .then(|| format!("{prog} is not installed"))
+    }
 }
 
 pub const SECRET: &str = "bench-secret-not-for-production";

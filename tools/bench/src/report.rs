@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::fleet::{self, FleetArgs, FleetReport};
 use crate::load::{self, LoadResult, LoadSpec, Pace};
 use crate::peers::{self, Peer};
 use crate::scenarios::{self, ExportRun, IdleResult, NearbyResult, RestartRun};
@@ -21,8 +22,8 @@ pub struct SuiteArgs {
     /// Peers to run (comma-separated); default all.
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<String>,
-    /// Scenarios to run (comma-separated: throughput,batched,latency,broker,idle,nearby,restart,
-    /// export); default all.
+    /// Scenarios to run (comma-separated: throughput,batched,latency,broker,fleet,idle,nearby,
+    /// restart,export); default all.
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Couriers (each with one order and one watcher) in the throughput and latency scenarios.
@@ -66,6 +67,9 @@ pub struct SuiteArgs {
     pub command: String,
     #[arg(long)]
     pub work: Option<PathBuf>,
+    /// The fleet scenario (flags prefixed `fleet-`; its peers are also limited by --peers).
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -139,6 +143,9 @@ pub struct Report {
     /// watchers on the other): what the broker adds.
     pub broker_fixes_per_s: f64,
     pub broker: BTreeMap<String, PeerLoad>,
+    /// Many couriers at one fix per 1-5 s, open loop: CPU per fix, memory and disk over time, the
+    /// highest rate within the p99 bar.
+    pub fleet: Option<FleetReport>,
     pub idle: BTreeMap<String, PeerIdle>,
     pub nearby: Vec<NearbyResult>,
     pub nearby_median_http_p50_us: f64,
@@ -213,13 +220,6 @@ async fn two_node_load(work: &Path, spec: &LoadSpec) -> Result<LoadResult> {
     r
 }
 
-async fn one_load(peer: Peer, work: &Path, spec: &LoadSpec) -> Result<LoadResult> {
-    let server = peers::start(peer, work).await?;
-    let r = load::run(peer, server.addr, server.pid(), spec).await;
-    server.stop(Duration::from_secs(20)).await;
-    r
-}
-
 pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> {
     std::fs::create_dir_all(work)?;
     let wanted = |s: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|x| x == s);
@@ -235,13 +235,11 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
         if !args.peers.is_empty() && !args.peers.iter().any(|x| x == p.name()) {
             continue;
         }
-        match p.program() {
-            Some(prog) if peers::which(prog).is_none() => {
-                report
-                    .unavailable
-                    .insert(p.name().into(), format!("{prog} is not installed"));
+        match p.missing() {
+            Some(why) => {
+                report.unavailable.insert(p.name().into(), why);
             }
-            _ => peers_to_run.push(p),
+            None => peers_to_run.push(p),
         }
     }
     let runs = args.runs.max(1);
@@ -265,7 +263,7 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
         for run in 0..runs {
             for &p in &peers_to_run {
                 eprintln!("throughput run {}/{runs}: {}", run + 1, p.name());
-                match one_load(p, work, &spec(Pace::Window(args.window))).await {
+                match load::run_fresh(p, work, &spec(Pace::Window(args.window))).await {
                     Ok(r) => {
                         eprintln!("  {:.0} fixes/s", r.delivered_fixes_per_s);
                         report
@@ -290,7 +288,7 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
         for run in 0..runs {
             for &p in &peers_to_run {
                 eprintln!("batched throughput run {}/{runs}: {}", run + 1, p.name());
-                match one_load(p, work, &spec(Pace::Window(args.batched_window))).await {
+                match load::run_fresh(p, work, &spec(Pace::Window(args.batched_window))).await {
                     Ok(r) => {
                         eprintln!("  {:.0} fixes/s", r.delivered_fixes_per_s);
                         report
@@ -331,7 +329,7 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
                     p.name()
                 );
                 let pace = Pace::Rate(half / args.couriers as f64);
-                match one_load(p, work, &spec(pace)).await {
+                match load::run_fresh(p, work, &spec(pace)).await {
                     Ok(r) => {
                         eprintln!("  p50 {:.0} us p99 {:.0} us", r.e2e.p50_us, r.e2e.p99_us);
                         report
@@ -367,7 +365,7 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
                     run + 1
                 );
                 let r = if setup == ONE_NODE {
-                    one_load(Peer::Trackline, work, &spec).await
+                    load::run_fresh(Peer::Trackline, work, &spec).await
                 } else {
                     two_node_load(work, &spec).await
                 };
@@ -381,6 +379,21 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
             }
         }
         report.broker.values_mut().for_each(PeerLoad::finish);
+        save(&report, &args)?;
+    }
+
+    if wanted("fleet") {
+        report.load_average.insert("fleet".into(), load_average());
+        match args.fleet.peer_list() {
+            Ok(asked) => {
+                let peers: Vec<Peer> = asked
+                    .into_iter()
+                    .filter(|p| peers_to_run.contains(p))
+                    .collect();
+                report.fleet = Some(fleet::run(&args.fleet, &peers, work, nofile).await);
+            }
+            Err(e) => report.errors.push(format!("fleet: {e:#}")),
+        }
         save(&report, &args)?;
     }
 
@@ -855,6 +868,10 @@ pub fn markdown(r: &Report, notes: &str) -> String {
         s.push('\n');
     }
 
+    if let Some(f) = &r.fleet {
+        fleet_section(&mut s, f);
+    }
+
     if !r.idle.is_empty() {
         let tl = r.idle.get("trackline").map(|x| x.median_kib_per_connection);
         let _ = writeln!(
@@ -1029,6 +1046,261 @@ fn throughput_table(s: &mut String, table: &BTreeMap<String, PeerLoad>) {
             fmt_us(t.median_ack_p50_us),
             fmt_us(t.median_ack_p99_us)
         );
+    }
+    s.push('\n');
+}
+
+/// Rows of the disk table at most: a long run's samples are thinned to about this many.
+const DISK_TABLE_ROWS: usize = 12;
+
+fn fmt_mib(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite())
+        .map_or("-".into(), |v| format!("{v:.0} MiB"))
+}
+
+fn fmt_ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if a.is_finite() && b.is_finite() && b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn schedule_text(f: &FleetReport) -> String {
+    use crate::course::Periods;
+    match f.schedule.map(|s| s.periods) {
+        Some(Periods::Fixed(ms)) => format!("one fix every {:.2} s", f64::from(ms) / 1000.0),
+        Some(Periods::Between(lo, hi)) => format!(
+            "each courier its own period of {:.0}-{:.0} s",
+            f64::from(lo) / 1000.0,
+            f64::from(hi) / 1000.0
+        ),
+        None => "-".into(),
+    }
+}
+
+/// The "Fleet workload" section of BENCHMARKS.md.
+fn fleet_section(s: &mut String, f: &FleetReport) {
+    let relay = f.side_by_side.get(Peer::Relay.name());
+    let seconds = f.side_by_side.values().next().map_or(0.0, |r| r.seconds);
+    let _ = writeln!(
+        s,
+        "## Fleet workload: {} couriers, {}, open loop\n\n\
+         What real fleets send: every courier one fix per frame, on a connection idle since its \
+         last one, one watcher per order; {:.0} fixes/s offered. Device times follow wall time, \
+         positions a course at 5-15 m/s with GPS noise. One run per peer ({seconds:.0} s \
+         measured each, peers one after the other), not a median. Server CPU per fix is the \
+         server's CPU time over the measured window divided by the fixes its watchers received.\n",
+        f.couriers,
+        schedule_text(f),
+        f.offered_fixes_per_s,
+    );
+    let _ = writeln!(
+        s,
+        "| peer | delivered fixes/s | server CPU (cores) | server CPU per fix | / relay's | client CPU (cores) | errors |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for p in Peer::ALL {
+        let Some(x) = f.side_by_side.get(p.name()) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {} | {:.2} | {} |",
+            p.name(),
+            fmt_rate(x.load.delivered_fixes_per_s),
+            x.load.server_cpu_cores,
+            fmt_us(x.server_cpu_us_per_fix),
+            fmt_ratio(
+                x.server_cpu_us_per_fix,
+                relay.map(|r| r.server_cpu_us_per_fix)
+            ),
+            x.load.client_cpu_cores,
+            x.load.errors + x.load.stalls
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| peer | e2e p50 | e2e p99 | e2e p99.9 | e2e max | ack p50 | ack p99 |\n|---|---|---|---|---|---|---|"
+    );
+    for p in Peer::ALL {
+        let Some(x) = f.side_by_side.get(p.name()) else {
+            continue;
+        };
+        let l = &x.load;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.name(),
+            fmt_us(l.e2e.p50_us),
+            fmt_us(l.e2e.p99_us),
+            fmt_us(l.e2e.p999_us),
+            fmt_us(l.e2e.max_us),
+            fmt_us(l.ack.p50_us),
+            fmt_us(l.ack.p99_us)
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\n**Server memory over time** (RSS sampled from /proc during the run):\n\n\
+         | run | measured | RSS at 1 min | RSS at end |\n|---|---|---|---|"
+    );
+    let runs = Peer::ALL
+        .into_iter()
+        .filter_map(|p| {
+            f.side_by_side
+                .get(p.name())
+                .map(|r| (p.name().to_string(), r))
+        })
+        .chain(
+            f.long
+                .iter()
+                .map(|r| ("trackline, long run".to_string(), r)),
+        );
+    for (name, x) in runs {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} s | {} | {} |",
+            x.seconds,
+            fmt_mib(x.rss_at_1min_mib),
+            fmt_mib(x.rss_end_mib)
+        );
+    }
+
+    if let Some(x) = f.over_time() {
+        let with_disk: Vec<&fleet::Sample> =
+            x.samples.iter().filter(|smp| smp.disk.is_some()).collect();
+        if !with_disk.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n**trackline's data dir over time** ({} couriers for {:.0} s; the whole dir, \
+                 recursively, as `du` counts it, divided by `trackline_fixes_stored_total`):\n\n\
+                 | time | data dir | apparent size | fixes stored | bytes per fix |\n|---|---|---|---|---|",
+                x.couriers, x.seconds
+            );
+            let step = with_disk.len().div_ceil(DISK_TABLE_ROWS).max(1);
+            let last = with_disk.len() - 1;
+            for (k, smp) in with_disk.iter().enumerate() {
+                if k % step != 0 && k != last {
+                    continue;
+                }
+                let d = smp.disk.unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "| {:.0} s | {:.2} MiB | {:.2} MiB | {} | {} |",
+                    smp.t_s,
+                    d.allocated_bytes as f64 / 1048576.0,
+                    d.apparent_bytes as f64 / 1048576.0,
+                    smp.fixes_stored.map_or("-".into(), |n| n.to_string()),
+                    smp.disk_bytes_per_fix
+                        .map_or("-".into(), |b| format!("{b:.1}"))
+                );
+            }
+            if let Some(t) = &x.disk_trend {
+                let _ = writeln!(
+                    s,
+                    "\nOver the last half: **{}** ({:+.1} % by the fitted line, {:+.2} bytes per \
+                     fix per minute); the disk grew {:.1} bytes per fix stored then.",
+                    t.verdict,
+                    t.last_half_change * 100.0,
+                    t.last_half_slope_per_min,
+                    t.last_half_marginal_bytes_per_fix
+                );
+            }
+            if let Some(d) = x.disk_after_stop {
+                let _ = writeln!(
+                    s,
+                    "After the server stopped: {:.2} MiB in {} files.",
+                    d.allocated_bytes as f64 / 1048576.0,
+                    d.files
+                );
+            }
+        }
+    }
+
+    if !f.search.is_empty() {
+        let best = |p: &str| f.search.get(p).and_then(|x| x.max_sustained_fixes_per_s);
+        // A relay that passed every step has a higher maximum than shown: the ratio is a bound.
+        let relay_open = f
+            .search
+            .get(Peer::Relay.name())
+            .is_some_and(|x| x.passed_every_step);
+        let _ = writeln!(
+            s,
+            "\n**Highest rate sustained** with e2e p99 <= {:.0} ms and at least {:.0} % of the \
+             fixes delivered: offered rates stepped up (couriers at one fix per second up to {} \
+             couriers, the descriptor limit, then those couriers faster), a fresh server per step, \
+             stopped at the first step that fails{}. `>=`: every step passed, the peer's maximum \
+             is higher.\n\n\
+             | peer | max fixes/s | / relay's | couriers x period there | server CPU there (cores) | client CPU there | first failure |\n\
+             |---|---|---|---|---|---|---|",
+            f.p99_bar_ms,
+            f.min_delivered * 100.0,
+            f.courier_cap,
+            match f.search_bisect {
+                0 => String::new(),
+                n => format!(", then {n} bisecting step(s) between the last pass and it"),
+            }
+        );
+        for p in Peer::ALL {
+            let Some(x) = f.search.get(p.name()) else {
+                continue;
+            };
+            let at_max = x
+                .steps
+                .iter()
+                .find(|st| Some(st.target_fixes_per_s) == x.max_sustained_fixes_per_s);
+            let failure = x
+                .steps
+                .iter()
+                .filter(|st| st.verdict != fleet::Verdict::Pass)
+                .min_by(|a, b| a.target_fixes_per_s.total_cmp(&b.target_fixes_per_s))
+                .map_or("none".into(), |st| {
+                    let why = st.verdict.text();
+                    match &st.load {
+                        Some(l) => format!(
+                            "{:.0}/s: {why} (p99 {}, {:.1} % delivered)",
+                            st.target_fixes_per_s,
+                            fmt_us(l.e2e.p99_us),
+                            100.0 * l.delivered as f64 / l.sent.max(1) as f64
+                        ),
+                        None => format!("{:.0}/s: {why}", st.target_fixes_per_s),
+                    }
+                });
+            let max = x.max_sustained_fixes_per_s.map_or("-".into(), |m| {
+                if x.passed_every_step {
+                    format!(">= {m:.0}")
+                } else {
+                    format!("{m:.0}")
+                }
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                p.name(),
+                max,
+                x.max_sustained_fixes_per_s.map_or("-".into(), |m| {
+                    let ratio = fmt_ratio(m, best(Peer::Relay.name()));
+                    if relay_open && p != Peer::Relay {
+                        format!("<= {ratio}")
+                    } else {
+                        ratio
+                    }
+                }),
+                at_max.map_or("-".into(), |st| format!(
+                    "{} x {} ms",
+                    st.couriers, st.period_ms
+                )),
+                x.server_cpu_cores_at_max
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+                x.client_cpu_cores_at_max
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+                failure
+            );
+        }
+    }
+    for e in &f.errors {
+        let _ = writeln!(s, "\n- {e}");
     }
     s.push('\n');
 }

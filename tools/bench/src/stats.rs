@@ -149,6 +149,72 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// What a directory holds on disk, recursively: allocated bytes as `du` counts them (blocks of
+/// 512 bytes) and apparent bytes (file lengths). A file that vanishes meanwhile (a compacted log
+/// segment) is simply not counted.
+pub fn disk_usage(dir: &std::path::Path) -> DiskUsage {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = DiskUsage::default();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                usage.allocated_bytes += meta.blocks() * 512;
+                usage.apparent_bytes += meta.len();
+                usage.files += 1;
+            }
+        }
+    }
+    usage
+}
+
+/// The size of a directory tree; see [`disk_usage`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub allocated_bytes: u64,
+    pub apparent_bytes: u64,
+    pub files: u64,
+}
+
+/// The value of counter `name` in a Prometheus text exposition, summed over its label sets;
+/// `None` when it is not there (a counter appears only once it was first incremented).
+pub fn prometheus_counter(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // `name 12` or `name{label="x"} 12`, not `name_other 12`.
+        let value = if let Some(labelled) = rest.strip_prefix('{') {
+            labelled.rsplit_once('}').map(|(_, v)| v)
+        } else {
+            rest.starts_with(' ').then_some(rest)
+        };
+        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The least-squares slope of `y` over `x`; `None` for fewer than two distinct `x`.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -204,6 +270,47 @@ mod tests {
     fn own_process_can_be_sampled() {
         let s = sample_proc(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
+    }
+
+    #[test]
+    fn disk_usage_counts_a_tree() {
+        let dir = std::env::temp_dir().join(format!("bench-du-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("wal")).unwrap();
+        std::fs::write(dir.join("a"), vec![1u8; 10_000]).unwrap();
+        std::fs::write(dir.join("wal").join("b"), vec![2u8; 5]).unwrap();
+        let u = disk_usage(&dir);
+        assert_eq!(u.apparent_bytes, 10_005);
+        assert_eq!(u.files, 2);
+        assert!(u.allocated_bytes >= 10_005, "{u:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(disk_usage(&dir), DiskUsage::default());
+    }
+
+    #[test]
+    fn prometheus_counter_sums_label_sets_and_skips_longer_names() {
+        let text = "# TYPE trackline_fixes_stored_total counter\n\
+                    trackline_fixes_stored_total 1200\n\
+                    trackline_fixes_stored_total_other 5\n\
+                    trackline_fixes_rejected_total{code=\"in_future\"} 3\n\
+                    trackline_fixes_rejected_total{code=\"too_old\"} 4\n";
+        assert_eq!(
+            prometheus_counter(text, "trackline_fixes_stored_total"),
+            Some(1200.0)
+        );
+        assert_eq!(
+            prometheus_counter(text, "trackline_fixes_rejected_total"),
+            Some(7.0)
+        );
+        assert_eq!(prometheus_counter(text, "trackline_nothing_total"), None);
+    }
+
+    #[test]
+    fn slope_of_a_line_and_of_nothing() {
+        let pts: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 3.0 * x as f64 + 1.0)).collect();
+        assert!((slope(&pts).unwrap() - 3.0).abs() < 1e-12);
+        assert_eq!(slope(&[(1.0, 2.0), (1.0, 5.0)]), None);
+        assert_eq!(slope(&[]), None);
     }
 
     #[test]
