@@ -3,8 +3,9 @@
 # packages), builds trackline and the load generator in release, runs every scenario against
 # every peer (median of 3 runs), and writes tools/bench/report.json and BENCHMARKS.md.
 #
-#   tools/bench/run.sh              # the full run (about 15-20 minutes on 2 cores)
-#   tools/bench/run.sh --quick      # a small smoke run (a minute), 1 run each; writes to /tmp
+#   tools/bench/run.sh              # the full run (about 55 minutes on 2 cores, 35-40 of them
+#                                   # the fleet scenario)
+#   tools/bench/run.sh --quick      # a small smoke run (a few minutes), 1 run each; writes to /tmp
 #   tools/bench/run.sh [args...]    # anything else is passed to `trackline-bench all`
 #
 # Traffic goes to 127.0.0.0/8 only; every load is bounded in time.
@@ -37,6 +38,9 @@ if [ "${1:-}" = "--quick" ]; then
   shift
   exec target/release/trackline-bench all --runs 1 --couriers 20 --seconds 2 --warmup 1 \
     --idle 2000 --nearby-couriers 5000 --nearby-queries 200 --restart-orders 2000 \
+    --fleet-couriers 200 --fleet-seconds 20 --fleet-warmup 2 --fleet-long-seconds 0 \
+    --fleet-sample-every-s 5 --fleet-search-rates 200,400 --fleet-search-seconds 5 \
+    --fleet-search-warmup 2 --fleet-search-bisect 0 \
     --out /tmp/trackline-bench-quick.json --md /tmp/trackline-bench-quick.md \
     --command "tools/bench/run.sh --quick" "$@"
 fi
