@@ -24,6 +24,11 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_COMPACT_EVERY_S", default_value_t = 15.0)]
     pub compact_every_s: f64,
 
+    /// Milliseconds the history writer gathers writes after the first before it syncs them
+    /// together: more fixes per sync (less CPU and disk work per fix) for this much latency.
+    #[arg(long, env = "TRACKLINE_COMMIT_WINDOW_MS", default_value_t = 2.0)]
+    pub commit_window_ms: f64,
+
     /// Secret that signs and verifies tokens. Without one a random development secret is used.
     #[arg(long, env = "TRACKLINE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,

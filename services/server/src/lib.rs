@@ -278,6 +278,7 @@ pub async fn run(
     let started = std::time::Instant::now();
     let store_options = StoreOptions {
         compact_every: Duration::from_secs_f64(config.compact_every_s.clamp(0.01, 86_400.0)),
+        commit_window: Duration::from_secs_f64(config.commit_window_ms.clamp(0.0, 1000.0) / 1e3),
         ..Default::default()
     };
     let opened = HistoryStore::open_with(&config.data_dir, store_options)

@@ -193,6 +193,10 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let started = Instant::now();
+            if !self.options.commit_window.is_zero() {
+                // One sleep, not a wake-up per job that comes meanwhile.
+                std::thread::sleep(self.options.commit_window);
+            }
             while jobs.len() < MAX_JOBS_PER_SYNC {
                 match queue.try_recv() {
                     Ok(job) => jobs.push(job),
