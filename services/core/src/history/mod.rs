@@ -1136,4 +1136,38 @@ mod tests {
         let back = store.all_orders().next().unwrap().unwrap();
         assert_eq!((back.offset, back.last_seq), (9, 77));
     }
+
+    #[test]
+    fn blocks_of_the_older_protobuf_layout_are_read_merged_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = HistoryStore::open(dir.path()).unwrap();
+        let a = order("a");
+        assert!(block_on(store.create_order(a.clone())).unwrap());
+        let id = a.order_id.clone();
+        // A block as the version before the log wrote it: a protobuf CourierFrame.
+        let old = [fix(1, 10), fix(2, 20), fix(3, 300)];
+        let frame = v1::CourierFrame {
+            fixes: old.iter().map(Fix::to_proto).collect(),
+        };
+        store
+            .trees
+            .proto_blocks
+            .insert(block_key(&id, &old), frame.encode_to_vec())
+            .unwrap();
+        block_on(store.commit(WriteBatch {
+            fixes: vec![(id.clone(), fix(2, 20)), (id.clone(), fix(4, 400))],
+            ..Default::default()
+        }))
+        .unwrap();
+        let seqs = |store: &HistoryStore| -> Vec<u64> {
+            let fixes = store.fixes(&id, i64::MIN, i64::MAX).unwrap();
+            fixes.iter().map(|f| f.seq).collect()
+        };
+        assert_eq!(seqs(&store), [1, 2, 3, 4]);
+        assert_eq!(store.fix_count(), 4);
+        // Fix 2 was stored in both layouts (a resend) and goes from both.
+        assert_eq!(store.purge_before(100).unwrap().fixes, 3);
+        assert_eq!(seqs(&store), [3, 4], "the old block's remainder is kept, rewritten");
+        assert_eq!(store.trees.proto_blocks.len(), 0);
+    }
 }
