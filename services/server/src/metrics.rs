@@ -110,7 +110,7 @@ mod tests {
         install();
         install(); // a second server in the process: still one recorder, one upkeep thread
         const SAMPLES: usize = 500_000; // 4 MB of samples if they were kept
-        // Not a trackline_ name: k8s/validate.py holds every trackline_ metric to a dashboard panel.
+                                        // Not a trackline_ name: k8s/validate.py holds every trackline_ metric to a dashboard panel.
         let record = || metrics::histogram!("test_upkeep_seconds").record(0.001);
         record();
         std::thread::sleep(UPKEEP_EVERY * 2);

@@ -362,7 +362,7 @@ mod tests {
             pos: LatLon::new(lat, lon),
             accuracy_m: Some(5.0),
             speed_mps: Some(8.37),
-            heading_deg: Some(91.123_456),
+            heading_deg: Some(91.123_45),
         }
     }
 

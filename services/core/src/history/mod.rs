@@ -266,6 +266,9 @@ fn decode_proto_block(key: &[u8], value: &[u8]) -> Result<Vec<Fix>> {
     Ok(raw.fixes.iter().map(from_proto).collect())
 }
 
+/// Decodes a stored block (key, value) of one of the layouts.
+type DecodeBlocks = fn(&[u8], &[u8]) -> Result<Vec<Fix>>;
+
 fn decode_pack(key: &[u8], value: &[u8]) -> Result<Vec<Fix>> {
     decode_block(value).map_err(|e| corrupt(key, e))
 }
@@ -533,7 +536,7 @@ impl HistoryStore {
     }
 
     /// The trees holding blocks, with their decoders: this version's and the older protobuf one.
-    fn block_layouts(&self) -> [(&sled::Tree, fn(&[u8], &[u8]) -> Result<Vec<Fix>>); 2] {
+    fn block_layouts(&self) -> [(&sled::Tree, DecodeBlocks); 2] {
         [
             (&self.trees.packs, decode_pack),
             (&self.trees.proto_blocks, decode_proto_block),
@@ -657,7 +660,7 @@ impl Trees {
     fn purge_blocks(
         &self,
         tree: &sled::Tree,
-        decode: fn(&[u8], &[u8]) -> Result<Vec<Fix>>,
+        decode: DecodeBlocks,
         order: &OrderId,
         until_ms: i64,
     ) -> Result<usize> {
@@ -1167,7 +1170,11 @@ mod tests {
         assert_eq!(store.fix_count(), 4);
         // Fix 2 was stored in both layouts (a resend) and goes from both.
         assert_eq!(store.purge_before(100).unwrap().fixes, 3);
-        assert_eq!(seqs(&store), [3, 4], "the old block's remainder is kept, rewritten");
+        assert_eq!(
+            seqs(&store),
+            [3, 4],
+            "the old block's remainder is kept, rewritten"
+        );
         assert_eq!(store.trees.proto_blocks.len(), 0);
     }
 }
