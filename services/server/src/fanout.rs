@@ -836,6 +836,39 @@ mod tests {
     }
 
     #[test]
+    fn an_active_order_holds_at_most_16_kib_of_stream_whatever_its_age() {
+        const ORDERS: usize = 200;
+        let _alone = crate::metrics::counting::measuring();
+        let before = crate::metrics::counting::live_bytes();
+        let mut orders: Vec<Fanout> = (0..ORDERS)
+            .map(|_| {
+                let first = Frame::encode(view(0), FrameKind::Update, false);
+                Fanout::new(first, ResumeLimits::default(), Duration::from_secs(10))
+            })
+            .collect();
+        let mut per_order = Vec::new();
+        for offset in 1..=1000 {
+            for fanout in &mut orders {
+                fanout.remember(Frame::encode(view(offset), FrameKind::Update, false));
+                // A watcher wrote it: its encodings are built and stay with the latest state.
+                fanout.published().json();
+                fanout.published().proto();
+            }
+            if offset % 250 == 0 {
+                let bytes = crate::metrics::counting::live_bytes() - before;
+                per_order.push(bytes / ORDERS as isize);
+            }
+        }
+        eprintln!("bytes per order after 250, 500, 750, 1000 updates: {per_order:?}");
+        assert!(per_order.iter().all(|&b| b <= 16 * 1024), "{per_order:?}");
+        assert!(
+            per_order.windows(2).all(|w| w[1] <= w[0] + 256),
+            "does not grow with time: {per_order:?}"
+        );
+        drop(orders);
+    }
+
+    #[test]
     fn no_updates_are_kept_with_a_zero_limit() {
         let buffer = fed(limits(0, 60), 1, 10, Instant::now());
         assert!(buffer.is_empty());
