@@ -1,6 +1,5 @@
 //! Watch-stream frames: an order's state encoded once per update, as JSON and as protobuf.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -93,27 +92,11 @@ pub struct Frame {
     pub is_final: bool,
 }
 
-/// Frames alive in the process: the latest state of each order, plus what is on its way to
-/// watchers. A count that grows with time, not with orders and watchers, is a frame kept somewhere.
-static LIVE_FRAMES: AtomicUsize = AtomicUsize::new(0);
-
-/// How many frames are alive now (`trackline_watch_frames_live`).
-pub fn live_frames() -> usize {
-    LIVE_FRAMES.load(Ordering::Relaxed)
-}
-
-impl Drop for Frame {
-    fn drop(&mut self) {
-        LIVE_FRAMES.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Frame {
     /// A frame of `view`. `recovered` is true on frames replayed after a successful resume, and
     /// false on a snapshot sent because a resume was no longer possible.
     pub fn encode(view: OrderView, kind: FrameKind, recovered: bool) -> Arc<Frame> {
         let is_final = view.status.is_final();
-        LIVE_FRAMES.fetch_add(1, Ordering::Relaxed);
         Arc::new(Frame {
             view,
             kind,
