@@ -64,18 +64,18 @@ pub async fn render() -> HttpResponse {
         .body(body)
 }
 
+/// A counting allocator for the tests of this crate that measure memory: bytes allocated and not
+/// yet freed, process-wide (the unit-test binary only).
 #[cfg(test)]
-mod tests {
+pub(crate) mod counting {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::sync::atomic::{AtomicIsize, Ordering};
-    use std::time::Instant;
+    use std::sync::{Mutex, MutexGuard};
 
-    use super::*;
-
-    /// Counts the bytes allocated and not yet freed, process-wide (this test binary only).
     struct Counting;
 
     static LIVE: AtomicIsize = AtomicIsize::new(0);
+    static MEASURING: Mutex<()> = Mutex::new(());
 
     // SAFETY: every call goes to `System` with the caller's layout; only a counter is added.
     unsafe impl GlobalAlloc for Counting {
@@ -101,16 +101,35 @@ mod tests {
     #[global_allocator]
     static ALLOCATOR: Counting = Counting;
 
-    fn live_bytes() -> isize {
+    /// Bytes allocated and not freed.
+    pub fn live_bytes() -> isize {
         LIVE.load(Ordering::Relaxed)
     }
 
+    /// Held while measuring, so that two measuring tests do not count each other.
+    pub fn measuring() -> MutexGuard<'static, ()> {
+        MEASURING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::counting::{live_bytes, measuring};
+    use super::*;
+
     #[test]
     fn unscraped_histogram_samples_do_not_accumulate() {
+        let _alone = measuring();
         install();
-        install(); // a second server in the process: still one recorder, one upkeep thread
-        const SAMPLES: usize = 500_000; // 4 MB of samples if they were kept
-                                        // Not a trackline_ name: k8s/validate.py holds every trackline_ metric to a dashboard panel.
+        // A second server in the process: still one recorder, one upkeep thread.
+        install();
+        // 4 MB of samples if they were kept.
+        const SAMPLES: usize = 500_000;
+        // Not a trackline_ name: k8s/validate.py holds every trackline_ metric to a dashboard panel.
         let record = || metrics::histogram!("test_upkeep_seconds").record(0.001);
         record();
         std::thread::sleep(UPKEEP_EVERY * 2);
