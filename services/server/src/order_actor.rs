@@ -170,7 +170,8 @@ impl OrderActor {
         };
         if whole {
             batch.orders.push(self.record.clone());
-        } else if now != self.persisted || !batch.fixes.is_empty() {
+        } else if now != self.persisted {
+            // A stored fix always moved last_seq, so this covers every batch with fixes.
             let id = self.record.order_id.clone();
             batch.progress.push((id, Progress::of(&self.record)));
         }

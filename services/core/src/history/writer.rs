@@ -325,11 +325,12 @@ fn add_batch(changes: &mut Changes, batch: super::WriteBatch) {
         changes.entry(order).or_default().fixes.push(fix);
     }
     for record in batch.orders {
+        let order = record.order_id.clone();
         let change = OrderChanges {
-            record: Some(record.clone()),
+            record: Some(record),
             ..Default::default()
         };
-        changes.entry(record.order_id).or_default().merge(change);
+        changes.entry(order).or_default().merge(change);
     }
     for (order, progress) in batch.progress {
         let change = OrderChanges {
