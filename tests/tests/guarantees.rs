@@ -1,6 +1,7 @@
 //! The delivery guarantees (issue 3) end to end, each test with assertions that fail if its
 //! guarantee breaks: gap-free watcher resume (`?since=&epoch=`), slow watchers (bounded memory,
-//! conflation, close 4008), graceful shutdown on SIGTERM, and heartbeats on both streams.
+//! conflation, close 4008), graceful shutdown on SIGTERM, heartbeats on both streams, and order
+//! actors that move to their couriers' threads without losing anything.
 //!
 //! Resume and heartbeats run an in-process server with a tuned `Config`; slow watchers and
 //! shutdown run the real `trackline` binary (its memory is read from `/proc`, and it gets a real
@@ -1187,4 +1188,66 @@ async fn courier_and_watcher_that_answer_pings_stay_connected_past_the_timeout()
     assert_eq!(update.offset, snapshot.offset + 2, "{update:?}");
     courier.close().await;
     watcher.close().await;
+}
+
+/// Orders whose actors start on their watchers' threads (watchers subscribe before the couriers
+/// connect) are moved to their couriers' session threads; a move loses no fix, no update and no
+/// watcher, also when a courier reconnects (maybe on the other thread) and streams on.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_moved_to_their_couriers_threads_lose_no_fix_update_or_watcher() {
+    const ORDERS: usize = 16;
+    // The binary: its metrics are its own (in-process servers of one test binary share theirs).
+    let server = TestServer::start_binary(&["--workers", "2"]);
+    let points = run_points(24);
+    let fixes = trip_fixes(&points, 1);
+    let (first, second) = fixes.split_at(12);
+    let ids = |i: usize| (format!("order-move-{i}"), format!("courier-move-{i}"));
+    for i in 0..ORDERS {
+        let (order, courier) = ids(i);
+        server
+            .create_order(&run_order(&order, &courier, &points))
+            .await;
+    }
+    let mut watchers = Vec::new();
+    for i in 0..ORDERS {
+        watchers.push(Reference::start(&server, &ids(i).0).await);
+    }
+    // The server hands connections to its two threads in turn: one more connection (a request)
+    // puts each courier on the other thread than its watcher, whose lookup started the actor.
+    server.get("/healthz", None).await;
+    let couriers: Vec<String> = (0..ORDERS).map(|i| ids(i).1).collect();
+    stream_each(&server, &couriers, first).await;
+    let moved = metric(&server, "trackline_order_moves_total").await;
+    assert!(
+        moved >= 1.0,
+        "no order actor moved to its courier's thread ({moved})"
+    );
+    stream_each(&server, &couriers, second).await;
+
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let (order, _) = ids(i);
+        let stored: Vec<u64> = server.history(&order).await.iter().map(|f| f.seq).collect();
+        assert_eq!(
+            stored,
+            (1..=fixes.len() as u64).collect::<Vec<_>>(),
+            "{order}: every acked fix is in its history"
+        );
+        let (offset, _) = server.offset_and_epoch(&order).await;
+        let seen = watcher.catch_up(offset).await;
+        assert_eq!(
+            seen.last().map(|u| u.offset),
+            Some(offset),
+            "{order}: the watcher from before the moves saw every update"
+        );
+    }
+}
+
+/// Every courier of `couriers` connects, streams `fixes` one per frame and closes, all at once.
+async fn stream_each(server: &TestServer, couriers: &[String], fixes: &[v1::Fix]) {
+    join_all(couriers.iter().map(|id| async move {
+        let mut courier = server.courier(id).await;
+        stream_one_by_one(&mut courier, fixes).await;
+        courier.close().await;
+    }))
+    .await;
 }

@@ -213,7 +213,7 @@ async fn unlink_unless_assigned(app: &AppState, courier: &CourierId, order: &Ord
 
 /// The durable view of an order: from its actor when active, else from the store.
 async fn view_of(app: &AppState, order: &OrderId) -> ApiResult<OrderView> {
-    if let Some(actor) = app.registry.send(Find(order.clone())).await? {
+    if let Some(actor) = app.registry.send(Find::here(order.clone())).await? {
         return Ok(actor.send(GetView).await?);
     }
     let store = app.store.clone();
@@ -332,7 +332,7 @@ async fn active_order(
     app: &AppState,
     order: &OrderId,
 ) -> ApiResult<actix::Addr<crate::order_actor::OrderActor>> {
-    if let Some(actor) = app.registry.send(Find(order.clone())).await? {
+    if let Some(actor) = app.registry.send(Find::here(order.clone())).await? {
         return Ok(actor);
     }
     // Not active: say whether it ended or never existed.
@@ -393,7 +393,12 @@ async fn set_status(
                 "order {order} is not assigned to courier {courier}"
             ))
         };
-        if app.registry.send(Find(order.clone())).await?.is_none() {
+        if app
+            .registry
+            .send(Find::here(order.clone()))
+            .await?
+            .is_none()
+        {
             let view = view_of(&app, &order).await.map_err(|_| not_yours())?;
             if view.courier_id.as_ref() != Some(courier) {
                 return Err(not_yours());
@@ -590,7 +595,7 @@ async fn watch(
                 )),
             }
         }
-        _ => match app.registry.send(Find(order.clone())).await? {
+        _ => match app.registry.send(Find::here(order.clone())).await? {
             Some(actor) => Source::Live(actor.into(), resume),
             None => {
                 let view = for_caller(view_of(&app, &order).await?, &caller);

@@ -30,9 +30,8 @@ use trackline_core::fix::{validate, Fix, RejectCode, Rejection};
 use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
-use crate::live_index::Upsert;
 use crate::order_actor::{Ingest, IngestReport};
-use crate::registry::{CourierJoined, CourierLeft, Lookup, Route, Routes, Supersede};
+use crate::registry::{CourierJoined, CourierLeft, Lookup, Near, Route, Routes, Supersede};
 use crate::session::{
     close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
 };
@@ -201,7 +200,11 @@ impl CourierSession {
         if self.app.cluster.is_none() && !self.routes_current() {
             // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
             // each order actor must get the courier's frames in the order they came.
-            let lookup = self.app.registry.send(Lookup(self.courier.clone()));
+            let lookup = self.app.registry.send(Lookup {
+                courier: self.courier.clone(),
+                session_id: self.id,
+                near: Near::here(),
+            });
             ctx.wait(
                 fut::wrap_future(lookup).map(move |routes, act: &mut Self, ctx| {
                     act.routes = routes.ok();
@@ -432,11 +435,7 @@ impl CourierSession {
             })
             .last();
         if let Some((time_ms, pos)) = newest_live {
-            self.app.live_index.do_send(Upsert {
-                courier: self.courier.clone(),
-                pos,
-                time_ms,
-            });
+            self.app.live_positions.upsert(&self.courier, pos, time_ms);
         }
     }
 }

@@ -245,6 +245,15 @@ impl Fanout {
         }
     }
 
+    /// Takes the stream over in a new actor (the order moved): the retries of slow watchers that
+    /// the old actor had scheduled go with it.
+    pub fn adopt<A: Streams>(&mut self, ctx: &mut Context<A>) {
+        self.retry_scheduled = false;
+        if self.watchers.values().any(|w| w.lagging.is_some()) {
+            self.schedule_retry(ctx);
+        }
+    }
+
     /// Drops a watcher (its session ended).
     pub fn remove(&mut self, watcher_id: u64) {
         self.watchers.remove(&watcher_id);

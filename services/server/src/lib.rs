@@ -47,6 +47,8 @@ pub struct AppState {
     /// Changes of the registry's routing table, which courier sessions check their routes by.
     routes_version: registry::RoutesVersion,
     live_index: Addr<live_index::LiveIndex>,
+    /// The same index, for courier sessions to move their couriers in place.
+    live_positions: live_index::LivePositions,
     order_settings: Arc<order_actor::OrderSettings>,
     /// Turns true when the server begins to shut down; sessions then close with 1001.
     pub shutdown: watch::Receiver<bool>,
@@ -327,8 +329,9 @@ pub async fn run(
         index,
         config.live_ttl_s,
         cluster.as_ref().map(|(cluster, _)| cluster.clone()),
-    )
-    .start();
+    );
+    let live_positions = live_index.positions();
+    let live_index = live_index.start();
     let remote_watches = cluster.as_ref().map(|(cluster, _)| {
         remote_watch::RemoteWatches::new(cluster.clone(), order_settings.clone()).start()
     });
@@ -346,6 +349,7 @@ pub async fn run(
         registry,
         routes_version,
         live_index,
+        live_positions,
         order_settings,
         shutdown: shutdown_rx,
         connections: Arc::default(),

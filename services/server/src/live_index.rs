@@ -1,11 +1,12 @@
-//! The actor that owns the spatial index of live couriers: updates arrive as messages, queries
-//! are answered in microseconds, and couriers that went quiet are swept out.
+//! The spatial index of live couriers: courier sessions move their courier in it in place (a
+//! short lock on the session's own thread, not a message that wakes another thread for every
+//! fix), queries are answered in microseconds, and an actor sweeps out couriers that went quiet.
 //!
 //! In broker mode every node keeps every courier: each node sends the positions of the couriers
 //! connected to it to all others a few times a second, in one message, so `nearby` and `within`
 //! see the whole fleet on any node at the cost of one broadcast per node and interval.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -19,33 +20,76 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Broker mode: how often a node shares its couriers' new positions with the others.
 const SHARE_EVERY: Duration = Duration::from_millis(500);
 
-pub struct LiveIndex {
+/// The index itself, shared by the sessions that move couriers in it and the [`LiveIndex`] actor
+/// that answers queries and sweeps it.
+#[derive(Clone)]
+pub struct LivePositions(Arc<Mutex<Shared>>);
+
+struct Shared {
     index: SpatialIndex,
+    /// Broker mode: the positions not yet shared with the other nodes.
+    unshared: Option<Vec<Upsert>>,
+}
+
+impl LivePositions {
+    /// Moves `courier` to `pos`, as of its fix of `time_ms`.
+    pub fn upsert(&self, courier: &CourierId, pos: LatLon, time_ms: i64) {
+        let mut shared = self.lock();
+        shared.index.upsert(courier, pos, time_ms);
+        if let Some(unshared) = shared.unshared.as_mut() {
+            unshared.push(Upsert {
+                courier: courier.clone(),
+                pos,
+                time_ms,
+            });
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves a consistent index (each update is one call).
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub struct LiveIndex {
+    positions: LivePositions,
     ttl_ms: i64,
-    /// Broker mode: the cluster, and the positions not yet shared with the other nodes.
-    sharing: Option<(Arc<Cluster>, Vec<Upsert>)>,
+    /// Broker mode: the cluster the positions are shared with.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl LiveIndex {
     pub fn new(index: SpatialIndex, ttl_s: i64, cluster: Option<Arc<Cluster>>) -> Self {
-        Self {
+        let shared = Shared {
             index,
+            unshared: cluster.as_ref().map(|_| Vec::new()),
+        };
+        Self {
+            positions: LivePositions(Arc::new(Mutex::new(shared))),
             ttl_ms: ttl_s.saturating_mul(1000),
-            sharing: cluster.map(|cluster| (cluster, Vec::new())),
+            cluster,
         }
+    }
+
+    /// The handle that courier sessions move their couriers with.
+    pub fn positions(&self) -> LivePositions {
+        self.positions.clone()
     }
 
     /// Sends the positions gathered since the last time to every other node.
     fn share(&mut self) {
-        let Some((cluster, pending)) = self.sharing.as_mut() else {
+        let Some(cluster) = self.cluster.as_ref() else {
             return;
         };
-        if pending.is_empty() {
-            return;
-        }
+        let positions = match self.positions.lock().unshared.as_mut() {
+            Some(unshared) if !unshared.is_empty() => std::mem::take(unshared),
+            _ => return,
+        };
         let positions = Positions {
             from: cluster.node().to_string(),
-            positions: std::mem::take(pending),
+            positions,
         };
         let cluster = cluster.clone();
         actix_rt::spawn(async move { cluster.broadcast_positions(&positions).await });
@@ -66,36 +110,25 @@ impl Actor for LiveIndex {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(SWEEP_EVERY, |act, _| {
-            let dropped = act.index.expire_before(now_ms() - act.ttl_ms);
+            let mut shared = act.positions.lock();
+            let dropped = shared.index.expire_before(now_ms() - act.ttl_ms);
             if dropped > 0 {
                 tracing::debug!(dropped, "couriers left the live index");
             }
-            metrics::gauge!("trackline_live_couriers").set(act.index.len() as f64);
+            metrics::gauge!("trackline_live_couriers").set(shared.index.len() as f64);
         });
-        if self.sharing.is_some() {
+        if self.cluster.is_some() {
             ctx.run_interval(SHARE_EVERY, |act, _| act.share());
         }
     }
 }
 
-/// A courier's latest live position.
-#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
-#[rtype(result = "()")]
+/// A courier's latest live position, as shared between nodes.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Upsert {
     pub courier: CourierId,
     pub pos: LatLon,
     pub time_ms: i64,
-}
-
-impl Handler<Upsert> for LiveIndex {
-    type Result = ();
-
-    fn handle(&mut self, msg: Upsert, _: &mut Context<Self>) {
-        self.index.upsert(&msg.courier, msg.pos, msg.time_ms);
-        if let Some((_, pending)) = self.sharing.as_mut() {
-            pending.push(msg);
-        }
-    }
 }
 
 impl Handler<Positions> for LiveIndex {
@@ -103,8 +136,10 @@ impl Handler<Positions> for LiveIndex {
 
     /// Positions from another node: newer ones win, and they are not shared on again.
     fn handle(&mut self, msg: Positions, _: &mut Context<Self>) {
+        let mut shared = self.positions.lock();
         for upsert in msg.positions {
-            self.index
+            shared
+                .index
                 .upsert(&upsert.courier, upsert.pos, upsert.time_ms);
         }
     }
@@ -123,7 +158,8 @@ impl Handler<NearbyQuery> for LiveIndex {
     type Result = MessageResult<NearbyQuery>;
 
     fn handle(&mut self, msg: NearbyQuery, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.index.nearest(msg.center, msg.radius_m, msg.limit))
+        let shared = self.positions.lock();
+        MessageResult(shared.index.nearest(msg.center, msg.radius_m, msg.limit))
     }
 }
 
@@ -150,8 +186,9 @@ impl Handler<WithinBox> for LiveIndex {
             east,
             limit,
         } = msg;
+        let shared = self.positions.lock();
         if west <= east {
-            return MessageResult(self.index.within_box(
+            return MessageResult(shared.index.within_box(
                 LatLon::new(south, west),
                 LatLon::new(north, east),
                 limit,
@@ -160,9 +197,10 @@ impl Handler<WithinBox> for LiveIndex {
         // Two boxes, one each side of the antimeridian; each is ordered by distance from its own
         // centre, so order the union by distance from the centre of the whole box.
         let mut found =
-            self.index
+            shared
+                .index
                 .within_box(LatLon::new(south, west), LatLon::new(north, 180.0), limit);
-        found.extend(self.index.within_box(
+        found.extend(shared.index.within_box(
             LatLon::new(south, -180.0),
             LatLon::new(north, east),
             limit,

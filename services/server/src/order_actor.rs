@@ -1,6 +1,11 @@
 //! One actor per active order: filters each fix, appends it to history, re-estimates the ETA and
 //! pushes the new state to the order's watchers once it is durable.
 //!
+//! An actor can move to another thread ([`MoveTo`]: the registry keeps it with the session of
+//! its courier). Between commits it hands its whole state to a new actor on that thread; the old
+//! one stays a few seconds as a forwarder, so that whoever still holds its address reaches the
+//! new one, and refuses fixes (unstored, so the app resends them on the new route).
+//!
 //! State changes happen in memory at once, but a watcher (and the courier's ack) only hears of
 //! them after the history store has flushed them: every frame a watcher ever saw survives a
 //! crash, so offsets are never reused and an epoch only changes when the data itself is lost.
@@ -23,6 +28,11 @@ use crate::registry::{Registry, Relink};
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
 pub const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
+
+/// How long a moved actor forwards to its successor. Sessions route by the registry's routing
+/// table, whose version the move raised; a frame still sent to the old address was on its way
+/// already, so this only needs to outlast milliseconds.
+const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(5);
 
 /// What every order actor shares.
 #[derive(Clone)]
@@ -75,6 +85,12 @@ pub struct Assign {
     pub courier: CourierId,
 }
 
+/// Move to the thread of `0`, between commits; the answer is the new actor (`None`: it stays,
+/// as an order that has ended does for its last watchers).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<OrderActor>>")]
+pub struct MoveTo(pub ArbiterHandle);
+
 /// Change the status, as ops or as the order's courier (`by_courier`).
 #[derive(Message)]
 #[rtype(result = "Result<OrderView, ApiError>")]
@@ -97,6 +113,15 @@ pub struct OrderActor {
     record_changed: bool,
     /// The offset and last seq of the last state handed to the store.
     persisted: (u64, u64),
+    /// Commits handed to the store and not yet answered.
+    in_flight: usize,
+    /// A move asked for while commits were in flight, made when the last is answered.
+    move_when_idle: Option<(
+        ArbiterHandle,
+        tokio::sync::oneshot::Sender<Option<Addr<Self>>>,
+    )>,
+    /// Set once this actor has handed its state over: it only forwards from then on.
+    moved_to: Option<Addr<Self>>,
 }
 
 impl OrderActor {
@@ -123,6 +148,51 @@ impl OrderActor {
             unpublished: Default::default(),
             record_changed: false,
             persisted,
+            in_flight: 0,
+            move_when_idle: None,
+            moved_to: None,
+        }
+    }
+
+    /// Hands the whole state to a new actor on `arbiter` and stays behind as its forwarder;
+    /// `None` (no move) once the order has ended.
+    fn move_to(&mut self, arbiter: &ArbiterHandle, ctx: &mut Context<Self>) -> Option<Addr<Self>> {
+        if self.stream.published().is_final || self.moved_to.is_some() {
+            return self.moved_to.clone();
+        }
+        debug_assert!(self.in_flight == 0 && self.unpublished.is_empty());
+        let stand_in = OrderRecord::new(
+            self.record.order_id.clone(),
+            self.record.destination,
+            None,
+            None,
+            None,
+            0,
+        );
+        let mut forwarder = OrderActor::new(stand_in, self.deps.clone());
+        // What a caller of the forwarder gets if the successor is gone: the state at the move.
+        forwarder.stream = Fanout::new(
+            self.stream.published().clone(),
+            self.deps.settings.resume,
+            self.deps.settings.slow_watcher_timeout,
+        );
+        let mut state = std::mem::replace(self, forwarder);
+        let successor = OrderActor::start_in_arbiter(arbiter, move |ctx| {
+            state.stream.adopt(ctx);
+            state
+        });
+        self.moved_to = Some(successor.clone());
+        metrics::counter!("trackline_order_moves_total").increment(1);
+        ctx.run_later(FORWARD_AFTER_MOVE, |_, ctx| ctx.stop());
+        Some(successor)
+    }
+
+    /// Makes the move asked for while commits were in flight, once none is.
+    fn move_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight == 0 {
+            if let Some((arbiter, answer)) = self.move_when_idle.take() {
+                let _ = answer.send(self.move_to(&arbiter, ctx));
+            }
         }
     }
 
@@ -176,18 +246,24 @@ impl OrderActor {
             batch.progress.push((id, Progress::of(&self.record)));
         }
         self.persisted = now;
+        self.in_flight += 1;
         let commit = self.deps.store.commit(batch);
-        commit.into_actor(self).map(move |outcome, act, ctx| match outcome {
-            Ok(()) => {
-                act.publish_through(offset, ctx);
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(order_id = %act.record.order_id, %error, "history write failed");
-                // The next write carries the whole record, and with it what this one failed to.
-                act.record_changed = true;
-                Err(error.to_string())
-            }
+        commit.into_actor(self).map(move |outcome, act, ctx| {
+            act.in_flight -= 1;
+            let outcome = match outcome {
+                Ok(()) => {
+                    act.publish_through(offset, ctx);
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::error!(order_id = %act.record.order_id, %error, "history write failed");
+                    // The next write carries the whole record, and what this one failed to.
+                    act.record_changed = true;
+                    Err(error.to_string())
+                }
+            };
+            act.move_if_idle(ctx);
+            outcome
         })
     }
 
@@ -250,11 +326,34 @@ impl Actor for OrderActor {
     }
 }
 
+impl Handler<MoveTo> for OrderActor {
+    type Result = ResponseFuture<Option<Addr<Self>>>;
+
+    fn handle(&mut self, msg: MoveTo, ctx: &mut Context<Self>) -> Self::Result {
+        if self.in_flight == 0 {
+            let moved = self.move_to(&msg.0, ctx);
+            return Box::pin(async move { moved });
+        }
+        let (answer, moved) = tokio::sync::oneshot::channel();
+        // A later request wins; the earlier one hears that nothing moved.
+        if let Some((_, earlier)) = self.move_when_idle.replace((msg.0, answer)) {
+            let _ = earlier.send(None);
+        }
+        Box::pin(async move { moved.await.ok().flatten() })
+    }
+}
+
 impl Handler<Ingest> for OrderActor {
     type Result = ResponseActFuture<Self, IngestReport>;
 
     fn handle(&mut self, msg: Ingest, _: &mut Context<Self>) -> Self::Result {
         let mut report = IngestReport::default();
+        if self.moved_to.is_some() {
+            // Not forwarded: a later frame of the same session, sent to the new address, could
+            // overtake this one, whose fixes the order would then skip as resends.
+            report.failed = Some("the order moved while these fixes were on their way".into());
+            return Box::pin(fut::ready(report));
+        }
         if !self.record.status.takes_fixes()
             || self.record.courier_id.as_ref() != Some(&msg.courier)
         {
@@ -308,12 +407,25 @@ impl Streams for OrderActor {
 }
 
 impl Handler<Subscribe> for OrderActor {
-    type Result = MessageResult<Subscribe>;
+    type Result = ResponseFuture<Vec<Arc<Frame>>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        if let Some(successor) = &self.moved_to {
+            let (successor, watcher) = (successor.clone(), msg.watcher.clone());
+            return Box::pin(async move {
+                successor.send(msg).await.unwrap_or_else(|_| {
+                    // The successor is gone (its order ended): as if this actor were.
+                    watcher.do_send(crate::fanout::Push::Evict {
+                        code: 1001,
+                        reason: "order is no longer served here; reconnect".into(),
+                    });
+                    Vec::new()
+                })
+            });
+        }
         let first = self.stream.first_frames(msg.resume.as_ref());
         self.stream.add(msg.watcher_id, msg.watcher);
-        MessageResult(first)
+        Box::pin(async move { first })
     }
 }
 
@@ -321,22 +433,53 @@ impl Handler<Unsubscribe> for OrderActor {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        self.stream.remove(msg.watcher_id);
+        match &self.moved_to {
+            Some(successor) => successor.do_send(msg),
+            None => self.stream.remove(msg.watcher_id),
+        }
     }
 }
 
 impl Handler<GetView> for OrderActor {
-    type Result = MessageResult<GetView>;
+    type Result = ResponseFuture<OrderView>;
 
-    fn handle(&mut self, _: GetView, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.stream.published().view.clone())
+    fn handle(&mut self, msg: GetView, _: &mut Context<Self>) -> Self::Result {
+        let view = self.stream.published().view.clone();
+        match &self.moved_to {
+            // The forwarder's view is the state at the move: what a gone successor last had.
+            Some(successor) => {
+                let asked = successor.send(msg);
+                Box::pin(async move { asked.await.unwrap_or(view) })
+            }
+            None => Box::pin(async move { view }),
+        }
     }
+}
+
+/// A forwarder's answer to a change: its successor's.
+fn forward_change<M>(
+    successor: &Addr<OrderActor>,
+    msg: M,
+) -> ResponseActFuture<OrderActor, Result<OrderView, ApiError>>
+where
+    M: Message<Result = Result<OrderView, ApiError>> + Send + 'static,
+    OrderActor: Handler<M>,
+{
+    let asked = successor.send(msg);
+    Box::pin(fut::wrap_future(async move {
+        asked
+            .await
+            .map_err(|e| ApiError::Internal(format!("order actor: {e}")))?
+    }))
 }
 
 impl Handler<Assign> for OrderActor {
     type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
 
     fn handle(&mut self, msg: Assign, _: &mut Context<Self>) -> Self::Result {
+        if let Some(successor) = &self.moved_to {
+            return forward_change(successor, msg);
+        }
         self.change(|act| {
             let record = &mut act.record;
             if record.status.is_final() {
@@ -367,6 +510,9 @@ impl Handler<SetStatus> for OrderActor {
     type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
 
     fn handle(&mut self, msg: SetStatus, _: &mut Context<Self>) -> Self::Result {
+        if let Some(successor) = &self.moved_to {
+            return forward_change(successor, msg);
+        }
         self.change(|act| {
             let record = &mut act.record;
             if let Some(courier) = &msg.by_courier {

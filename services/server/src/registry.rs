@@ -1,6 +1,12 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
 //! order arbiters) and routes each courier's fixes to every active order assigned to it.
 //!
+//! An order's actor runs on the thread of the courier session that feeds it: it is started
+//! there, or moved there when the courier's newest session asks for its routes from another
+//! thread, so that a fix, its commit's answer and the courier's ack cross no thread between
+//! session and order. Orders that no session has asked for yet start on the thread of whoever
+//! needs them first (a watcher, a REST call), or on the order arbiters.
+//!
 //! On one node a courier session asks the registry once for its courier's order actors
 //! ([`Lookup`]) and sends each frame to them itself; the registry counts every change of the
 //! routing table ([`RoutesVersion`]), so a session notices that its copy is stale before its next
@@ -9,8 +15,11 @@
 //! goes through the registry.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::ThreadId;
 
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -20,7 +29,7 @@ use trackline_core::{CourierId, OrderId};
 
 use crate::cluster::{Cluster, IngestCall, Kind, RouteCall};
 use crate::error::ApiError;
-use crate::order_actor::{Ingest, IngestReport, OrderActor, OrderDeps};
+use crate::order_actor::{Ingest, IngestReport, MoveTo, OrderActor, OrderDeps};
 use trackline_core::links::LinkStore;
 
 /// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
@@ -45,10 +54,28 @@ impl RoutesVersion {
     }
 }
 
-/// An active order: its record until someone needs it, then its running actor.
+/// An active order: its record until someone needs it, then its running actor (and the thread
+/// it runs on, when it was started or moved near a caller).
 enum Slot {
     Dormant(Box<OrderRecord>),
-    Live(Addr<OrderActor>),
+    Live(Addr<OrderActor>, Option<ThreadId>),
+}
+
+/// The thread a caller runs on, to start (or move) order actors on.
+#[derive(Clone)]
+pub struct Near {
+    thread: ThreadId,
+    arbiter: ArbiterHandle,
+}
+
+impl Near {
+    /// The calling thread, when it runs an actix arbiter (HTTP workers and sessions do).
+    pub fn here() -> Option<Self> {
+        Some(Self {
+            arbiter: Arbiter::try_current()?,
+            thread: std::thread::current().id(),
+        })
+    }
 }
 
 pub struct Registry {
@@ -131,12 +158,22 @@ impl Registry {
             .insert(record.order_id.clone(), Slot::Dormant(Box::new(record)));
     }
 
-    /// The running actor of an active order, started now if it was dormant.
-    fn live(&mut self, order: &OrderId) -> Option<Addr<OrderActor>> {
+    /// The running actor of an active order, started now (`near` the caller, when it says
+    /// where it runs) if it was dormant.
+    fn live(&mut self, order: &OrderId, near: Option<&Near>) -> Option<Addr<OrderActor>> {
+        self.live_on(order, near).map(|(actor, _)| actor)
+    }
+
+    /// [`Self::live`], with the thread the actor runs on when known.
+    fn live_on(
+        &mut self,
+        order: &OrderId,
+        near: Option<&Near>,
+    ) -> Option<(Addr<OrderActor>, Option<ThreadId>)> {
         let slot = self.orders.get_mut(order)?;
         match slot {
-            Slot::Live(addr) if addr.connected() => Some(addr.clone()),
-            Slot::Live(_) => None,
+            Slot::Live(addr, thread) if addr.connected() => Some((addr.clone(), *thread)),
+            Slot::Live(..) => None,
             Slot::Dormant(_) => {
                 let Slot::Dormant(record) =
                     std::mem::replace(slot, Slot::Dormant(Box::new(placeholder(order))))
@@ -145,14 +182,28 @@ impl Registry {
                 };
                 // unwrap: deps is set in started(), before any message is handled
                 let deps = self.deps.clone().unwrap();
-                let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-                self.next_arbiter += 1;
+                let (arbiter, thread) = match near {
+                    Some(near) => (&near.arbiter, Some(near.thread)),
+                    None => {
+                        self.next_arbiter += 1;
+                        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+                        (arbiter, None)
+                    }
+                };
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
-                *slot = Slot::Live(addr.clone());
-                Some(addr)
+                *slot = Slot::Live(addr.clone(), thread);
+                Some((addr, thread))
             }
         }
+    }
+
+    /// Whether `session` is the newest open stream session of `courier`.
+    fn is_newest_session(&self, courier: &CourierId, session: u64) -> bool {
+        self.sessions
+            .get(courier)
+            .and_then(VecDeque::back)
+            .is_some_and(|(id, _)| *id == session)
     }
 }
 
@@ -219,15 +270,23 @@ impl Handler<Create> for Registry {
 }
 
 /// The actor of an active order; `None` when the order is not active (ended, or never existed).
+/// A dormant order's actor starts on the caller's thread ([`Near::here`]).
 #[derive(Message)]
 #[rtype(result = "Option<Addr<OrderActor>>")]
-pub struct Find(pub OrderId);
+pub struct Find(pub OrderId, pub Option<Near>);
+
+impl Find {
+    /// Finds `order` for a caller on this thread.
+    pub fn here(order: OrderId) -> Self {
+        Self(order, Near::here())
+    }
+}
 
 impl Handler<Find> for Registry {
     type Result = Option<Addr<OrderActor>>;
 
     fn handle(&mut self, msg: Find, _: &mut Context<Self>) -> Self::Result {
-        self.live(&msg.0)
+        self.live(&msg.0, msg.1.as_ref())
     }
 }
 
@@ -240,18 +299,74 @@ pub struct Routes {
 
 /// Where a courier's fixes go now (starting the actors of dormant orders). One node only: in
 /// broker mode frames go through [`Route`].
+///
+/// Asked by the courier's newest session, the answer comes once the courier's orders run on the
+/// session's thread (see the module's notes).
 #[derive(Message)]
 #[rtype(result = "Routes")]
-pub struct Lookup(pub CourierId);
+pub struct Lookup {
+    pub courier: CourierId,
+    /// The asking session ([`CourierJoined::session_id`]).
+    pub session_id: u64,
+    pub near: Option<Near>,
+}
+
+/// An order whose actor was asked to move, and the answer.
+type Moving = Pin<Box<dyn Future<Output = (OrderId, Addr<OrderActor>, Option<Addr<OrderActor>>)>>>;
 
 impl Handler<Lookup> for Registry {
-    type Result = MessageResult<Lookup>;
+    type Result = ResponseActFuture<Self, Routes>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
         let version = self.version.current();
-        let orders = self.couriers.get(&msg.0).cloned().unwrap_or_default();
-        let actors = orders.iter().filter_map(|order| self.live(order)).collect();
-        MessageResult(Routes { version, actors })
+        // Only the newest session draws the orders to its thread: two open sessions of one
+        // courier on two threads must not pull its orders back and forth.
+        let near = msg
+            .near
+            .filter(|_| self.is_newest_session(&msg.courier, msg.session_id));
+        let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
+        let mut actors = Vec::with_capacity(orders.len());
+        let mut moving: Vec<Moving> = Vec::new();
+        for order in orders {
+            let Some((actor, thread)) = self.live_on(&order, near.as_ref()) else {
+                continue;
+            };
+            match &near {
+                Some(near) if thread != Some(near.thread) => {
+                    // A fresh clone of the address, as for every frame (see courier_ws).
+                    let asked = actor.clone().send(MoveTo(near.arbiter.clone()));
+                    moving.push(Box::pin(async move {
+                        // An actor that stopped meanwhile ended its order: it is routed no more.
+                        let moved = asked.await.unwrap_or(None);
+                        (order, actor, moved)
+                    }));
+                }
+                _ => actors.push(actor),
+            }
+        }
+        let thread = near.map(|near| near.thread);
+        Box::pin(
+            fut::wrap_future(join_all(moving)).map(move |moved, act: &mut Self, _| {
+                for (order, old, new) in moved {
+                    let Some(new) = new else {
+                        actors.push(old);
+                        continue;
+                    };
+                    if let Some(slot @ Slot::Live(..)) = act.orders.get_mut(&order) {
+                        if matches!(slot, Slot::Live(addr, _) if *addr == old) {
+                            *slot = Slot::Live(new.clone(), thread);
+                            // Sessions that still route to the old address ask again.
+                            act.version.bump();
+                        }
+                    }
+                    actors.push(new);
+                }
+                Routes {
+                    version,
+                    actors: actors.into(),
+                }
+            }),
+        )
     }
 }
 
@@ -290,7 +405,7 @@ impl Handler<Route> for Registry {
                     Some(Box::pin(forwarded) as futures_util::future::BoxFuture<_>)
                 }
                 _ => {
-                    let actor = self.live(order)?;
+                    let actor = self.live(order, None)?;
                     let sent = actor.send(Ingest {
                         courier: msg.courier.clone(),
                         fixes: msg.fixes.clone(),
@@ -371,7 +486,7 @@ impl Handler<IngestHere> for Registry {
     type Result = ResponseFuture<Option<IngestReport>>;
 
     fn handle(&mut self, msg: IngestHere, _: &mut Context<Self>) -> Self::Result {
-        let Some(actor) = self.live(&msg.order) else {
+        let Some(actor) = self.live(&msg.order, None) else {
             return Box::pin(async { None });
         };
         let sent = actor.send(Ingest {

@@ -16,8 +16,9 @@ pub trait Heartbeat: Actor<Context = ws::WebsocketContext<Self>> {
     fn last_heard(&self) -> Instant;
 }
 
-/// Pings every `--heartbeat-s` and drops the peer when it has been silent for
-/// `--client-timeout-s`; closes with 1008 when the token expires (`expires_s`, unix seconds) and
+/// Pings every `--heartbeat-s` a peer that sent nothing for half of that (a courier streaming fixes
+/// proves it is there with every frame; a ping each would cost a send, a pong and a wake-up per
+/// interval and connection) and drops the peer when it has been silent for `--client-timeout-s`; closes with 1008 when the token expires (`expires_s`, unix seconds) and
 /// with 1001 on server shutdown.
 pub fn keep_alive<A: Heartbeat>(
     ctx: &mut ws::WebsocketContext<A>,
@@ -27,11 +28,14 @@ pub fn keep_alive<A: Heartbeat>(
     let (interval, timeout) = (app.config.heartbeat(), app.config.client_timeout());
     let mut shutdown = app.shutdown.clone();
     ctx.run_interval(interval, move |act, ctx| {
-        if act.last_heard().elapsed() > timeout {
+        let silent = act.last_heard().elapsed();
+        if silent > timeout {
             tracing::debug!("peer silent past the timeout, dropping it");
             metrics::counter!("trackline_ws_timeouts_total").increment(1);
             ctx.stop();
-        } else {
+        } else if silent >= interval / 2 {
+            // Half the interval: a peer that only answers pings is pinged at every tick, so its
+            // silence never nears the timeout by more than one interval.
             ctx.ping(b"");
         }
     });

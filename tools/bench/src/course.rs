@@ -77,6 +77,17 @@ impl Schedule {
         StdRng::seed_from_u64(self.seed ^ mix)
     }
 
+    /// The order in which `n` couriers connect: a shuffle, the same in every run. A real fleet's
+    /// couriers connect at moments of their own, not in the order their watchers did; a server
+    /// that hands connections to its threads in turn would otherwise find every courier on its
+    /// watcher's thread, a layout no real fleet has.
+    pub fn connect_order(&self, n: usize) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.rng(n, 3));
+        order
+    }
+
     /// Courier `i`'s period and phase, in ms: it sends at `phase, phase + period, ...` after the
     /// start, so a fleet's fixes spread evenly over time instead of arriving in waves.
     pub fn of(&self, i: usize) -> (u32, u32) {

@@ -871,16 +871,23 @@ where
             .try_collect()
             .await?;
     let keys = &keys;
-    let pending: Vec<(Sender, Back)> = stream::iter(0..n)
+    let connect_order = match spec.pace {
+        Pace::Fleet(schedule) => schedule.connect_order(n),
+        _ => (0..n).collect(),
+    };
+    let mut pending: Vec<(usize, (Sender, Back))> = stream::iter(connect_order)
         .map(|i| async move {
             let token = courier_token(keys, &format!("c-{i}"));
-            open_courier(peer, server_addr, i, &token)
+            let conn = open_courier(peer, server_addr, i, &token)
                 .await
-                .with_context(|| format!("courier {i}"))
+                .with_context(|| format!("courier {i}"))?;
+            anyhow::Ok((i, conn))
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await?;
+    pending.sort_unstable_by_key(|(i, _)| *i);
+    let pending: Vec<(Sender, Back)> = pending.into_iter().map(|(_, conn)| conn).collect();
     let lead = Duration::from_millis(100);
     let (now, wall_ms) = (Instant::now(), now_ms());
     let start = now + lead;
