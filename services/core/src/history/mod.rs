@@ -119,6 +119,9 @@ pub struct StoreOptions {
     /// arrive one at a time, and without a wait almost every sync would carry a single fix
     /// (each sync costs the disk's round trip and tens of microseconds of kernel CPU).
     pub commit_window: Duration,
+    /// Bytes of history pages sled keeps in memory: what was written lately, for reads. It fills
+    /// as history is written and then stays at this bound, whatever the number of orders.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -127,6 +130,7 @@ impl Default for StoreOptions {
             compact_every: Duration::from_secs(15),
             max_segment_bytes: 64 * 1024 * 1024,
             commit_window: Duration::from_millis(2),
+            cache_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -418,7 +422,7 @@ impl HistoryStore {
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<(Self, WriterGuard)> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(options.cache_bytes)
             .open()?;
         let trees = Trees {
             fixes: db.open_tree("fixes")?,
