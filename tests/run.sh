@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: installs what the tests need that cargo
 # cannot (Debian's chromium, chromium-driver, nats-server and python3-venv, and the browser tests'
-# npm packages), validates the Kubernetes manifests, builds, and runs unit, end-to-end
-# (single-node and broker mode) and browser tests.
+# npm packages), validates the Kubernetes manifests, builds, runs unit, end-to-end (single-node
+# and broker mode) and browser tests, and checks formatting and clippy's lints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +50,20 @@ df -h . | sed 's/^/disk before build: /'
 cargo build --workspace --all-targets --locked
 df -h . | sed 's/^/disk after build: /'
 cargo test --workspace --locked --no-fail-fast || status=$?
+
+# Style is checked like behaviour: formatting, and clippy with every warning an error (after the
+# tests, so that a lint never hides what the tests would have said). Both come with rustup's
+# default toolchain; a toolchain without them is said loudly rather than failing the tests.
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all --check || status=$?
+else
+    echo "tests/run.sh: rustfmt is not installed; formatting NOT checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --locked -- -D warnings || status=$?
+else
+    echo "tests/run.sh: clippy is not installed; lints NOT checked" >&2
+fi
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).

@@ -1,4 +1,4 @@
-//! Access control (issue 4): every endpoint and both streams against no token, a garbage token,
+//! Access control: every endpoint and both streams against no token, a garbage token,
 //! an expired one, a forged one (wrong signature), each role, a token for another order or
 //! courier, and the right one, with the exact status, the error shape, and nothing of another
 //! order in any answer. Then what tokens may do once past the door: a courier writes only to the

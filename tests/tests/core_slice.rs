@@ -1,4 +1,4 @@
-//! The core slice end to end (issue 2): an order with a route, a courier streaming a real trip,
+//! The core slice end to end: an order with a route, a courier streaming a real trip,
 //! acks, watchers (JSON and protobuf), history, nearby couriers, recovery after a restart, and the
 //! answers to bad requests (401, 403, 400, 409). Each test runs its own server on 127.0.0.1:0.
 

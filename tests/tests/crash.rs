@@ -1,4 +1,4 @@
-//! Crash safety (issue 3): the real `trackline` binary is killed with SIGKILL at random moments
+//! Crash safety: the real `trackline` binary is killed with SIGKILL at random moments
 //! while couriers stream fixes and watchers follow their orders, then restarted on the same data
 //! dir, cycle after cycle. After every restart:
 //!
@@ -29,6 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
+use trackline_core::plane::{LocalPlane, M_PER_DEG};
 use trackline_core::LatLon;
 use trackline_proto::v1::{self, server_frame::Kind};
 use trackline_proto::{from_e7, to_e7, Message as _};
@@ -70,7 +71,6 @@ const FIRST_FIX_AGE_MS: i64 = 20 * 3600 * 1000;
 /// state.
 const RADIUS_M: f64 = 1000.0;
 const SPEED_MPS: f64 = 8.0;
-const METRES_PER_DEG_LAT: f64 = 111_320.0;
 
 fn centre(courier: usize) -> LatLon {
     LatLon::new(48.85 + courier as f64 * 0.2, 2.35)
@@ -78,23 +78,21 @@ fn centre(courier: usize) -> LatLon {
 
 fn destination(courier: usize) -> LatLon {
     let c = centre(courier);
-    LatLon::new(c.lat + 3000.0 / METRES_PER_DEG_LAT, c.lon)
+    LatLon::new(c.lat + 3000.0 / M_PER_DEG, c.lon)
 }
 
 /// The `i`-th fix of a courier (seq `i + 1`).
 fn fix(courier: usize, i: u64, t0_ms: i64) -> v1::Fix {
     let c = centre(courier);
     let angle = i as f64 * SPEED_MPS * (FIX_SPACING_MS as f64 / 1000.0) / RADIUS_M;
-    let metres_per_deg_lon = METRES_PER_DEG_LAT * c.lat.to_radians().cos();
-    let lat = c.lat + RADIUS_M * angle.sin() / METRES_PER_DEG_LAT;
-    let lon = c.lon + RADIUS_M * angle.cos() / metres_per_deg_lon;
+    let pos = LocalPlane::at(c).to_lat_lon(RADIUS_M * angle.cos(), RADIUS_M * angle.sin());
     // Anticlockwise from east: the heading is the tangent.
     let heading = (360.0 - angle.to_degrees()).rem_euclid(360.0);
     v1::Fix {
         seq: i + 1,
         time_ms: t0_ms + i as i64 * FIX_SPACING_MS,
-        lat_e7: to_e7(lat),
-        lon_e7: to_e7(lon),
+        lat_e7: to_e7(pos.lat),
+        lon_e7: to_e7(pos.lon),
         accuracy_m: 5.0,
         speed_mps: SPEED_MPS as f32,
         heading_deg: if heading >= 360.0 {

@@ -1,4 +1,4 @@
-//! The delivery guarantees (issue 3) end to end, each test with assertions that fail if its
+//! The delivery guarantees end to end, each test with assertions that fail if its
 //! guarantee breaks: gap-free watcher resume (`?since=&epoch=`), slow watchers (bounded memory,
 //! conflation, close 4008), graceful shutdown on SIGTERM, heartbeats on both streams, and order
 //! actors that move to their couriers' threads without losing anything.

@@ -1,4 +1,4 @@
-//! Hostile input (issue 4): every limit with a test, every validation code, a suite of hostile
+//! Hostile input: every limit with a test, every validation code, a suite of hostile
 //! clients against one real server while a well-behaved courier and watcher run alongside, and
 //! history retention (the purge endpoint and the background purge).
 //!

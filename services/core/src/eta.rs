@@ -50,6 +50,7 @@
 //! within a minute.
 
 use crate::fix::{Fix, LatLon};
+use crate::plane::LocalPlane;
 
 /// Tuning of the estimator.
 #[derive(Debug, Clone)]
@@ -132,7 +133,6 @@ pub struct EtaEstimate {
 
 /// Below this reported speed, m/s, a courier is standing still.
 const STOPPED_SPEED_MPS: f32 = 0.5;
-const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
 
 /// The estimator state of one order.
 #[derive(Debug, Clone)]
@@ -476,9 +476,8 @@ impl Route {
             let len = self.cum_m[i + 1] - self.cum_m[i];
             // A local plane at the segment's start: segments are short, so this is exact to
             // well under a metre anywhere on Earth, and cheaper than a geodesic projection.
-            let m_per_deg_lon = M_PER_DEG * a.lat.to_radians().cos();
-            let (bx, by) = ((b.lon - a.lon) * m_per_deg_lon, (b.lat - a.lat) * M_PER_DEG);
-            let (px, py) = ((p.lon - a.lon) * m_per_deg_lon, (p.lat - a.lat) * M_PER_DEG);
+            let plane = LocalPlane::at(a);
+            let ((bx, by), (px, py)) = (plane.to_local(b), plane.to_local(p));
             let len2 = bx * bx + by * by;
             let t = if len2 > 0.0 {
                 (px * bx + py * by) / len2
@@ -512,10 +511,7 @@ mod tests {
 
     /// A point `east` and `north` metres from a fixed origin.
     fn at(east: f64, north: f64) -> LatLon {
-        LatLon::new(
-            LAT + north / M_PER_DEG,
-            2.35 + east / (M_PER_DEG * LAT.to_radians().cos()),
-        )
+        LocalPlane::at(LatLon::new(LAT, 2.35)).to_lat_lon(east, north)
     }
 
     fn fix(t_s: f64, pos: LatLon) -> Fix {

@@ -1,6 +1,6 @@
 //! Offline evaluation of the ETA on recorded trips, with the same filter and estimator as the server.
 //!
-//! # Protocol (issue 5)
+//! # Protocol
 //!
 //! For each trip, a list of `(device time, position)`:
 //!
@@ -41,6 +41,7 @@ use serde::Serialize;
 use crate::eta::{EtaConfig, EtaEstimator};
 use crate::filter::{FilterConfig, GpsFilter, Verdict};
 use crate::fix::{Fix, LatLon};
+use crate::plane::LocalPlane;
 
 /// One recorded trip: device time (unix ms) and position of each fix, in recording order.
 pub type Trip = Vec<(i64, LatLon)>;
@@ -176,7 +177,7 @@ pub struct PooledReport {
     pub trackline: Score,
     pub straight_line: Score,
     pub route_true_progress: Score,
-    /// trackline MAE / baseline (b) MAE: the target of issue 5 is at most 0.6.
+    /// trackline MAE / baseline (b) MAE: the estimator's target is at most 0.6.
     pub mae_ratio_to_route_true_progress: f64,
 }
 
@@ -231,8 +232,6 @@ struct PlannedRoute {
     true_progress_m: Vec<f64>,
 }
 
-const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
-
 fn plan_route(trip: &[(i64, LatLon)], simplify_m: f64) -> PlannedRoute {
     // Equirectangular plane about the centre of the trip's bounding box.
     let (mut lat_min, mut lat_max, mut lon_min, mut lon_max) =
@@ -244,16 +243,8 @@ fn plan_route(trip: &[(i64, LatLon)], simplify_m: f64) -> PlannedRoute {
         lon_max = lon_max.max(p.lon);
     }
     let centre = LatLon::new((lat_min + lat_max) / 2.0, (lon_min + lon_max) / 2.0);
-    let m_per_deg_lon = M_PER_DEG * centre.lat.to_radians().cos();
-    let xy: Vec<(f64, f64)> = trip
-        .iter()
-        .map(|(_, p)| {
-            (
-                (p.lon - centre.lon) * m_per_deg_lon,
-                (p.lat - centre.lat) * M_PER_DEG,
-            )
-        })
-        .collect();
+    let plane = LocalPlane::at(centre);
+    let xy: Vec<(f64, f64)> = trip.iter().map(|(_, p)| plane.to_local(*p)).collect();
     let keep = LineString::from(xy.clone()).simplify_idx(simplify_m);
 
     let points: Vec<LatLon> = keep.iter().map(|&i| trip[i].1).collect();

@@ -32,6 +32,7 @@
 use std::collections::VecDeque;
 
 use crate::fix::{Fix, LatLon, RejectCode, Rejection};
+use crate::plane::LocalPlane;
 
 /// Tuning of the filter.
 #[derive(Debug, Clone)]
@@ -102,7 +103,6 @@ const OUTLIER_SIGMAS: f64 = 3.0;
 /// The smoother's local plane is re-centred when the courier is this far from its origin, so
 /// the equirectangular approximation stays well under a centimetre per metre.
 const RECENTRE_M: f64 = 20_000.0;
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// The filter state of one courier on one order.
 #[derive(Debug, Clone)]
@@ -256,9 +256,7 @@ impl GpsFilter {
 /// Both axes share one covariance (the noise is isotropic), so it is three numbers per filter.
 #[derive(Debug, Clone)]
 struct Track {
-    origin: LatLon,
-    /// Metres per degree of longitude at the origin.
-    m_per_deg_lon: f64,
+    plane: LocalPlane,
     /// East, north, east speed, north speed.
     x: [f64; 4],
     /// Per-axis covariance: position variance, position-speed covariance, speed variance.
@@ -272,8 +270,6 @@ struct Track {
     innovation_ms: Option<f64>,
 }
 
-const M_PER_DEG: f64 = EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
-
 impl Track {
     fn start(fix: &Fix, learnt: Option<f64>) -> Self {
         let reported = fix
@@ -283,8 +279,7 @@ impl Track {
         let learnt_var = learnt.unwrap_or(25.0);
         let noise_var = reported.unwrap_or(learnt_var);
         Self {
-            origin: fix.pos,
-            m_per_deg_lon: M_PER_DEG * fix.pos.lat.to_radians().cos(),
+            plane: LocalPlane::at(fix.pos),
             x: [0.0; 4],
             // Unknown speed: a courier may already be moving at up to ~15 m/s.
             p: [noise_var, 0.0, 100.0],
@@ -295,18 +290,8 @@ impl Track {
         }
     }
 
-    fn to_local(&self, pos: LatLon) -> (f64, f64) {
-        (
-            (pos.lon - self.origin.lon) * self.m_per_deg_lon,
-            (pos.lat - self.origin.lat) * M_PER_DEG,
-        )
-    }
-
     fn position(&self) -> LatLon {
-        LatLon::new(
-            self.origin.lat + self.x[1] / M_PER_DEG,
-            self.origin.lon + self.x[0] / self.m_per_deg_lon,
-        )
+        self.plane.to_lat_lon(self.x[0], self.x[1])
     }
 
     fn speed(&self) -> f64 {
@@ -314,12 +299,11 @@ impl Track {
     }
 
     fn update(&mut self, fix: &Fix, reported_var: Option<f64>, config: &FilterConfig) {
-        let (e, n) = self.to_local(fix.pos);
+        let (e, n) = self.plane.to_local(fix.pos);
         if e.hypot(n) > RECENTRE_M {
             let here = self.position();
             let (ve, vn) = (self.x[2], self.x[3]);
-            self.origin = here;
-            self.m_per_deg_lon = M_PER_DEG * here.lat.to_radians().cos();
+            self.plane = LocalPlane::at(here);
             self.x = [0.0, 0.0, ve, vn];
             return self.update(fix, reported_var, config);
         }
@@ -370,6 +354,7 @@ impl Track {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::plane::M_PER_DEG;
 
     const T0: i64 = 1_700_000_000_000;
 
@@ -511,7 +496,7 @@ pub(crate) mod tests {
             let lat = if i == 4 {
                 lat0 + 0.05
             } else {
-                lat0 + i as f64 * 20.0 / 111_195.0
+                lat0 + i as f64 * 20.0 / M_PER_DEG
             };
             verdicts.push(filter.assess(&fix(i, i as f64 * 2.0, lat, 29.74)));
         }
@@ -533,7 +518,7 @@ pub(crate) mod tests {
             Verdict::Live(_)
         ));
         // 10 km north, 10 minutes later: 17 m/s, a car on a ring road.
-        let far = fix(2, 600.0, 62.59 + 10_000.0 / 111_195.0, 29.74);
+        let far = fix(2, 600.0, 62.59 + 10_000.0 / M_PER_DEG, 29.74);
         assert_eq!(filter.assess(&far), Verdict::Live(far.pos));
         // But 10 km in 10 s is refused.
         let wild = fix(3, 610.0, 62.59, 29.74);
@@ -582,8 +567,8 @@ pub(crate) mod tests {
         for i in 0..300u64 {
             let a = i as f64 * 2.399_963; // golden angle: covers the disc without a pattern
             let r = 6.0 * ((i * 7919 % 100) as f64 / 100.0).sqrt();
-            let lat = centre.lat + r * a.sin() / 111_195.0;
-            let lon = centre.lon + r * a.cos() / (111_195.0 * centre.lat.to_radians().cos());
+            let lat = centre.lat + r * a.sin() / M_PER_DEG;
+            let lon = centre.lon + r * a.cos() / (M_PER_DEG * centre.lat.to_radians().cos());
             let Verdict::Live(p) = filter.assess(&Fix {
                 accuracy_m: Some(8.0),
                 ..fix(i, i as f64, lat, lon)

@@ -14,6 +14,7 @@ pub mod history;
 pub mod ids;
 pub mod links;
 pub mod order;
+pub mod plane;
 pub mod spatial;
 
 pub use fix::{Fix, LatLon};

@@ -12,9 +12,7 @@ use rstar::RTree;
 
 use crate::fix::LatLon;
 use crate::ids::CourierId;
-
-/// Mean Earth radius in metres (the one geo's haversine uses).
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
+use crate::plane::EARTH_RADIUS_M;
 
 type Entry = GeomWithData<[f64; 3], CourierId>;
 

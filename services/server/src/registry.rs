@@ -345,8 +345,10 @@ impl Handler<Lookup> for Registry {
             }
         }
         let thread = near.map(|near| near.thread);
+        let courier = msg.courier;
         Box::pin(
             fut::wrap_future(join_all(moving)).map(move |moved, act: &mut Self, _| {
+                let mut any_moved = false;
                 for (order, old, new) in moved {
                     let Some(new) = new else {
                         actors.push(old);
@@ -355,11 +357,17 @@ impl Handler<Lookup> for Registry {
                     if let Some(slot @ Slot::Live(..)) = act.orders.get_mut(&order) {
                         if matches!(slot, Slot::Live(addr, _) if *addr == old) {
                             *slot = Slot::Live(new.clone(), thread);
-                            // Sessions that still route to the old address ask again.
-                            act.version.bump();
+                            any_moved = true;
                         }
                     }
                     actors.push(new);
+                }
+                // Another open session of the courier (`--max-connections-per-courier` above 1)
+                // still routes to the old addresses: it asks again. Not for every move: a change
+                // of the version makes every session in the server ask again at its next frame.
+                let sessions = act.sessions.get(&courier).map_or(0, VecDeque::len);
+                if any_moved && sessions > 1 {
+                    act.version.bump();
                 }
                 Routes {
                     version,

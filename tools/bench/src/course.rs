@@ -8,10 +8,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use trackline_core::plane::M_PER_DEG;
 use trackline_proto::v1::Fix;
 
-/// Metres per degree of latitude (mean Earth radius 6,371 km).
-const M_PER_DEG_LAT: f64 = 111_195.0;
 /// A courier's true ground speed stays in this band, m/s: a bike in traffic to a car on an avenue.
 pub const SPEED_MPS: (f64, f64) = (5.0, 15.0);
 /// How fast the speed may change, m/s per second: gentle acceleration and braking.
@@ -147,8 +146,8 @@ impl Course {
             self.rng.random_range(-NOISE_M..=NOISE_M),
             self.rng.random_range(-NOISE_M..=NOISE_M),
         );
-        let lat = self.lat + dn / M_PER_DEG_LAT;
-        let lon = self.lon + de / (M_PER_DEG_LAT * self.lat.to_radians().cos());
+        let lat = self.lat + dn / M_PER_DEG;
+        let lon = self.lon + de / (M_PER_DEG * self.lat.to_radians().cos());
         let speed = self.speed_mps + self.rng.random_range(-SPEED_NOISE_MPS..=SPEED_NOISE_MPS);
         let heading = (self.heading_deg
             + self
@@ -174,8 +173,8 @@ impl Course {
         let dt = self.period_s;
         let d = self.speed_mps * dt;
         let h = self.heading_deg.to_radians();
-        self.lat += d * h.cos() / M_PER_DEG_LAT;
-        self.lon += d * h.sin() / (M_PER_DEG_LAT * self.lat.to_radians().cos());
+        self.lat += d * h.cos() / M_PER_DEG;
+        self.lon += d * h.sin() / (M_PER_DEG * self.lat.to_radians().cos());
         let drift = DRIFT_DEG_PER_S * dt;
         let mut turn = self.rng.random_range(-drift..=drift);
         if self.rng.random_bool((dt / SECONDS_PER_TURN).min(1.0)) {
@@ -197,8 +196,8 @@ mod tests {
     use super::*;
 
     fn metres(a: (f64, f64), b: (f64, f64)) -> f64 {
-        let dn = (b.0 - a.0) * M_PER_DEG_LAT;
-        let de = (b.1 - a.1) * M_PER_DEG_LAT * a.0.to_radians().cos();
+        let dn = (b.0 - a.0) * M_PER_DEG;
+        let de = (b.1 - a.1) * M_PER_DEG * a.0.to_radians().cos();
         dn.hypot(de)
     }
 

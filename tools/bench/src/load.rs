@@ -1011,7 +1011,7 @@ mod tests {
         let a = fix_for(3, 10, base);
         let b = fix_for(3, 11, base);
         assert_eq!(b.time_ms - a.time_ms, 1);
-        let metres = f64::from(b.lat_e7 - a.lat_e7) * 1e-7 * 111_195.0;
+        let metres = f64::from(b.lat_e7 - a.lat_e7) * 1e-7 * trackline_core::plane::M_PER_DEG;
         let speed = metres / 0.001;
         assert!(speed > 1.0 && speed < 55.0, "{speed} m/s");
     }

@@ -8,12 +8,11 @@
 use anyhow::ensure;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use trackline_core::plane::LocalPlane;
 use trackline_core::LatLon;
 
 use crate::trip::{Trip, TripPoint};
 
-/// Metres per degree of latitude (and of longitude at the equator).
-const METRES_PER_DEG: f64 = 111_320.0;
 /// The speed wanders within this fraction of the requested one.
 const SPEED_JITTER: f64 = 0.1;
 /// Fastest turn, degrees per second: a car at a crossing.
@@ -103,13 +102,8 @@ impl RandomTrips {
         let mut speed_factor = 1.0f64;
         let max_turn = MAX_TURN_DEG_S.to_radians();
 
-        let metres_per_deg_lon = METRES_PER_DEG * self.center.lat.to_radians().cos();
-        let to_latlon = |x: f64, y: f64| {
-            LatLon::new(
-                self.center.lat + y / METRES_PER_DEG,
-                self.center.lon + x / metres_per_deg_lon,
-            )
-        };
+        let plane = LocalPlane::at(self.center);
+        let to_latlon = |x: f64, y: f64| plane.to_lat_lon(x, y);
         let mut points = Vec::with_capacity(steps as usize + 1);
         points.push(TripPoint {
             t_s: 0.0,

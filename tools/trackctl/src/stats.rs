@@ -313,7 +313,12 @@ mod tests {
     fn path(points: &[(i64, f64)]) -> Vec<(i64, LatLon)> {
         points
             .iter()
-            .map(|&(t, north)| (t * 1000, LatLon::new(45.0 + north / 111_195.0, 13.0)))
+            .map(|&(t, north)| {
+                (
+                    t * 1000,
+                    LatLon::new(45.0 + north / trackline_core::plane::M_PER_DEG, 13.0),
+                )
+            })
             .collect()
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context};
 use geo::{LineString, SimplifyIdx};
+use trackline_core::plane::LocalPlane;
 use trackline_core::LatLon;
 
 /// One recorded fix of a trip.
@@ -333,16 +334,10 @@ fn simplify(points: &[TripPoint], spacing_m: f64) -> Vec<LatLon> {
     }
     // then drop points that sit on a straight line: Douglas-Peucker in local metres
     // (degrees of longitude shrink with latitude, so plain degrees would be anisotropic)
-    let metres_per_deg_lat = 111_320.0;
-    let metres_per_deg_lon = metres_per_deg_lat * first.pos.lat.to_radians().cos();
+    let plane = LocalPlane::at(first.pos);
     let local: LineString<f64> = kept
         .iter()
-        .map(|p| {
-            (
-                (p.lon - first.pos.lon) * metres_per_deg_lon,
-                (p.lat - first.pos.lat) * metres_per_deg_lat,
-            )
-        })
+        .map(|p| plane.to_local(*p))
         .collect::<Vec<_>>()
         .into();
     local
