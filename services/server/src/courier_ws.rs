@@ -9,7 +9,7 @@
 //! stops reading, so a fast app is held back by TCP rather than by an unbounded queue here.
 //!
 //! On one node the session sends each frame straight to its courier's order actors, from a copy
-//! of the registry's routes that it renews whenever the registry's routing table changed; in
+//! of the registry's routes that it renews whenever its courier's routes changed; in
 //! broker mode every frame goes through the registry, which knows the orders on other nodes.
 
 use std::collections::VecDeque;
@@ -216,11 +216,9 @@ impl CourierSession {
         self.dispatch(frame, fixes, invalid, ctx);
     }
 
-    /// Whether the copy of the routes is as new as the registry's routing table.
+    /// Whether the copy of the routes is as new as the registry's routes of the courier.
     fn routes_current(&self) -> bool {
-        self.routes
-            .as_ref()
-            .is_some_and(|r| r.version == self.app.routes_version.current())
+        self.routes.as_ref().is_some_and(Routes::current)
     }
 
     /// Sends a read frame's fixes (some, or refusals to count) on their way: to the order actors,
@@ -497,6 +495,8 @@ impl Actor for CourierSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        // Let go of the routes' count first: the registry forgets a count nobody holds.
+        self.routes = None;
         metrics::gauge!("trackline_courier_connections").decrement(1.0);
         self.app.registry.do_send(CourierLeft {
             courier: self.courier.clone(),

@@ -44,8 +44,6 @@ pub struct AppState {
     pub keys: TokenKeys,
     pub store: HistoryStore,
     registry: Addr<registry::Registry>,
-    /// Changes of the registry's routing table, which courier sessions check their routes by.
-    routes_version: registry::RoutesVersion,
     live_index: Addr<live_index::LiveIndex>,
     /// The same index, for courier sessions to move their couriers in place.
     live_positions: live_index::LivePositions,
@@ -313,7 +311,6 @@ pub async fn run(
         ..Default::default()
     });
     let recovered = records.len();
-    let routes_version = registry::RoutesVersion::default();
     let registry = registry::Registry::new(
         records,
         arbiters.iter().map(Arbiter::handle).collect(),
@@ -321,7 +318,6 @@ pub async fn run(
         order_settings.clone(),
         config.max_connections_per_courier,
         cluster.clone(),
-        routes_version.clone(),
     )
     .start();
     let cluster = cluster.map(|(cluster, _, links)| (cluster, links));
@@ -347,7 +343,6 @@ pub async fn run(
         keys,
         store: store.clone(),
         registry,
-        routes_version,
         live_index,
         live_positions,
         order_settings,

@@ -588,7 +588,6 @@ mod tests {
                 settings.clone(),
                 1,
                 None,
-                Default::default(),
             )
             .start();
             let deps = OrderDeps {

@@ -8,9 +8,9 @@
 //! needs them first (a watcher, a REST call), or on the order arbiters.
 //!
 //! On one node a courier session asks the registry once for its courier's order actors
-//! ([`Lookup`]) and sends each frame to them itself; the registry counts every change of the
-//! routing table ([`RoutesVersion`]), so a session notices that its copy is stale before its next
-//! frame. In broker mode the registry of a courier's home node also knows the courier's orders on
+//! ([`Lookup`]) and sends each frame to them itself; the registry counts every change of that
+//! courier's routes ([`Routes::stamp`]), so a session notices that its copy is stale before its
+//! next frame, and a change for one courier sends no other courier's session back to ask. In broker mode the registry of a courier's home node also knows the courier's orders on
 //! other nodes (from the durable links) and forwards its fixes to their owners; there every frame
 //! goes through the registry.
 
@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 
 use actix::prelude::*;
@@ -35,16 +35,18 @@ use trackline_core::links::LinkStore;
 /// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
 pub type ClusterPart = (Arc<Cluster>, Vec<(CourierId, OrderId)>, LinkStore);
 
-/// How many times the routing table (which courier's fixes go to which order actors) changed.
+/// How many times one courier's routes (the order actors its fixes go to) changed.
 ///
 /// Only the registry raises it, while it applies a change, so a [`Routes`] it hands out together
 /// with the count it had then stays right for as long as the count has not moved. A change that
 /// some caller waits for (an assignment, a status change) is applied before the caller hears
-/// back, so a frame its courier sends afterwards sees the new count.
-#[derive(Clone, Default)]
-pub struct RoutesVersion(Arc<AtomicU64>);
+/// back, so a frame its courier sends afterwards sees the new count. The sessions hold the
+/// count; the registry only a weak reference: a courier that nobody routes for costs nothing, and
+/// a change of its routes has nobody to tell.
+#[derive(Debug, Default)]
+pub struct RouteStamp(AtomicU64);
 
-impl RoutesVersion {
+impl RouteStamp {
     pub fn current(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -92,7 +94,8 @@ pub struct Registry {
     settings: Arc<crate::order_actor::OrderSettings>,
     /// Broker mode: the cluster, and the links of the couriers homed here.
     cluster: Option<(Arc<Cluster>, LinkStore)>,
-    version: RoutesVersion,
+    /// The count of changes of each courier's routes, as held by its sessions.
+    stamps: HashMap<CourierId, Weak<RouteStamp>>,
 }
 
 impl Registry {
@@ -104,7 +107,6 @@ impl Registry {
         settings: Arc<crate::order_actor::OrderSettings>,
         max_sessions_per_courier: usize,
         cluster: Option<ClusterPart>,
-        version: RoutesVersion,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
@@ -117,7 +119,7 @@ impl Registry {
             store,
             settings,
             cluster: None,
-            version,
+            stamps: HashMap::new(),
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
@@ -133,10 +135,10 @@ impl Registry {
 
     /// Routes `courier`'s fixes to `order` from now on (no duplicate links).
     fn link(&mut self, courier: CourierId, order: OrderId) {
-        let orders = self.couriers.entry(courier).or_default();
+        let orders = self.couriers.entry(courier.clone()).or_default();
         if !orders.contains(&order) {
             orders.push(order);
-            self.version.bump();
+            self.changed_routes(&courier);
         }
     }
 
@@ -146,8 +148,30 @@ impl Registry {
             if list.is_empty() {
                 self.couriers.remove(courier);
             }
-            self.version.bump();
+            self.changed_routes(courier);
         }
+    }
+
+    /// Tells the sessions of `courier` that their routes are stale.
+    fn changed_routes(&mut self, courier: &CourierId) {
+        match self.stamps.get(courier).map(Weak::upgrade) {
+            Some(Some(stamp)) => stamp.bump(),
+            // Nobody routes for the courier: the next lookup makes a new count.
+            Some(None) => {
+                self.stamps.remove(courier);
+            }
+            None => {}
+        }
+    }
+
+    /// The count of changes of `courier`'s routes, made now if no session holds one.
+    fn stamp(&mut self, courier: &CourierId) -> Arc<RouteStamp> {
+        if let Some(stamp) = self.stamps.get(courier).and_then(Weak::upgrade) {
+            return stamp;
+        }
+        let stamp = Arc::new(RouteStamp::default());
+        self.stamps.insert(courier.clone(), Arc::downgrade(&stamp));
+        stamp
     }
 
     fn insert(&mut self, record: OrderRecord) {
@@ -290,11 +314,20 @@ impl Handler<Find> for Registry {
     }
 }
 
-/// The actors of a courier's active orders, as of a version of the routing table.
+/// The actors of a courier's active orders, as of a count of changes of its routes: right while
+/// `stamp` still shows `version`.
 #[derive(Clone)]
 pub struct Routes {
     pub version: u64,
+    pub stamp: Arc<RouteStamp>,
     pub actors: Arc<[Addr<OrderActor>]>,
+}
+
+impl Routes {
+    /// Whether no change of the courier's routes came since these were made.
+    pub fn current(&self) -> bool {
+        self.stamp.current() == self.version
+    }
 }
 
 /// Where a courier's fixes go now (starting the actors of dormant orders). One node only: in
@@ -318,7 +351,8 @@ impl Handler<Lookup> for Registry {
     type Result = ResponseActFuture<Self, Routes>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
-        let version = self.version.current();
+        let stamp = self.stamp(&msg.courier);
+        let version = stamp.current();
         // Only the newest session draws the orders to its thread: two open sessions of one
         // courier on two threads must not pull its orders back and forth.
         let near = msg
@@ -363,14 +397,15 @@ impl Handler<Lookup> for Registry {
                     actors.push(new);
                 }
                 // Another open session of the courier (`--max-connections-per-courier` above 1)
-                // still routes to the old addresses: it asks again. Not for every move: a change
-                // of the version makes every session in the server ask again at its next frame.
+                // still routes to the old addresses: it asks again. Not for every move: the one
+                // that asked has the new addresses, and a lookup per move would be wasted.
                 let sessions = act.sessions.get(&courier).map_or(0, VecDeque::len);
                 if any_moved && sessions > 1 {
-                    act.version.bump();
+                    act.changed_routes(&courier);
                 }
                 Routes {
                     version,
+                    stamp,
                     actors: actors.into(),
                 }
             }),
@@ -574,9 +609,9 @@ impl Handler<Relink> for Registry {
         match msg.to {
             Some(to) => self.link(to, msg.order),
             None => {
-                // Ended: later lookups read the final record from the store.
+                // Ended: later lookups read the final record from the store (its courier, if it
+                // had one, was unlinked above: its sessions ask again).
                 self.orders.remove(&msg.order);
-                self.version.bump();
                 metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
             }
         }
@@ -628,6 +663,13 @@ impl Handler<CourierLeft> for Registry {
             open.retain(|(id, _)| *id != msg.session_id);
             if open.is_empty() {
                 self.sessions.remove(&msg.courier);
+                if self
+                    .stamps
+                    .get(&msg.courier)
+                    .is_some_and(|stamp| stamp.strong_count() == 0)
+                {
+                    self.stamps.remove(&msg.courier);
+                }
             }
         }
     }
