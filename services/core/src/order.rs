@@ -179,6 +179,12 @@ pub struct OrderRecord {
 }
 
 impl OrderRecord {
+    /// A record that stands in for order `order_id`'s while the real one is elsewhere (on its
+    /// way into an actor, or handed to another): no courier, no route, at 0/0.
+    pub fn stand_in(order_id: OrderId) -> Self {
+        Self::new(order_id, LatLon::new(0.0, 0.0), None, None, None, 0)
+    }
+
     /// A new order as `POST /v1/orders` creates it.
     pub fn new(
         order_id: OrderId,

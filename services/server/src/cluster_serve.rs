@@ -235,7 +235,8 @@ async fn store_link(serving: &Serving, call: LinkCall) -> Result<(), String> {
 /// Starts (or renews) sending an order's updates to a node; answers with what to show first.
 /// `None` when this node cannot answer now (shutting down): the asking node retries.
 async fn watch(serving: &Serving, call: WatchCall) -> Option<WatchAnswer> {
-    let Ok(found) = serving.registry.send(Find::here(call.order.clone())).await else {
+    // Not started on this task's thread (the system arbiter's, the registry's own): anywhere.
+    let Ok(found) = serving.registry.send(Find(call.order.clone(), None)).await else {
         return None;
     };
     let Some(actor) = found else {

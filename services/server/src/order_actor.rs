@@ -29,9 +29,10 @@ use crate::registry::{Registry, Relink};
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
 pub const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
 
-/// How long a moved actor forwards to its successor. Sessions route by the registry's routing
-/// table, whose version the move raised; a frame still sent to the old address was on its way
-/// already, so this only needs to outlast milliseconds.
+/// How long a moved actor forwards to its successor. The session that asked for the move routes
+/// to the successor from then on (and any other session of the courier is told to ask again), so
+/// a message still sent to the old address was on its way already: this only needs to outlast
+/// milliseconds.
 const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(5);
 
 /// What every order actor shares.
@@ -161,21 +162,7 @@ impl OrderActor {
             return self.moved_to.clone();
         }
         debug_assert!(self.in_flight == 0 && self.unpublished.is_empty());
-        let stand_in = OrderRecord::new(
-            self.record.order_id.clone(),
-            self.record.destination,
-            None,
-            None,
-            None,
-            0,
-        );
-        let mut forwarder = OrderActor::new(stand_in, self.deps.clone());
-        // What a caller of the forwarder gets if the successor is gone: the state at the move.
-        forwarder.stream = Fanout::new(
-            self.stream.published().clone(),
-            self.deps.settings.resume,
-            self.deps.settings.slow_watcher_timeout,
-        );
+        let forwarder = self.forwarder();
         let mut state = std::mem::replace(self, forwarder);
         let successor = OrderActor::start_in_arbiter(arbiter, move |ctx| {
             state.stream.adopt(ctx);
@@ -185,6 +172,21 @@ impl OrderActor {
         metrics::counter!("trackline_order_moves_total").increment(1);
         ctx.run_later(FORWARD_AFTER_MOVE, |_, ctx| ctx.stop());
         Some(successor)
+    }
+
+    /// What stays behind at a move: an actor with no state of its own, whose stream shows the
+    /// state at the move (what a caller gets if the successor is gone).
+    fn forwarder(&self) -> Self {
+        let mut forwarder = OrderActor::new(
+            OrderRecord::stand_in(self.record.order_id.clone()),
+            self.deps.clone(),
+        );
+        forwarder.stream = Fanout::new(
+            self.stream.published().clone(),
+            self.deps.settings.resume,
+            self.deps.settings.slow_watcher_timeout,
+        );
+        forwarder
     }
 
     /// Makes the move asked for while commits were in flight, once none is.

@@ -199,9 +199,10 @@ impl Registry {
             Slot::Live(addr, thread) if addr.connected() => Some((addr.clone(), *thread)),
             Slot::Live(..) => None,
             Slot::Dormant(_) => {
-                let Slot::Dormant(record) =
-                    std::mem::replace(slot, Slot::Dormant(Box::new(placeholder(order))))
-                else {
+                let Slot::Dormant(record) = std::mem::replace(
+                    slot,
+                    Slot::Dormant(Box::new(OrderRecord::stand_in(order.clone()))),
+                ) else {
                     unreachable!("matched Dormant above")
                 };
                 // unwrap: deps is set in started(), before any message is handled
@@ -229,18 +230,6 @@ impl Registry {
             .and_then(VecDeque::back)
             .is_some_and(|(id, _)| *id == session)
     }
-}
-
-/// A stand-in record for the instant between taking a dormant record and storing its actor.
-fn placeholder(order: &OrderId) -> OrderRecord {
-    OrderRecord::new(
-        order.clone(),
-        trackline_core::LatLon::new(0.0, 0.0),
-        None,
-        None,
-        None,
-        0,
-    )
 }
 
 impl Actor for Registry {

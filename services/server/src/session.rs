@@ -16,9 +16,10 @@ pub trait Heartbeat: Actor<Context = ws::WebsocketContext<Self>> {
     fn last_heard(&self) -> Instant;
 }
 
-/// Pings every `--heartbeat-s` a peer that sent nothing for half of that (a courier streaming fixes
-/// proves it is there with every frame; a ping each would cost a send, a pong and a wake-up per
-/// interval and connection) and drops the peer when it has been silent for `--client-timeout-s`; closes with 1008 when the token expires (`expires_s`, unix seconds) and
+/// Pings every `--heartbeat-s` a peer that sent nothing for half of that (a courier streaming
+/// fixes proves it is there with every frame; a ping each would cost a send, a pong and a wake-up
+/// per interval and connection) and drops the peer when it has been silent for
+/// `--client-timeout-s`; closes with 1008 when the token expires (`expires_s`, unix seconds) and
 /// with 1001 on server shutdown.
 pub fn keep_alive<A: Heartbeat>(
     ctx: &mut ws::WebsocketContext<A>,

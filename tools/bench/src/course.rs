@@ -8,7 +8,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use trackline_core::plane::M_PER_DEG;
+use trackline_core::plane::LocalPlane;
+use trackline_core::LatLon;
 use trackline_proto::v1::Fix;
 
 /// A courier's true ground speed stays in this band, m/s: a bike in traffic to a car on an avenue.
@@ -146,8 +147,7 @@ impl Course {
             self.rng.random_range(-NOISE_M..=NOISE_M),
             self.rng.random_range(-NOISE_M..=NOISE_M),
         );
-        let lat = self.lat + dn / M_PER_DEG;
-        let lon = self.lon + de / (M_PER_DEG * self.lat.to_radians().cos());
+        let reported = self.plane().to_lat_lon(de, dn);
         let speed = self.speed_mps + self.rng.random_range(-SPEED_NOISE_MPS..=SPEED_NOISE_MPS);
         let heading = (self.heading_deg
             + self
@@ -157,8 +157,8 @@ impl Course {
         let fix = Fix {
             seq,
             time_ms,
-            lat_e7: trackline_proto::to_e7(lat),
-            lon_e7: trackline_proto::to_e7(lon),
+            lat_e7: trackline_proto::to_e7(reported.lat),
+            lon_e7: trackline_proto::to_e7(reported.lon),
             accuracy_m: self.rng.random_range(ACCURACY_M.0..=ACCURACY_M.1),
             speed_mps: speed.max(0.0) as f32,
             // f32 rounding may turn 359.99997 into 360.0, which is out of range.
@@ -168,13 +168,18 @@ impl Course {
         fix
     }
 
+    /// The local plane about the true position.
+    fn plane(&self) -> LocalPlane {
+        LocalPlane::at(LatLon::new(self.lat, self.lon))
+    }
+
     /// One period along the current heading, then a new heading and speed for the next one.
     fn advance(&mut self) {
         let dt = self.period_s;
         let d = self.speed_mps * dt;
         let h = self.heading_deg.to_radians();
-        self.lat += d * h.cos() / M_PER_DEG;
-        self.lon += d * h.sin() / (M_PER_DEG * self.lat.to_radians().cos());
+        let there = self.plane().to_lat_lon(d * h.sin(), d * h.cos());
+        (self.lat, self.lon) = (there.lat, there.lon);
         let drift = DRIFT_DEG_PER_S * dt;
         let mut turn = self.rng.random_range(-drift..=drift);
         if self.rng.random_bool((dt / SECONDS_PER_TURN).min(1.0)) {
@@ -196,8 +201,7 @@ mod tests {
     use super::*;
 
     fn metres(a: (f64, f64), b: (f64, f64)) -> f64 {
-        let dn = (b.0 - a.0) * M_PER_DEG;
-        let de = (b.1 - a.1) * M_PER_DEG * a.0.to_radians().cos();
+        let (de, dn) = LocalPlane::at(LatLon::new(a.0, a.1)).to_local(LatLon::new(b.0, b.1));
         dn.hypot(de)
     }
 
