@@ -369,18 +369,16 @@ pub(crate) mod tests {
         }
     }
 
-    /// Reads a copied trip of testdata/ as fixes without accuracy or speed (the CSVs have none).
+    /// Reads a recorded trip of the shared test data as fixes without accuracy or speed (the
+    /// CSVs have none).
     pub(crate) fn trip_fixes(name: &str) -> Vec<Fix> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name);
-        let trip = crate::eta_eval::read_trip_file(&path).unwrap();
-        trip.iter()
+        trackline_testdata::trip(name)
+            .iter()
             .enumerate()
-            .map(|(i, &(t, pos))| Fix {
+            .map(|(i, point)| Fix {
                 seq: i as u64 + 1,
-                time_ms: t,
-                pos,
+                time_ms: point.time_ms(),
+                pos: LatLon::new(point.lat, point.lon),
                 accuracy_m: None,
                 speed_mps: None,
                 heading_deg: None,

@@ -4,7 +4,6 @@
 pub mod auth;
 pub mod cluster;
 pub mod eta;
-pub mod eta_eval;
 pub mod export;
 pub mod filter;
 pub mod fix;

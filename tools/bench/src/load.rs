@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::Message;
 use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::CourierId;
 use trackline_proto::v1::{server_frame, CourierFrame, Fix, OrderUpdate, ServerFrame};
+use trackline_rest::{CreateOrder, OrderCreated, Point};
 
 use crate::course::{DeviceClock, Schedule};
 use crate::peers::{Peer, SECRET};
@@ -181,18 +182,23 @@ pub async fn create_order(
     let r = http
         .post(format!("http://{addr}/v1/orders"))
         .bearer_auth(ops)
-        .json(&serde_json::json!({
-            "order_id": order,
-            "destination": {"lat": dest.0, "lon": dest.1},
-            "courier_id": courier,
-        }))
+        .json(&CreateOrder {
+            order_id: order.to_string(),
+            destination: Point {
+                lat: dest.0,
+                lon: dest.1,
+            },
+            courier_id: Some(courier.to_string()),
+            route: None,
+            promised_at_ms: None,
+        })
         .send()
         .await?;
     if !r.status().is_success() {
         bail!("POST /v1/orders {order}: {}", r.status());
     }
-    let body: serde_json::Value = r.json().await?;
-    Ok(body["watch_token"].as_str().unwrap_or_default().to_string())
+    let created: OrderCreated = r.json().await?;
+    Ok(created.watch_token)
 }
 
 pub fn keys() -> TokenKeys {

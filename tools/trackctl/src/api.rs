@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use trackline_core::fix::Fix;
-use trackline_core::order::OrderView;
-use trackline_core::LatLon;
-
-use crate::history::{HistoryAnswer, OrderDetail, PurgeAnswer};
+use trackline_core::order::{OrderStatus, OrderView};
+use trackline_rest::{
+    ChangeStatus, CreateOrder, ErrorAnswer, History, OrderCreated, OrderDetail, OrderList,
+    PurgeRequest, Purged, Token, TokenRequest,
+};
 
 /// How long one HTTP call may take before we call the server unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -20,25 +20,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Api {
     http: reqwest::Client,
     base: String,
-}
-
-/// `POST /v1/orders` body.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewOrder {
-    pub order_id: String,
-    pub destination: LatLon,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub courier_id: Option<String>,
-    /// `[[lat, lon], ...]`
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub route: Vec<[f64; 2]>,
-}
-
-/// `POST /v1/orders` answer.
-#[derive(Debug, Clone, Deserialize)]
-pub struct CreatedOrder {
-    pub order_id: String,
-    pub watch_token: String,
 }
 
 /// The server answered with an error status.
@@ -51,22 +32,6 @@ pub struct HttpError {
     /// The server's message and code, or the body.
     pub detail: String,
     hint: &'static str,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
 }
 
 impl Api {
@@ -113,8 +78,8 @@ impl Api {
     pub async fn create_order(
         &self,
         token: &str,
-        order: &NewOrder,
-    ) -> anyhow::Result<CreatedOrder> {
+        order: &CreateOrder,
+    ) -> anyhow::Result<OrderCreated> {
         let response = self
             .send(
                 self.http
@@ -140,7 +105,11 @@ impl Api {
         role: &str,
         subject: Option<&str>,
     ) -> anyhow::Result<String> {
-        let body = serde_json::json!({ "role": role, "subject": subject });
+        let body = TokenRequest {
+            role: role.to_string(),
+            subject: subject.map(str::to_string),
+            ttl_s: None,
+        };
         let response = self
             .send(
                 self.http
@@ -150,7 +119,7 @@ impl Api {
             )
             .await?;
         let response = check(response, &format!("asking the server for a {role} token")).await?;
-        let answer: TokenAnswer = response.json().await.context("reading the minted token")?;
+        let answer: Token = response.json().await.context("reading the minted token")?;
         Ok(answer.token)
     }
 
@@ -162,9 +131,9 @@ impl Api {
         &self,
         token: &str,
         order_id: &str,
-        status: &str,
+        status: OrderStatus,
     ) -> anyhow::Result<()> {
-        let body = serde_json::json!({ "status": status });
+        let body = ChangeStatus { status };
         let url = self.url(&format!("/v1/orders/{order_id}/status"));
         let response = self
             .send(self.http.post(url).bearer_auth(token).json(&body))
@@ -205,14 +174,14 @@ impl Api {
                 path.push_str(&format!("&{name}={value}"));
             }
         }
-        let answer: Option<HistoryAnswer> = self
+        let answer: Option<History> = self
             .get_found(
                 token,
                 &path,
                 &format!("reading the history of order {order_id}"),
             )
             .await?;
-        Ok(answer.map(HistoryAnswer::into_fixes))
+        Ok(answer.map(History::into_fixes))
     }
 
     /// `GET /v1/orders?status=..&limit=..`: orders, most recently updated first.
@@ -225,16 +194,12 @@ impl Api {
         status: &str,
         limit: usize,
     ) -> anyhow::Result<Vec<OrderView>> {
-        #[derive(Deserialize)]
-        struct Listing {
-            orders: Vec<OrderView>,
-        }
         let path = format!("/v1/orders?status={status}&limit={limit}");
         let response = self
             .send(self.http.get(self.url(&path)).bearer_auth(token))
             .await?;
         let response = check(response, "listing orders").await?;
-        let listing: Listing = response.json().await.context("reading the order list")?;
+        let listing: OrderList = response.json().await.context("reading the order list")?;
         Ok(listing.orders)
     }
 
@@ -243,11 +208,8 @@ impl Api {
     ///
     /// # Errors
     /// When the server is unreachable or refuses (400 without a cutoff or a retention period).
-    pub async fn purge(&self, token: &str, before_ms: Option<i64>) -> anyhow::Result<PurgeAnswer> {
-        let body = match before_ms {
-            Some(before_ms) => serde_json::json!({ "before_ms": before_ms }),
-            None => serde_json::json!({}),
-        };
+    pub async fn purge(&self, token: &str, before_ms: Option<i64>) -> anyhow::Result<Purged> {
+        let body = PurgeRequest { before_ms };
         let response = self
             .send(
                 self.http
@@ -272,8 +234,8 @@ impl Api {
             .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             let body = response.text().await.unwrap_or_default();
-            return match serde_json::from_str::<ErrorBody>(&body) {
-                Ok(ErrorBody { error }) if error.code == "not_found" => Ok(None),
+            return match serde_json::from_str::<ErrorAnswer>(&body) {
+                Ok(ErrorAnswer { error }) if error.code == "not_found" => Ok(None),
                 _ => bail!(
                     "{doing}: the server answered 404 for {path}; is {} a trackline server of this version?",
                     self.base
@@ -315,8 +277,8 @@ async fn check(response: reqwest::Response, doing: &str) -> anyhow::Result<reqwe
     }
     let body = response.text().await.unwrap_or_default();
     let doing = doing.to_string();
-    let detail = match serde_json::from_str::<ErrorBody>(&body) {
-        Ok(ErrorBody { error }) => format!("{} ({})", error.message, error.code),
+    let detail = match serde_json::from_str::<ErrorAnswer>(&body) {
+        Ok(ErrorAnswer { error }) => format!("{} ({})", error.message, error.code),
         Err(_) if body.trim().is_empty() => status
             .canonical_reason()
             .unwrap_or("no reason given")
@@ -360,21 +322,5 @@ mod tests {
         assert!(Api::new("https://example.org").is_err());
         assert!(Api::new("127.0.0.1:8080").is_err());
         assert!(Api::new("http://").is_err());
-    }
-
-    #[test]
-    fn new_order_serialises_as_the_protocol_says() {
-        let order = NewOrder {
-            order_id: "o1".into(),
-            destination: LatLon::new(45.0, 13.0),
-            courier_id: Some("c1".into()),
-            route: vec![[45.1, 13.1], [45.0, 13.0]],
-        };
-        let json = serde_json::to_value(&order).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"order_id": "o1", "destination": {"lat": 45.0, "lon": 13.0}, "courier_id": "c1",
-                               "route": [[45.1, 13.1], [45.0, 13.0]]})
-        );
     }
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use trackline_core::order::OrderView;
 use trackline_core::{LatLon, OrderId};
 
 use crate::duration::{parse_duration, parse_seconds};
 use crate::export::Format;
-use crate::history::{parse_order_id, StatusFilter};
 use crate::when::parse_instant;
 
 const EXAMPLES: &str = "\
@@ -311,7 +311,7 @@ pub struct PurgeArgs {
 
 const ETA_EVAL_EXAMPLES: &str = "\
 Examples:
-  trackctl eta-eval services/core/testdata/*.csv
+  trackctl eta-eval tests/data/*.csv
   trackctl eta-eval trip.csv --trace
   trackctl export o-1 --format csv > o-1.csv && trackctl eta-eval o-1.csv --json
 
@@ -571,6 +571,43 @@ fn parse_speedup(raw: &str) -> Result<f64, String> {
             "{raw:?} is not a positive number (1 is real time, 10 is ten times faster)"
         )),
     }
+}
+
+/// Which orders a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFilter {
+    /// Not delivered or cancelled yet
+    Active,
+    /// Delivered or cancelled
+    Ended,
+    /// Both
+    All,
+}
+
+impl StatusFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusFilter::Active => "active",
+            StatusFilter::Ended => "ended",
+            StatusFilter::All => "all",
+        }
+    }
+
+    pub fn wants(self, view: &OrderView) -> bool {
+        match self {
+            StatusFilter::Active => !view.status.is_final(),
+            StatusFilter::Ended => view.status.is_final(),
+            StatusFilter::All => true,
+        }
+    }
+}
+
+/// Parses an order id for clap.
+///
+/// # Errors
+/// When the id has characters or a length the server refuses.
+pub fn parse_order_id(raw: &str) -> Result<OrderId, String> {
+    OrderId::new(raw).map_err(|e| format!("{raw:?} is not an order id: {e}"))
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ mod tests {
         );
         let trip = crate::trip::Trip::from_reader("t", text.as_bytes()).unwrap();
         assert_eq!(trip.points[1].pos, fixes()[1].pos);
-        let eval = trackline_core::eta_eval::read_trip_csv(text.as_bytes(), "t").unwrap();
+        let eval = crate::eta_eval::read_trip_csv(text.as_bytes(), "t").unwrap();
         assert_eq!(eval[0], (1_608_272_150_125, fixes()[0].pos));
         assert_eq!(unix_seconds(-1), "-0.001");
     }

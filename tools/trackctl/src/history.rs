@@ -2,119 +2,18 @@
 //! a stopped one, opened with the same store code the server uses. The history commands (`replay`,
 //! `export`, `stats`, `orders`, `purge`) see one interface and cannot tell the two apart.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 use trackline_core::auth::{Role, DEFAULT_TTL_S};
 use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, StoreError, WriterGuard};
-use trackline_core::order::{OrderView, StatusChange};
-use trackline_core::{LatLon, OrderId};
+use trackline_core::order::OrderView;
+use trackline_core::OrderId;
+use trackline_rest::{OrderDetail, Purged};
 
 use crate::api::Api;
-use crate::cli::GlobalArgs;
-
-/// One order as ops see it (`GET /v1/orders/{id}` with an ops token): its state, planned route,
-/// status log and the counts of its courier's refused fixes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OrderDetail {
-    #[serde(flatten)]
-    pub state: OrderView,
-    /// `[[lat, lon], ...]`, when the order has a planned route.
-    #[serde(default)]
-    pub route: Option<Vec<[f64; 2]>>,
-    /// Refused fixes by code (they are not stored, so only counted).
-    #[serde(default)]
-    pub rejected: BTreeMap<String, u64>,
-    /// Every status the order has had and since when, oldest first.
-    #[serde(default)]
-    pub status_log: Vec<StatusChange>,
-}
-
-impl OrderDetail {
-    /// The planned route as positions.
-    pub fn route_points(&self) -> Option<Vec<LatLon>> {
-        self.route.as_ref().map(|route| {
-            route
-                .iter()
-                .map(|[lat, lon]| LatLon::new(*lat, *lon))
-                .collect()
-        })
-    }
-}
-
-/// `GET /v1/orders/{id}/history?format=json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HistoryAnswer {
-    pub fixes: Vec<HistoryFix>,
-}
-
-/// One fix of the JSON history (unknown accuracy, speed and heading are null).
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct HistoryFix {
-    pub seq: u64,
-    pub time_ms: i64,
-    pub lat: f64,
-    pub lon: f64,
-    pub accuracy_m: Option<f32>,
-    pub speed_mps: Option<f32>,
-    pub heading_deg: Option<f32>,
-}
-
-impl HistoryAnswer {
-    pub fn into_fixes(self) -> Vec<Fix> {
-        self.fixes
-            .into_iter()
-            .map(|f| Fix {
-                seq: f.seq,
-                time_ms: f.time_ms,
-                pos: LatLon::new(f.lat, f.lon),
-                accuracy_m: f.accuracy_m,
-                speed_mps: f.speed_mps,
-                heading_deg: f.heading_deg,
-            })
-            .collect()
-    }
-}
-
-/// What a purge removed (`POST /v1/admin/purge`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PurgeAnswer {
-    pub before_ms: i64,
-    pub fixes: usize,
-    pub orders: usize,
-}
-
-/// Which orders a listing shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StatusFilter {
-    /// Not delivered or cancelled yet
-    Active,
-    /// Delivered or cancelled
-    Ended,
-    /// Both
-    All,
-}
-
-impl StatusFilter {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusFilter::Active => "active",
-            StatusFilter::Ended => "ended",
-            StatusFilter::All => "all",
-        }
-    }
-
-    fn wants(self, view: &OrderView) -> bool {
-        match self {
-            StatusFilter::Active => !view.status.is_final(),
-            StatusFilter::Ended => view.status.is_final(),
-            StatusFilter::All => true,
-        }
-    }
-}
+use crate::cli::{GlobalArgs, StatusFilter};
 
 /// The history of a running server or of a data dir.
 pub enum Source {
@@ -212,8 +111,8 @@ impl Source {
                         .route
                         .as_ref()
                         .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect()),
-                    rejected: record.rejected,
-                    status_log: record.status_log,
+                    rejected: Some(record.rejected),
+                    status_log: Some(record.status_log),
                 }))
             }
         }
@@ -285,7 +184,7 @@ impl Source {
     ///
     /// # Errors
     /// When the server or the store fails, or a data dir is purged without a cutoff.
-    pub async fn purge(&self, before_ms: Option<i64>) -> anyhow::Result<PurgeAnswer> {
+    pub async fn purge(&self, before_ms: Option<i64>) -> anyhow::Result<Purged> {
         match self {
             Source::Server { api, token } => api.purge(token, before_ms).await,
             Source::DataDir { store, .. } => {
@@ -296,7 +195,7 @@ impl Source {
                 };
                 let store = store.clone();
                 let stats = blocking(move || store.purge_before(before_ms)).await?;
-                Ok(PurgeAnswer {
+                Ok(Purged {
                     before_ms,
                     fixes: stats.fixes,
                     orders: stats.orders,
@@ -373,17 +272,10 @@ pub fn ops_token(global: &GlobalArgs) -> anyhow::Result<String> {
     )
 }
 
-/// Parses an order id for clap.
-///
-/// # Errors
-/// When the id has characters or a length the server refuses.
-pub fn parse_order_id(raw: &str) -> Result<OrderId, String> {
-    OrderId::new(raw).map_err(|e| format!("{raw:?} is not an order id: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trackline_core::LatLon;
 
     #[test]
     fn order_detail_reads_the_ops_answer() {
@@ -398,8 +290,8 @@ mod tests {
         let detail: OrderDetail = serde_json::from_value(json).unwrap();
         assert_eq!(detail.state.order_id.as_str(), "o-1");
         assert_eq!(detail.route_points().unwrap()[1], LatLon::new(45.0, 13.0));
-        assert_eq!(detail.rejected["impossible_speed"], 2);
-        assert_eq!(detail.status_log.len(), 2);
+        assert_eq!(detail.rejected.as_ref().unwrap()["impossible_speed"], 2);
+        assert_eq!(detail.status_log.as_ref().unwrap().len(), 2);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod courier;
 pub mod duration;
+pub mod eta_eval;
 pub mod exit;
 pub mod export;
 pub mod history;

@@ -9,9 +9,9 @@ use trackline_core::fix::Fix;
 use trackline_core::order::OrderStatus;
 use trackline_core::LatLon;
 
-use crate::history::OrderDetail;
 use crate::track::{self, Step};
 use crate::when::{format_clock, format_span};
+use trackline_rest::OrderDetail;
 
 /// One line of the timeline.
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +99,7 @@ pub fn timeline(detail: &OrderDetail, fixes: &[Fix]) -> Vec<Event> {
         .iter()
         .map(|s| Event::Fix(FixEvent::from_step(s)))
         .collect();
-    events.extend(detail.status_log.iter().map(|change| {
+    events.extend(detail.status_log.iter().flatten().map(|change| {
         Event::Status(StatusEvent {
             time_ms: change.at_ms,
             status: change.status,
@@ -226,11 +226,12 @@ mod tests {
                 promised_at_ms: None,
             },
             route: Some(vec![[45.0, 13.0], [45.01, 13.0]]),
-            rejected: Default::default(),
-            status_log: log
-                .iter()
-                .map(|&(status, at_ms)| StatusChange { status, at_ms })
-                .collect(),
+            rejected: Some(Default::default()),
+            status_log: Some(
+                log.iter()
+                    .map(|&(status, at_ms)| StatusChange { status, at_ms })
+                    .collect(),
+            ),
         }
     }
 

@@ -15,9 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
+use trackline_core::order::OrderStatus;
 use trackline_core::{CourierId, OrderId};
+use trackline_rest::{CreateOrder, Point};
 
-use crate::api::{Api, HttpError, NewOrder};
+use crate::api::{Api, HttpError};
 use crate::courier::{
     run_courier, CourierPlan, CourierReport, CourierSettings, Stats, Stop, TokenSource,
 };
@@ -384,7 +386,7 @@ impl Simulation {
 
         let mut error = None;
         if self.deliver {
-            if let Err(err) = self.set_all_statuses("picked_up").await {
+            if let Err(err) = self.set_all_statuses(OrderStatus::PickedUp).await {
                 error = Some(err);
             }
         }
@@ -416,7 +418,8 @@ impl Simulation {
                     let report = task.await?;
                     if let Some((api, token, order_id)) = deliver {
                         if report.completed && report.unacked == 0 {
-                            api.set_status(&token, &order_id, "delivered").await?;
+                            api.set_status(&token, &order_id, OrderStatus::Delivered)
+                                .await?;
                         }
                     }
                     Ok::<CourierReport, anyhow::Error>(report)
@@ -485,7 +488,7 @@ impl Simulation {
         Finished { summary, error }
     }
 
-    async fn set_all_statuses(&self, status: &str) -> anyhow::Result<()> {
+    async fn set_all_statuses(&self, status: OrderStatus) -> anyhow::Result<()> {
         let token = self
             .ops_token
             .as_deref()
@@ -516,11 +519,13 @@ async fn create_orders(
             .iter()
             .map(|p| [p.lat, p.lon])
             .collect();
-        let order = NewOrder {
+        let order = CreateOrder {
             order_id,
-            destination: plan.trip.destination(),
+            destination: Point::from(plan.trip.destination()),
             courier_id: Some(plan.courier_id.clone()),
-            route,
+            // an empty plan is left out, as if there were none
+            route: Some(route).filter(|route: &Vec<_>| !route.is_empty()),
+            promised_at_ms: None,
         };
         requests.push((order, plan));
     }
@@ -537,8 +542,8 @@ async fn create_orders(
                 }
             })?;
             Ok::<_, anyhow::Error>(OrderInfo {
-                watch_url: api.watch_url(&answer.order_id, &answer.watch_token),
-                order_id: answer.order_id,
+                watch_url: api.watch_url(answer.order_id.as_str(), &answer.watch_token),
+                order_id: answer.order_id.to_string(),
                 courier_id: plan.courier_id.clone(),
                 trip: plan.trip.name.clone(),
             })

@@ -15,9 +15,9 @@ use serde::Serialize;
 use trackline_core::fix::Fix;
 use trackline_core::LatLon;
 
-use crate::history::OrderDetail;
 use crate::track::{self, Step};
 use crate::when::{format_clock, format_span, format_utc};
+use trackline_rest::OrderDetail;
 
 /// What counts as a stop.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -135,7 +135,7 @@ pub fn measure(detail: &OrderDetail, fixes: &[Fix], rule: StopRule) -> RouteStat
         stop_rule: rule,
         stops,
         filter: count_verdicts(&steps),
-        rejected_by_server: detail.rejected.clone(),
+        rejected_by_server: detail.rejected.clone().unwrap_or_default(),
     }
 }
 

@@ -1,14 +1,14 @@
-//! `trackctl eta-eval`: runs `trackline_core::eta_eval` (the server's own filter and estimator)
+//! `trackctl eta-eval`: runs `crate::eta_eval` (the server's own filter and estimator)
 //! over recorded trips and prints its table, or its JSON.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use serde::Serialize;
-use trackline_core::eta_eval::{
+use crate::eta_eval::{
     evaluate, read_trip_file, trace_trip, EvalConfig, EvalReport, TraceRow, Trip,
 };
+use anyhow::Context;
+use serde::Serialize;
 
 use crate::cli::EtaEvalArgs;
 

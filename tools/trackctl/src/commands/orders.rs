@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use trackline_core::order::OrderView;
+use trackline_rest::OrderList;
 
 use crate::cli::{GlobalArgs, OrdersArgs};
 use crate::exit::nothing_found;
@@ -17,12 +18,13 @@ pub fn run(global: &GlobalArgs, args: &OrdersArgs) -> anyhow::Result<ExitCode> {
     let where_from = source.describe();
     let listed = runtime.block_on(source.orders(args.status, args.limit as usize));
     source.close();
-    let orders = listed?;
+    let listing = OrderList { orders: listed? };
+    let orders = &listing.orders;
     if args.json {
-        super::print_json(&serde_json::json!({ "orders": orders }))?;
+        super::print_json(&listing)?;
     } else if !orders.is_empty() {
         let mut stdout = std::io::stdout().lock();
-        write_table(&mut stdout, &orders, trackline_core::now_ms())
+        write_table(&mut stdout, orders, trackline_core::now_ms())
             .and_then(|()| stdout.flush())
             .context("writing the order list")?;
     }
@@ -30,7 +32,7 @@ pub fn run(global: &GlobalArgs, args: &OrdersArgs) -> anyhow::Result<ExitCode> {
         return Err(nothing_found(format!(
             "no {} orders on {where_from}{}",
             args.status.as_str(),
-            if args.status == crate::history::StatusFilter::All {
+            if args.status == crate::cli::StatusFilter::All {
                 ""
             } else {
                 " (--status all shows every order)"

@@ -22,10 +22,11 @@ use crate::courier::{
     run_courier, CourierPlan, CourierReport, CourierSettings, Stats, Stop, TokenSource,
 };
 use crate::exit::{is_broken_pipe, nothing_found};
-use crate::history::{ops_token, OrderDetail, Source};
+use crate::history::{ops_token, Source};
 use crate::replay::{self, Event};
 use crate::trip::{Trip, TripPoint};
 use crate::when::{format_clock, format_span, format_utc};
+use trackline_rest::OrderDetail;
 
 /// The pace without --speed or --fast on a terminal: a 10-minute delivery in a minute.
 const TERMINAL_SPEED: f64 = 10.0;

@@ -38,80 +38,46 @@ use std::path::Path;
 use geo::{LineString, SimplifyIdx};
 use serde::Serialize;
 
-use crate::eta::{EtaConfig, EtaEstimator};
-use crate::filter::{FilterConfig, GpsFilter, Verdict};
-use crate::fix::{Fix, LatLon};
-use crate::plane::LocalPlane;
+use trackline_core::eta::{EtaConfig, EtaEstimator};
+use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
+use trackline_core::fix::{Fix, LatLon};
+use trackline_core::plane::LocalPlane;
 
 /// One recorded trip: device time (unix ms) and position of each fix, in recording order.
 pub type Trip = Vec<(i64, LatLon)>;
 
-/// Why a trip could not be read or evaluated.
+/// Why a trip could not be evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("{path}: {source}")]
-    Csv { path: String, source: csv::Error },
-    #[error("{path}: line {line}: {reason}")]
-    BadRow {
-        path: String,
-        line: u64,
-        reason: String,
-    },
     #[error("trip {0} is too short to evaluate (it needs more than 70 s and two fixes)")]
     TooShort(String),
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct Row {
-    t_unix: f64,
-    lat: f64,
-    lon: f64,
-}
-
-/// Reads a trip from CSV with the header `t_unix,lat,lon` (seconds since the epoch, may have a
-/// fraction; WGS84 degrees). `source` names the input in errors.
+/// Reads a trip from CSV or GPX as `trackctl simulate` does ([`crate::trip::Trip::from_path`]:
+/// the same columns, comments and checks), as device times in milliseconds.
 ///
 /// # Errors
-/// A CSV error, or a row whose time or position is not finite or out of range.
-pub fn read_trip_csv<R: std::io::Read>(reader: R, source: &str) -> Result<Trip, EvalError> {
-    let mut rows = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(reader);
-    let mut trip = Trip::new();
-    for row in rows.deserialize::<Row>() {
-        let row = row.map_err(|source_err| EvalError::Csv {
-            path: source.to_string(),
-            source: source_err,
-        })?;
-        let line = trip.len() as u64 + 2;
-        let pos = LatLon::new(row.lat, row.lon);
-        if !pos.is_valid() || !row.t_unix.is_finite() {
-            let reason = format!(
-                "({}, {}, {}) is not a time and a position",
-                row.t_unix, row.lat, row.lon
-            );
-            return Err(EvalError::BadRow {
-                path: source.to_string(),
-                line,
-                reason,
-            });
-        }
-        trip.push(((row.t_unix * 1000.0).round() as i64, pos));
-    }
-    Ok(trip)
+/// The file cannot be read, or a row is not a time and a position.
+pub fn read_trip_file(path: &Path) -> anyhow::Result<Trip> {
+    Ok(in_milliseconds(&crate::trip::Trip::from_path(path)?))
 }
 
-/// Reads a trip CSV file; see [`read_trip_csv`].
+/// Reads a trip from CSV `t_unix,lat,lon`; see [`crate::trip::Trip::from_reader`]. `source`
+/// names the input in errors.
 ///
 /// # Errors
-/// As [`read_trip_csv`], or the file cannot be opened.
-pub fn read_trip_file(path: &Path) -> Result<Trip, EvalError> {
-    let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| EvalError::Csv {
-        path: name.clone(),
-        source: csv::Error::from(e),
-    })?;
-    read_trip_csv(std::io::BufReader::new(file), &name)
+/// As [`crate::trip::Trip::from_reader`].
+pub fn read_trip_csv(reader: impl std::io::Read, source: &str) -> anyhow::Result<Trip> {
+    Ok(in_milliseconds(&crate::trip::Trip::from_reader(
+        source, reader,
+    )?))
+}
+
+fn in_milliseconds(trip: &crate::trip::Trip) -> Trip {
+    trip.points
+        .iter()
+        .map(|p| ((p.t_s * 1000.0).round() as i64, p.pos))
+        .collect()
 }
 
 /// Parameters of an evaluation run.
@@ -522,21 +488,10 @@ impl fmt::Display for EvalReport {
 mod tests {
     use super::*;
 
-    pub(crate) const TRIPS: [&str; 5] = [
-        "bike_joensuu_1412412627743.csv",
-        "car_joensuu_1326877679263.csv",
-        "car_visnjan_hr.csv",
-        "run_vincennes_DC2_garmin.csv",
-        "walk_vincennes_MC_ublox_single_noisy.csv",
-    ];
+    use trackline_testdata::FULL_TRIPS as TRIPS;
 
     fn testdata(name: &str) -> Trip {
-        read_trip_file(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata")
-                .join(name),
-        )
-        .unwrap()
+        read_trip_file(&trackline_testdata::path(name)).unwrap()
     }
 
     #[test]

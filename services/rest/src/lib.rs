@@ -1,0 +1,438 @@
+//! The REST contract of `/v1` (PROTOCOL.md): the request and answer types of every endpoint,
+//! written once and used by the server to answer, by trackctl and the tests to ask.
+//!
+//! Requests refuse unknown fields (a misspelt field is a 400, not silently ignored); answers
+//! accept unknown fields, so that an older client keeps working with a newer server. Optional
+//! request fields are left out when unset, as a hand-written request would.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use trackline_core::fix::{Fix, LatLon};
+use trackline_core::order::{OrderStatus, OrderView, StatusChange};
+use trackline_core::{CourierId, OrderId};
+
+/// A position in a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl From<LatLon> for Point {
+    fn from(p: LatLon) -> Self {
+        Point {
+            lat: p.lat,
+            lon: p.lon,
+        }
+    }
+}
+
+/// `POST /v1/orders`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub order_id: String,
+    pub destination: Point,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub courier_id: Option<String>,
+    /// The planned route, `[[lat, lon], ...]` (2 to 20,000 points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Vec<[f64; 2]>>,
+    /// When the customer was promised the delivery (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promised_at_ms: Option<i64>,
+}
+
+/// The answer of `POST /v1/orders` (201): the order and how its customer watches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: OrderId,
+    pub watch_token: String,
+    /// The live map page, `{public_url}/track/{id}?token=...`.
+    pub watch_url: String,
+}
+
+/// `POST /v1/orders/{id}/assign`; the answer is the order's [`OrderView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignCourier {
+    pub courier_id: String,
+}
+
+/// `POST /v1/orders/{id}/status`; the answer is the order's [`OrderView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeStatus {
+    pub status: OrderStatus,
+}
+
+/// The answer of `GET /v1/orders/{id}`: the order's state and planned route; for an ops token
+/// also its status log and the counts of its courier's refused fixes (absent for other callers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderDetail {
+    #[serde(flatten)]
+    pub state: OrderView,
+    /// `[[lat, lon], ...]`; null when the order has no planned route.
+    #[serde(default)]
+    pub route: Option<Vec<[f64; 2]>>,
+    /// Refused fixes by reject code (they are not stored, so only counted). Ops only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<BTreeMap<String, u64>>,
+    /// Every status the order has had and since when, oldest first. Ops only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_log: Option<Vec<StatusChange>>,
+}
+
+impl OrderDetail {
+    /// The planned route as positions.
+    pub fn route_points(&self) -> Option<Vec<LatLon>> {
+        self.route.as_ref().map(|route| {
+            route
+                .iter()
+                .map(|[lat, lon]| LatLon::new(*lat, *lon))
+                .collect()
+        })
+    }
+}
+
+/// The query of `GET /v1/orders`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListOrders {
+    /// `active` (default), `ended` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// At most this many (default 100, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /v1/orders`: most recently updated first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+}
+
+/// The query of `GET /v1/orders/{id}/history`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// `json` (default), `geojson` or `gpx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+}
+
+/// The answer of `GET /v1/orders/{id}/history?format=json`: the stored fixes in time order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub order_id: OrderId,
+    pub fixes: Vec<HistoryFix>,
+}
+
+impl History {
+    pub fn new(order_id: OrderId, fixes: &[Fix]) -> Self {
+        History {
+            order_id,
+            fixes: fixes.iter().map(HistoryFix::from).collect(),
+        }
+    }
+
+    pub fn into_fixes(self) -> Vec<Fix> {
+        self.fixes.into_iter().map(Fix::from).collect()
+    }
+}
+
+/// One stored fix; unknown accuracy, speed and heading are null.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistoryFix {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: Option<f32>,
+    pub speed_mps: Option<f32>,
+    pub heading_deg: Option<f32>,
+}
+
+impl From<&Fix> for HistoryFix {
+    fn from(fix: &Fix) -> Self {
+        HistoryFix {
+            seq: fix.seq,
+            time_ms: fix.time_ms,
+            lat: fix.pos.lat,
+            lon: fix.pos.lon,
+            accuracy_m: fix.accuracy_m,
+            speed_mps: fix.speed_mps,
+            heading_deg: fix.heading_deg,
+        }
+    }
+}
+
+impl From<HistoryFix> for Fix {
+    fn from(f: HistoryFix) -> Self {
+        Fix {
+            seq: f.seq,
+            time_ms: f.time_ms,
+            pos: LatLon::new(f.lat, f.lon),
+            accuracy_m: f.accuracy_m,
+            speed_mps: f.speed_mps,
+            heading_deg: f.heading_deg,
+        }
+    }
+}
+
+/// The query of `GET /v1/couriers/nearby`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearbyQuery {
+    pub lat: f64,
+    pub lon: f64,
+    /// Metres (default 1,000, at most 100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius_m: Option<f64>,
+    /// At most this many (default 10, at most 1,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /v1/couriers/nearby`: nearest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearbyCouriers {
+    pub couriers: Vec<NearbyCourier>,
+}
+
+/// A live courier and how far it is from the asked centre.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearbyCourier {
+    pub courier_id: CourierId,
+    pub lat: f64,
+    pub lon: f64,
+    pub distance_m: f64,
+    /// Device time of the courier's last live fix (unix ms).
+    pub time_ms: i64,
+}
+
+/// The query of `GET /v1/couriers/within`: a box; `west > east` crosses the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithinQuery {
+    pub south: f64,
+    pub west: f64,
+    pub north: f64,
+    pub east: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The answer of `GET /v1/couriers/within`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CouriersWithin {
+    pub couriers: Vec<CourierPosition>,
+    /// True when there were more couriers in the box than the limit.
+    pub truncated: bool,
+}
+
+/// A live courier's last position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CourierPosition {
+    pub courier_id: CourierId,
+    pub lat: f64,
+    pub lon: f64,
+    pub time_ms: i64,
+}
+
+/// `POST /v1/tokens`: `role` is `ops`, `courier` or `watch`; `subject` the courier or order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Lifetime in seconds (default 24 h, at most 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<i64>,
+}
+
+/// The answer of `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub token: String,
+}
+
+/// `POST /v1/admin/purge`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Purge fixes older than this (unix ms); default: now minus the retention period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_ms: Option<i64>,
+}
+
+/// The answer of `POST /v1/admin/purge`: what went (in broker mode, on every node together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    pub before_ms: i64,
+    pub fixes: usize,
+    pub orders: usize,
+}
+
+/// The resume part of the query of `GET /v1/orders/{id}/watch`: both or neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// `/healthz`: the process answers.
+    Ok,
+    /// `/readyz`: takes traffic.
+    Ready,
+    /// `/readyz` (503): draining after SIGTERM.
+    ShuttingDown,
+}
+
+/// Every failed call's body: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    pub error: ErrorBody,
+}
+
+/// A stable machine-readable `code` (PROTOCOL.md lists them) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorAnswer {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorAnswer {
+            error: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_leave_unset_ones_out() {
+        let misspelt =
+            json!({"order_id": "o-1", "destination": {"lat": 1.0, "lon": 2.0}, "courier": "c-1"});
+        let error = serde_json::from_value::<CreateOrder>(misspelt).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `courier`"),
+            "{error}"
+        );
+        let minimal = CreateOrder {
+            order_id: "o-1".into(),
+            destination: Point { lat: 1.0, lon: 2.0 },
+            courier_id: None,
+            route: None,
+            promised_at_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&minimal).unwrap(),
+            json!({"order_id": "o-1", "destination": {"lat": 1.0, "lon": 2.0}})
+        );
+        let full = CreateOrder {
+            order_id: "o1".into(),
+            destination: Point::from(LatLon::new(45.0, 13.0)),
+            courier_id: Some("c1".into()),
+            route: Some(vec![[45.1, 13.1], [45.0, 13.0]]),
+            promised_at_ms: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&full).unwrap(),
+            json!({"order_id": "o1", "destination": {"lat": 45.0, "lon": 13.0}, "courier_id": "c1",
+                   "route": [[45.1, 13.1], [45.0, 13.0]]})
+        );
+        assert!(serde_json::from_value::<PurgeRequest>(json!({"before": 1})).is_err());
+        assert_eq!(
+            serde_json::to_value(PurgeRequest::default()).unwrap(),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn the_ops_only_fields_of_an_order_are_absent_for_others_and_present_for_ops() {
+        let view: OrderView = serde_json::from_value(json!({
+            "order_id": "o-1", "status": "assigned", "courier_id": "c-1",
+            "destination": {"lat": 1.0, "lon": 2.0}, "position": null, "eta": null,
+            "offset": 3, "epoch": "e", "updated_at_ms": 5
+        }))
+        .unwrap();
+        let mut detail = OrderDetail {
+            state: view,
+            route: None,
+            rejected: None,
+            status_log: None,
+        };
+        let for_watcher = serde_json::to_value(&detail).unwrap();
+        assert_eq!(for_watcher["route"], json!(null));
+        assert!(for_watcher.get("rejected").is_none());
+        assert!(for_watcher.get("status_log").is_none());
+        assert_eq!(for_watcher["order_id"], "o-1");
+        detail.rejected = Some(BTreeMap::new());
+        detail.status_log = Some(Vec::new());
+        let for_ops = serde_json::to_value(&detail).unwrap();
+        assert_eq!(for_ops["rejected"], json!({}));
+        assert_eq!(for_ops["status_log"], json!([]));
+        let back: OrderDetail = serde_json::from_value(for_ops).unwrap();
+        assert_eq!(back, detail);
+    }
+
+    #[test]
+    fn health_and_errors_have_the_documented_shape() {
+        let ready = Health {
+            status: HealthStatus::ShuttingDown,
+        };
+        assert_eq!(
+            serde_json::to_value(ready).unwrap(),
+            json!({"status": "shutting_down"})
+        );
+        assert_eq!(
+            serde_json::to_value(ErrorAnswer::new("bad_json", "no")).unwrap(),
+            json!({"error": {"code": "bad_json", "message": "no"}})
+        );
+    }
+
+    #[test]
+    fn a_history_fix_carries_every_field_of_a_fix_both_ways() {
+        let fix = Fix {
+            seq: 7,
+            time_ms: 1_608_272_150_125,
+            pos: LatLon::new(45.2735189, 13.71421),
+            accuracy_m: Some(4.5),
+            speed_mps: None,
+            heading_deg: Some(90.0),
+        };
+        let history = History::new(OrderId::new("o-1").unwrap(), std::slice::from_ref(&fix));
+        let text = serde_json::to_value(&history).unwrap();
+        assert_eq!(text["fixes"][0]["speed_mps"], json!(null));
+        assert_eq!(text["fixes"][0]["lat"], json!(45.2735189));
+        let back: History = serde_json::from_value(text).unwrap();
+        assert_eq!(back.into_fixes(), vec![fix]);
+    }
+}
