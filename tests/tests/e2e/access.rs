@@ -13,7 +13,9 @@ use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::{now_ms, CourierId, LatLon, OrderId};
 use trackline_proto::v1;
 use trackline_tests::raw::RawWs;
-use trackline_tests::*;
+use trackline_tests::{
+    walk, NewOrder, TestServer, TokenIn, WatchEvent, WatchProtocol, SECRET, TIMEOUT,
+};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,10 @@ use trackline_tests::cluster::{
     failed_start, Broker, Cluster, CourierApp, WatchFeed, BROKER_TIMEOUT_MS, NODES,
     RECOVERY_TIMEOUT,
 };
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{jog_destination, jog_points};
+use trackline_tests::{
+    same_state, trip_fixes, update_at, HistoryFix, NewOrder, Reply, TripPoint, Update, TIMEOUT,
+};
 
 /// A broker and a cluster of [`NODES`] on it (dropped in reverse: the nodes first).
 fn start_cluster() -> (Broker, Cluster) {

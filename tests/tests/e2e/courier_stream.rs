@@ -6,8 +6,11 @@ use futures_util::future::join_all;
 use serde_json::json;
 use trackline_core::LatLon;
 use trackline_proto::v1;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{
+    jog_order, jog_points, stream_fixes, stream_one_by_one, Reference, JOG_BATCH, JOG_COURIER,
+    JOG_FIXES, JOG_ORDER,
+};
+use trackline_tests::{trip_fixes, NewOrder, TestServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn courier_gets_acks_covering_every_fix_of_a_real_trip() {

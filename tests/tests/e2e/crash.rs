@@ -33,7 +33,10 @@ use trackline_core::plane::{LocalPlane, M_PER_DEG};
 use trackline_core::LatLon;
 use trackline_proto::v1::server_frame::Kind;
 use trackline_proto::{from_e7, to_e7, v1, Message as _};
-use trackline_tests::*;
+use trackline_tests::{
+    ws_connect, HistoryFix, NewOrder, TestServer, TokenIn, Update, WatchError, WatchEvent,
+    WatchProtocol, Watcher, TIMEOUT,
+};
 
 const CYCLES_VAR: &str = "TRACKLINE_CRASH_CYCLES";
 

@@ -2,8 +2,13 @@
 //! and restarts, stored once.
 
 use serde_json::Value;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{
+    assert_updates_follow_fixes, collect_until_time, jog_order, jog_points, join, stream_fixes,
+    JOG_COURIER, JOG_FIXES, JOG_ORDER,
+};
+use trackline_tests::{
+    load_trip, trip_fixes, CourierClient, TestServer, TokenIn, WatchProtocol, TIMEOUT,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_and_live_state_survive_a_restart() {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{jog_order, jog_points};
+use trackline_tests::{trip_fixes, TestServer, TokenIn, WatchError, WatchProtocol, TIMEOUT};
 
 const COURIER: &str = "courier-g";
 

@@ -13,7 +13,7 @@ use trackline_core::LatLon;
 use trackline_proto::v1::server_frame::Kind;
 use trackline_proto::{v1, Message as _};
 use trackline_tests::raw::{self, op, Ending, RawWs};
-use trackline_tests::*;
+use trackline_tests::{encode_frame, walk, NewOrder, TestServer, TIMEOUT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn frames_larger_than_the_limit_close_with_1009() {

@@ -6,8 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 use trackline_core::LatLon;
 use trackline_proto::{to_e7, v1};
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{
+    approx, jog_order, jog_points, stream_fixes, stream_jog, JOG_COURIER, JOG_FIXES, JOG_ORDER,
+    SHOWN_WITHIN_M,
+};
+use trackline_tests::{fix_pos, NewOrder, TestServer, TIMEOUT, TRIP_ACCURACY_M};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn creating_an_order_with_a_route_returns_a_working_watch_token_and_its_state() {

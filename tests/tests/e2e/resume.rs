@@ -5,8 +5,13 @@
 use std::time::Duration;
 
 use trackline_proto::v1;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{
+    jog_order, jog_points, read_through, stream_one_by_one, Reference,
+};
+use trackline_tests::{
+    same_state, trip_fixes, update_at, CourierClient, TestServer, TokenIn, Update, WatchError,
+    WatchProtocol, TIMEOUT,
+};
 
 const ORDER: &str = "order-g";
 

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use trackline_core::{now_ms, LatLon};
 use trackline_proto::v1;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::DAY_MS;
+use trackline_tests::{fix, NewOrder, TestServer, TIMEOUT};
 
 /// Streams `fixes` as `courier` and expects every one to be acked and none rejected.
 async fn stream_all(server: &TestServer, courier: &str, fixes: &[v1::Fix]) {

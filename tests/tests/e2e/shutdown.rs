@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use trackline_proto::v1;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{jog_order, join};
+use trackline_tests::{
+    load_trip, trip_fixes, TestServer, TokenIn, WatchEvent, WatchProtocol, TIMEOUT,
+};
 
 const ORDER: &str = "order-g";
 

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{jog_order, join};
+use trackline_tests::{
+    load_trip, trip_fixes, TestServer, TokenIn, Update, WatchError, WatchEvent, WatchProtocol,
+    Watcher, TIMEOUT,
+};
 
 const ORDER: &str = "order-g";
 

@@ -6,8 +6,8 @@ use serde_json::json;
 use trackline_core::{now_ms, LatLon};
 use trackline_proto::{to_e7, v1};
 use trackline_tests::raw::RawWs;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{DAY_MS, JOG_COURIER, JOG_ORDER};
+use trackline_tests::{fix, NewOrder, TestServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_fix_gets_its_rejected_code_and_the_stream_stays_up() {

@@ -4,8 +4,13 @@
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use trackline_core::LatLon;
-use trackline_tests::scenarios::*;
-use trackline_tests::*;
+use trackline_tests::scenarios::{
+    assert_eta_consistent, assert_eta_plausible, assert_updates_follow_fixes, collect_until_time,
+    jog_order, jog_points, join, stream_fixes, JOG_COURIER, JOG_FIXES, JOG_ORDER,
+};
+use trackline_tests::{
+    load_trip, trip_fixes, NewOrder, TestServer, TokenIn, WatchEvent, WatchProtocol, TIMEOUT,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_watcher_gets_the_snapshot_then_every_update_in_offset_order() {
