@@ -4,6 +4,9 @@
 //! order in any answer. Then what tokens may do once past the door: a courier writes only to the
 //! orders assigned to it, a watch token sees no position after delivery, an expiring token ends
 //! its stream with 1008.
+//!
+//! The matrix is the one place where the 401 and 403 answers of every endpoint are checked, each
+//! with its exact error body.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,10 +1,11 @@
-//! Hostile clients against one real server while a well-behaved courier and watcher run
-//! alongside: one test per family of hostile input (malformed protobuf, refused WebSocket frames,
-//! floods, extreme fixes, another courier's order, stalled connections, the upgrade, HTTP bodies,
-//! HTTP requests). Every case asserts its own outcome (close code, `Rejected`, HTTP status and JSON
-//! error), then that the server is healthy and the bystanders kept flowing; each family ends by
-//! checking that history holds exactly the good fixes. The hostile clients speak raw bytes
-//! (`trackline_tests::raw`) so that any frame, valid or not, can be sent.
+//! Hostile clients against a real server while a well-behaved courier and watcher run
+//! alongside: one test, on a server of its own, per family of hostile input (malformed protobuf,
+//! refused WebSocket frames, floods, extreme fixes, another courier's order, stalled connections,
+//! the upgrade, HTTP bodies, HTTP requests). Every case asserts its own outcome (close code,
+//! `Rejected`, HTTP status and JSON error), then that the server is healthy and the bystanders
+//! kept flowing; each family ends by checking that history holds exactly the good fixes. The
+//! hostile clients speak raw bytes (`trackline_tests::raw`) so that any frame, valid or not, can
+//! be sent.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
