@@ -22,7 +22,7 @@ pub mod ws;
 
 pub use courier::{encode_frame, fix, walk, CourierClient};
 pub use http::{HistoryFix, NearbyCourier, NewOrder, Reply};
-pub use server::{free_port, server_binary, TestServer};
+pub use server::{free_port, proc_status_kib, server_binary, TestServer};
 pub use trips::{
     accepted, bearing_deg, data_dir, fix_pos, load_trip, trip_fixes, TripPoint, TRIP_ACCURACY_M,
 };

@@ -166,16 +166,9 @@ impl TestServer {
 
     /// The binary server's resident set size (`VmRSS`) and its peak (`VmHWM`), in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let path = format!("/proc/{}/status", self.pid());
-        let status =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {path}"))
+        let pid = self.pid();
+        let field = |name: &str| {
+            proc_status_kib(pid, name).unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
@@ -273,6 +266,19 @@ pub fn server_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB; `None` when the process is
+/// gone (a sampler may outlive the server) or the field is missing.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A free port on 127.0.0.1 (bound and released; good enough for a test).

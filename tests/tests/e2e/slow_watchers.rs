@@ -11,8 +11,8 @@ use futures_util::future::join_all;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use trackline_tests::scenarios::{jog_order, join};
 use trackline_tests::{
-    load_trip, trip_fixes, TestServer, TokenIn, Update, WatchError, WatchEvent, WatchProtocol,
-    Watcher, TIMEOUT,
+    load_trip, proc_status_kib, trip_fixes, TestServer, TokenIn, Update, WatchError, WatchEvent,
+    WatchProtocol, Watcher, TIMEOUT,
 };
 
 const ORDER: &str = "order-g";
@@ -145,7 +145,7 @@ async fn stall_watchers(server: &TestServer, watchers: usize) -> Stalled {
         let (peak_kib, sampling, pid) = (peak_kib.clone(), sampling.clone(), server.pid());
         tokio::spawn(async move {
             while sampling.load(Ordering::SeqCst) {
-                if let Some(kib) = vm_rss_kib(pid) {
+                if let Some(kib) = proc_status_kib(pid, "VmRSS:") {
                     peak_kib.fetch_max(kib, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -331,16 +331,4 @@ async fn stuck_watcher_connections_are_closed_once_the_client_timeout_passes() {
         2 + CLIENT_TIMEOUT_S + 5
     );
     drop(run.stuck);
-}
-
-/// `VmRSS` of a process, KiB.
-fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
