@@ -3,8 +3,6 @@
 //! courier stream, and the trackctl binary to run against it (over HTTP, or on the data dir once
 //! the server is stopped). The orders and history are read back with trackctl's own API client.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::path::Path;
 use std::process::Command;
 
@@ -34,7 +32,6 @@ pub struct Live {
 pub struct Streamed {
     /// Device time (unix ms) and position of each fix, as sent.
     pub sent: Vec<(i64, LatLon)>,
-    pub acked_through: u64,
     pub rejected: Vec<String>,
 }
 
@@ -126,19 +123,19 @@ impl Live {
                 heading_deg: -1.0,
             })
             .collect();
-        let (acked_through, rejected) = self.runtime.block_on(async {
+        let rejected = self.runtime.block_on(async {
             let mut client = self.server.courier(courier).await;
             client.stream(&fixes, FRAME).await;
+            assert_eq!(
+                client.acked,
+                fixes.len() as u64,
+                "the last ack covers the last fix"
+            );
             let rejected = client.rejected.iter().map(|r| r.code.clone()).collect();
-            let acked = client.acked;
             client.close().await;
-            (acked, rejected)
+            rejected
         });
-        Streamed {
-            sent,
-            acked_through,
-            rejected,
-        }
+        Streamed { sent, rejected }
     }
 
     /// The stored history of `order`, as the server answers it.
