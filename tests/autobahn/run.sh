@@ -9,7 +9,7 @@
 # The echo runs on the same session stack and limits as the courier and watch streams (see
 # services/server/src/echo_ws.rs). The frame limit is raised to 16 MiB for this run so that the
 # big-message cases 9.* (up to 16 MiB) apply; with the default 256 KiB they would be refused
-# with 1009, which is the limit doing its job (tested in tests/tests/hostile.rs), not a
+# with 1009, which is the limit doing its job (tested in tests/tests/e2e/limits.rs), not a
 # conformance failure. Exits non-zero unless 0 cases failed; reports go to tests/autobahn/reports/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -19,9 +19,10 @@ use tokio_tungstenite::tungstenite::Message;
 use trackline_proto::v1::{self, server_frame::Kind};
 use trackline_proto::Message as _;
 
+use crate::server::{binary_data_dir, log_path, spawn_binary, temp_data_dir};
 use crate::{
-    binary_data_dir, log_path, spawn_binary, temp_data_dir, CourierClient, Reply, TestServer,
-    TokenIn, Update, WatchError, WatchEvent, WatchProtocol, Watcher, LIFECYCLE_TIMEOUT, TIMEOUT,
+    CourierClient, Reply, TestServer, TokenIn, Update, WatchError, WatchEvent, WatchProtocol,
+    Watcher, LIFECYCLE_TIMEOUT, TIMEOUT,
 };
 
 /// The node names of every test cluster, in `--cluster-nodes` order (index = node number).

@@ -10,6 +10,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use trackline_proto::v1::{self, server_frame::Kind};
+use trackline_proto::Message as _;
+
+use crate::TestServer;
 
 /// WebSocket opcodes (RFC 6455 §5.2).
 pub mod op {
@@ -104,7 +108,7 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     out
 }
 
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+const SEND_MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Reads one HTTP response head (and its body, by Content-Length) from a socket.
 async fn read_response(
@@ -280,7 +284,7 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> bool {
-        self.write(&frame(fin, 0, opcode, payload, Some(MASK)))
+        self.write(&frame(fin, 0, opcode, payload, Some(SEND_MASK)))
             .await
     }
 
@@ -381,6 +385,66 @@ fn parse_server_frame(buf: &[u8]) -> Option<(ServerFrame, usize)> {
     ))
 }
 
+/// The mask every hand-written client frame carries (clients must mask; the value is arbitrary).
+pub const MASK: Option<[u8; 4]> = Some([9, 8, 7, 6]);
+
+impl RawWs {
+    /// Opens the courier stream of `server` as `courier`; panics on a refusal.
+    pub async fn courier(server: &TestServer, courier: &str) -> RawWs {
+        RawWs::connect(
+            server.addr(),
+            "/v1/courier/ws",
+            Some(&server.courier_token(courier)),
+        )
+        .await
+        .unwrap_or_else(|r| panic!("courier upgrade of {courier} refused: {r:?}"))
+    }
+
+    /// Opens the watch stream of `order` on `server` with its watch token; panics on a refusal.
+    pub async fn watcher(server: &TestServer, order: &str) -> RawWs {
+        RawWs::connect(
+            server.addr(),
+            &format!("/v1/orders/{order}/watch"),
+            Some(&server.watch_token(order)),
+        )
+        .await
+        .unwrap_or_else(|r| panic!("watch upgrade of {order} refused: {r:?}"))
+    }
+
+    /// Reads server frames until an ack covering `seq`; the rejections on the way. Panics if the
+    /// stream ends first.
+    pub async fn wait_ack(&mut self, seq: u64, what: &str) -> Vec<v1::Rejected> {
+        let deadline = Instant::now() + crate::TIMEOUT;
+        let mut rejected = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = self
+                .next_frame(left)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: no ack of {seq}: {e:?}"));
+            match frame.opcode {
+                op::BINARY => match v1::ServerFrame::decode(frame.payload.as_slice())
+                    .unwrap_or_else(|e| panic!("{what}: server frame does not decode: {e}"))
+                    .kind
+                {
+                    Some(Kind::Ack(ack)) if ack.seq >= seq => return rejected,
+                    Some(Kind::Ack(_)) => {}
+                    Some(Kind::Rejected(r)) => rejected.push(r),
+                    None => panic!("{what}: server frame without a kind"),
+                },
+                op::CLOSE => panic!("{what}: closed while waiting for the ack of {seq}: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts that the server closes the connection with `code` within [`crate::TIMEOUT`].
+    pub async fn expect_close(&mut self, code: u16, what: &str) {
+        let ending = self.ending(crate::TIMEOUT).await;
+        assert_eq!(ending, Ending::Closed(Some(code)), "{what}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +457,7 @@ mod tests {
             let (parsed, used) = parse_server_frame(&bytes).unwrap();
             assert_eq!(used, bytes.len());
             assert_eq!(parsed.payload, payload);
-            let masked = frame(false, 0, op::TEXT, &payload, Some(MASK));
+            let masked = frame(false, 0, op::TEXT, &payload, Some(SEND_MASK));
             let (parsed, _) = parse_server_frame(&masked).unwrap();
             assert_eq!((parsed.fin, parsed.opcode), (false, op::TEXT));
             assert_eq!(parsed.payload, payload);

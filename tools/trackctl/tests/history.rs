@@ -2,11 +2,13 @@
 //! through the real binary, against a real server populated over the courier stream, and
 //! against its data dir once it is stopped.
 
+mod common;
 mod live;
 
 use std::collections::BTreeSet;
 
-use live::{run, stderr_of, stdout_of, testdata, testdata_trip, trackctl, Live};
+use common::{run, stderr_of, stdout_of, testdata, testdata_trip, trackctl};
+use live::Live;
 use serde_json::Value;
 use trackline_core::fix::Fix;
 

@@ -1,12 +1,13 @@
 //! `simulate` against a scripted stand-in server: orders created as the protocol says, fixes
 //! acknowledged, and what a dropped connection left unacknowledged resent with the same seqs.
 
+mod common;
 mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::testdata;
 use support::{FakeServer, Script};
 use tokio::sync::watch;
 use trackctl::courier::Stop;
@@ -18,9 +19,7 @@ use trackline_core::CourierId;
 const SECRET: &str = "sim-test-secret";
 
 fn config(server: &str, trip: &str) -> SimConfig {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(trip);
+    let path = testdata(trip);
     SimConfig {
         server: server.to_string(),
         trips: vec![Arc::new(Trip::from_path(&path).unwrap())],
@@ -184,9 +183,7 @@ async fn random_and_gpx_trips_ride_at_the_requested_rate_and_batch() {
         interval_s: 1.0,
         seed: 1,
     };
-    let gpx = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join("run_vincennes_head.gpx");
+    let gpx = testdata("run_vincennes_head.gpx");
     let mut config = config(&server.url, "car_joensuu_head.csv");
     // two fixes a second of trip time: 41 over the random trip's 20 s, 119 over the GPX's 59 s
     config.trips = vec![

@@ -1,29 +1,15 @@
 //! `trackctl token` through the real binary: the token alone on stdout, verifiable with the secret.
 
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::{Output, Stdio};
+
+use common::{run, trackctl};
 
 use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::{now_ms, CourierId, OrderId};
 
 const SECRET: &str = "test-secret-not-for-production";
-
-fn trackctl(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trackctl"));
-    command.args(args);
-    for var in [
-        "TRACKLINE_SECRET",
-        "TRACKLINE_TOKEN",
-        "TRACKLINE_SERVER",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("running trackctl")
-}
 
 /// The token on stdout, checking it is alone on one line.
 fn token_of(output: &Output) -> String {

@@ -1,17 +1,14 @@
 //! Trips from the test data: parsing a real recorded file, rewriting its times, its route.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
+
+use common::testdata;
 
 use trackctl::schedule::Schedule;
 use trackctl::trip::Trip;
 use trackline_core::LatLon;
-
-fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
-}
 
 #[test]
 fn reads_a_real_recorded_trip() {

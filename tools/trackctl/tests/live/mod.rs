@@ -1,36 +1,30 @@
-//! A real trackline server, in-process on 127.0.0.1:0 with its data dir in a TempDir, populated
-//! by streaming recorded trips over the real courier stream; and the trackctl binary to run
-//! against it (over HTTP, or on the data dir once the server is stopped).
+//! trackctl against a real trackline server: the end-to-end harness's server (in-process on
+//! 127.0.0.1:0 over a temporary data dir), populated by streaming recorded trips over the real
+//! courier stream, and the trackctl binary to run against it (over HTTP, or on the data dir once
+//! the server is stopped). The orders and history are read back with trackctl's own API client.
 
-#![allow(dead_code)] // each test binary uses a different part
+use std::path::Path;
+use std::process::Command;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
-use tempfile::TempDir;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use trackctl::api::{Api, NewOrder};
+use trackctl::api::Api;
 use trackctl::trip::Trip;
-use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::fix::Fix;
-use trackline_core::{CourierId, LatLon};
-use trackline_proto::v1::{self, server_frame::Kind};
-use trackline_proto::Message as _;
-use trackline_server::ServerHandle;
+use trackline_core::order::OrderStatus;
+use trackline_core::LatLon;
+use trackline_rest::{CreateOrder, OrderDetail, Point};
+use trackline_proto::v1;
+use trackline_tests::TestServer;
 
-pub const SECRET: &str = "history-test-secret";
+use crate::common::{testdata_trip, trackctl};
+
+pub use trackline_tests::SECRET;
 
 /// Fixes per courier frame when populating.
 const FRAME: usize = 25;
 
 /// A running server and its data dir.
 pub struct Live {
-    server: Option<ServerHandle>,
-    dir: TempDir,
+    server: TestServer,
     pub url: String,
     runtime: tokio::runtime::Runtime,
 }
@@ -40,35 +34,30 @@ pub struct Live {
 pub struct Streamed {
     /// Device time (unix ms) and position of each fix, as sent.
     pub sent: Vec<(i64, LatLon)>,
-    pub acked_through: u64,
     pub rejected: Vec<String>,
 }
 
 impl Live {
     pub fn start() -> Live {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            trackline_server::spawn(trackline_server::Config::for_tests(dir.path(), SECRET))
-                .expect("starting the server");
-        let url = format!("http://{}", server.addr);
+        let server = TestServer::start();
+        let url = server.http_url("");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         Live {
-            server: Some(server),
-            dir,
+            server,
             url,
             runtime,
         }
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        self.server.data_dir()
     }
 
     pub fn ops_token(&self) -> String {
-        TokenKeys::new(SECRET.as_bytes()).mint(&Role::Ops, 3600)
+        self.server.ops_token()
     }
 
     fn api(&self) -> Api {
@@ -78,22 +67,24 @@ impl Live {
     /// Creates `order` for `courier` (none: unassigned): destination = the trip's end, route =
     /// its path thinned to ~50 m (as simulate plans one).
     pub fn create_order(&self, order: &str, courier: Option<&str>, trip: &Trip) {
-        let new = NewOrder {
+        let new = CreateOrder {
             order_id: order.into(),
-            destination: trip.destination(),
+            destination: Point::from(trip.destination()),
             courier_id: courier.map(String::from),
-            route: trip
-                .simplified_route(50.0)
-                .iter()
-                .map(|p| [p.lat, p.lon])
-                .collect(),
+            route: Some(
+                trip.simplified_route(50.0)
+                    .iter()
+                    .map(|p| [p.lat, p.lon])
+                    .collect(),
+            ),
+            promised_at_ms: None,
         };
         self.runtime
             .block_on(self.api().create_order(&self.ops_token(), &new))
             .expect("creating the order");
     }
 
-    pub fn set_status(&self, order: &str, status: &str) {
+    pub fn set_status(&self, order: &str, status: OrderStatus) {
         self.runtime
             .block_on(self.api().set_status(&self.ops_token(), order, status))
             .expect("setting the status");
@@ -105,10 +96,10 @@ impl Live {
     pub fn ride(&self, order: &str, courier: &str, trip_file: &str, deliver: bool) -> Streamed {
         let trip = testdata_trip(trip_file);
         self.create_order(order, Some(courier), &trip);
-        self.set_status(order, "picked_up");
+        self.set_status(order, OrderStatus::PickedUp);
         let streamed = self.stream(courier, &trip);
         if deliver {
-            self.set_status(order, "delivered");
+            self.set_status(order, OrderStatus::Delivered);
         }
         streamed
     }
@@ -122,61 +113,33 @@ impl Live {
             .iter()
             .map(|p| ((p.t_s * 1000.0).round() as i64 + shift_ms, p.pos))
             .collect();
-        let token = TokenKeys::new(SECRET.as_bytes())
-            .mint(&Role::Courier(CourierId::new(courier).unwrap()), 3600);
-        let ws_url = self.api().ws_url("/v1/courier/ws");
-        let (acked_through, rejected) = self.runtime.block_on(async {
-            let mut request = ws_url.into_client_request().unwrap();
-            request.headers_mut().insert(
-                "authorization",
-                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        // No accuracy, speed or heading: only what the recorded trip holds.
+        let fixes: Vec<v1::Fix> = sent
+            .iter()
+            .zip(1..)
+            .map(|((time_ms, pos), seq)| v1::Fix {
+                seq,
+                time_ms: *time_ms,
+                lat_e7: trackline_proto::to_e7(pos.lat),
+                lon_e7: trackline_proto::to_e7(pos.lon),
+                accuracy_m: 0.0,
+                speed_mps: -1.0,
+                heading_deg: -1.0,
+            })
+            .collect();
+        let rejected = self.runtime.block_on(async {
+            let mut client = self.server.courier(courier).await;
+            client.stream(&fixes, FRAME).await;
+            assert_eq!(
+                client.acked,
+                fixes.len() as u64,
+                "the last ack covers the last fix"
             );
-            let (mut ws, _) = tokio_tungstenite::connect_async(request)
-                .await
-                .expect("opening the courier stream");
-            let mut rejected = Vec::new();
-            let mut acked = 0;
-            for (frame_index, chunk) in sent.chunks(FRAME).enumerate() {
-                let fixes: Vec<v1::Fix> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (time_ms, pos))| v1::Fix {
-                        seq: (frame_index * FRAME + i + 1) as u64,
-                        time_ms: *time_ms,
-                        lat_e7: trackline_proto::to_e7(pos.lat),
-                        lon_e7: trackline_proto::to_e7(pos.lon),
-                        accuracy_m: 0.0,
-                        speed_mps: -1.0,
-                        heading_deg: -1.0,
-                    })
-                    .collect();
-                let last_seq = fixes.last().unwrap().seq;
-                let frame = v1::CourierFrame { fixes }.encode_to_vec();
-                ws.send(Message::Binary(frame.into())).await.unwrap();
-                while acked < last_seq {
-                    let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                        .await
-                        .expect("an answer within 10 s")
-                        .expect("the stream stays open")
-                        .unwrap();
-                    let Message::Binary(bytes) = message else {
-                        continue;
-                    };
-                    match v1::ServerFrame::decode(bytes.as_ref()).unwrap().kind {
-                        Some(Kind::Ack(ack)) => acked = ack.seq,
-                        Some(Kind::Rejected(r)) => rejected.push(r.code),
-                        _ => {}
-                    }
-                }
-            }
-            let _ = ws.close(None).await;
-            (acked, rejected)
+            let rejected = client.rejected.iter().map(|r| r.code.clone()).collect();
+            client.close().await;
+            rejected
         });
-        Streamed {
-            sent,
-            acked_through,
-            rejected,
-        }
+        Streamed { sent, rejected }
     }
 
     /// The stored history of `order`, as the server answers it.
@@ -188,7 +151,7 @@ impl Live {
     }
 
     /// `GET /v1/orders/{id}` as ops.
-    pub fn order(&self, order: &str) -> trackctl::history::OrderDetail {
+    pub fn order(&self, order: &str) -> OrderDetail {
         self.runtime
             .block_on(self.api().order(&self.ops_token(), order))
             .unwrap()
@@ -197,9 +160,7 @@ impl Live {
 
     /// Stops the server; returns once its data dir can be opened.
     pub fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
-        }
+        self.server.stop();
     }
 
     /// `trackctl` with the server and an ops token (from the secret) in its arguments.
@@ -217,50 +178,4 @@ impl Live {
         command.args(["--server", "http://127.0.0.1:9"]);
         command
     }
-}
-
-/// The trackctl binary with no TRACKLINE_* variables from the environment.
-pub fn trackctl(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trackctl"));
-    command.args(args);
-    for var in [
-        "TRACKLINE_SECRET",
-        "TRACKLINE_TOKEN",
-        "TRACKLINE_SERVER",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
-
-pub fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
-}
-
-pub fn testdata_trip(name: &str) -> Trip {
-    Trip::from_path(&testdata(name)).unwrap()
-}
-
-/// Runs the command, returning its output.
-pub fn run(command: &mut Command) -> Output {
-    command.output().expect("running trackctl")
-}
-
-/// Runs the command, expecting exit code 0, and returns its stdout.
-pub fn stdout_of(command: &mut Command) -> String {
-    let output = run(command);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-pub fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }

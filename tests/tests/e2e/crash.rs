@@ -31,21 +31,25 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use trackline_core::plane::{LocalPlane, M_PER_DEG};
 use trackline_core::LatLon;
-use trackline_proto::v1::{self, server_frame::Kind};
-use trackline_proto::{from_e7, to_e7, Message as _};
+use trackline_proto::v1::server_frame::Kind;
+use trackline_proto::{from_e7, to_e7, v1, Message as _};
 use trackline_tests::{
     ws_connect, HistoryFix, NewOrder, TestServer, TokenIn, Update, WatchError, WatchEvent,
     WatchProtocol, Watcher, TIMEOUT,
 };
 
 const CYCLES_VAR: &str = "TRACKLINE_CRASH_CYCLES";
+
 const SEED_VAR: &str = "TRACKLINE_CRASH_SEED";
+
 const DEFAULT_CYCLES: usize = 5;
+
 /// How often the server folds its write-ahead log into sled during the test.
 const COMPACT_EVERY_S: &str = "0.25";
 
 /// Courier `a` serves two orders (each fix goes to both), courier `b` one.
 const COURIERS: [&str; 2] = ["crash-courier-a", "crash-courier-b"];
+
 const ORDERS: [(&str, &str); 3] = [
     ("crash-a1", "crash-courier-a"),
     ("crash-a2", "crash-courier-a"),
@@ -55,21 +59,26 @@ const ORDERS: [(&str, &str); 3] = [
 /// Most fixes per frame, and most frames awaiting their ack (the app pipelines its buffer, so a
 /// kill finds frames in flight: sent, maybe stored, not acked).
 const MAX_FIXES_PER_FRAME: usize = 10;
+
 const WINDOW: usize = 12;
+
 /// How often the app sends a burst of frames while it has something to send.
 const SEND_EVERY: Duration = Duration::from_millis(20);
+
 /// The kill comes this long after the couriers reconnect, at random.
 const KILL_AFTER_MS: std::ops::Range<u64> = 0..1500;
 
 /// Device time between two fixes, and how far back the first one is (so that many cycles of
 /// fixes stay within the 24 h the server accepts and never reach the future).
 const FIX_SPACING_MS: i64 = 500;
+
 const FIRST_FIX_AGE_MS: i64 = 20 * 3600 * 1000;
 
 /// Where a courier drives: a circle of 1 km around its own centre at 8 m/s (4 m between fixes),
 /// 3 km from its orders' destination. A clean track: no fix is a jump, every fix moves the live
 /// state.
 const RADIUS_M: f64 = 1000.0;
+
 const SPEED_MPS: f64 = 8.0;
 
 fn centre(courier: usize) -> LatLon {

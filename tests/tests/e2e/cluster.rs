@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use trackline_core::LatLon;
-use trackline_proto::from_e7;
-use trackline_proto::v1;
+use trackline_proto::{from_e7, v1};
 use trackline_tests::cluster::{
     failed_start, Broker, Cluster, CourierApp, WatchFeed, BROKER_TIMEOUT_MS, NODES,
     RECOVERY_TIMEOUT,
 };
+use trackline_tests::scenarios::{jog_destination, jog_points};
 use trackline_tests::{
-    load_trip, same_state, trip_fixes, update_at, HistoryFix, NewOrder, Reply, TripPoint, Update,
-    TIMEOUT,
+    same_state, trip_fixes, update_at, HistoryFix, NewOrder, Reply, TripPoint, Update, TIMEOUT,
 };
 
 /// A broker and a cluster of [`NODES`] on it (dropped in reverse: the nodes first).
@@ -30,20 +29,9 @@ fn start_cluster() -> (Broker, Cluster) {
     })
 }
 
-/// The first `n` points of a clean jog (1 fix/s, no jumps): every fix moves the live state.
-fn run_points(n: usize) -> Vec<TripPoint> {
-    load_trip("run_vincennes_DC2_garmin.csv")[..n].to_vec()
-}
-
-/// A destination 1.7 km north of where the jog starts: the order never becomes `arriving`.
-fn destination(points: &[TripPoint]) -> LatLon {
-    let start = points[0].pos;
-    LatLon::new(start.lat + 0.015, start.lon + 0.002)
-}
-
-/// An order to [`destination`], assigned to `courier`.
+/// An order to [`jog_destination`], assigned to `courier`.
 fn run_order(order: &str, courier: &str, points: &[TripPoint]) -> NewOrder {
-    NewOrder::new(order, destination(points)).courier(courier)
+    NewOrder::new(order, jog_destination(points)).courier(courier)
 }
 
 /// Asserts that `frames` (one watcher's, over one or more connections) are one stream of the
@@ -231,7 +219,7 @@ async fn updates_of_an_order_owned_elsewhere_reach_watchers_on_every_node_in_off
     let (courier_node, owner, home) = (0, 1, 2);
     let order = Cluster::id_on(owner, "fanout-order");
     let courier = Cluster::id_on(home, "fanout-courier");
-    let points = run_points(30);
+    let points = jog_points(30);
     let fixes = trip_fixes(&points, 1);
     cluster
         .node(owner)
@@ -319,8 +307,8 @@ async fn rest_on_any_node_answers_exactly_as_the_owner_and_names_it() {
     let courier = Cluster::id_on(2, "rest-courier");
     let stranger = Cluster::id_on(0, "rest-stranger");
     let ops = cluster.node(0).ops_token();
-    let points = run_points(6);
-    let new_order = NewOrder::new(&order, destination(&points));
+    let points = jog_points(6);
+    let new_order = NewOrder::new(&order, jog_destination(&points));
     let state_path = format!("/v1/orders/{order}");
     let get = reqwest::Method::GET;
     let post = reqwest::Method::POST;
@@ -554,7 +542,7 @@ async fn a_watcher_resumes_on_another_node_with_exactly_the_missed_updates_then_
     let owner = 0;
     let order = Cluster::id_on(owner, "resume-order");
     let courier = Cluster::id_on(owner, "resume-courier");
-    let points = run_points(20);
+    let points = jog_points(20);
     let fixes = trip_fixes(&points, 1);
     cluster
         .node(owner)
@@ -645,7 +633,7 @@ async fn killing_the_owner_loses_no_acked_fix_and_a_watcher_elsewhere_continues_
     let (courier_node, owner, watcher_node) = (0, 1, 2);
     let order = Cluster::id_on(owner, "kill-order");
     let courier = Cluster::id_on(courier_node, "kill-courier");
-    let points = run_points(50);
+    let points = jog_points(50);
     let fixes = trip_fixes(&points, 1);
     cluster
         .node(owner)
@@ -761,7 +749,7 @@ async fn a_broker_outage_keeps_local_paths_working_and_cross_node_ones_recover()
     let local_courier = Cluster::id_on(local, "outage-local-courier");
     let remote_order = Cluster::id_on(1, "outage-remote-order");
     let remote_courier = Cluster::id_on(2, "outage-remote-courier");
-    let points = run_points(30);
+    let points = jog_points(30);
     let local_fixes = trip_fixes(&points, 1);
     let remote_fixes = trip_fixes(&points, 1);
     cluster
@@ -942,7 +930,7 @@ async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
     let (_broker, cluster) = start_cluster();
     // No order: the courier is live for dispatch only, known first to the node it streams to.
     let courier = Cluster::id_on(1, "nearby-courier");
-    let points = run_points(10);
+    let points = jog_points(10);
     let fixes = trip_fixes(&points, 1);
     let mut client = cluster.node(0).courier(&courier).await;
     client.stream(&fixes, 1).await;
@@ -986,9 +974,9 @@ async fn a_create_refused_as_a_conflict_leaves_no_stray_courier_link() {
     let assigned = Cluster::id_on(2, "dup-assigned");
     let other = Cluster::id_on(2, "dup-other");
     let ops = cluster.node(0).ops_token();
-    let points = run_points(2);
+    let points = jog_points(2);
     let create_for = |courier: &str| {
-        NewOrder::new(&order, destination(&points))
+        NewOrder::new(&order, jog_destination(&points))
             .courier(courier)
             .to_json()
     };
@@ -1028,14 +1016,14 @@ async fn a_create_refused_as_a_conflict_leaves_no_stray_courier_link() {
 async fn the_order_list_is_the_whole_fleets_on_any_node() {
     let (_broker, mut cluster) = start_cluster();
     let ops = cluster.node(0).ops_token();
-    let points = run_points(2);
+    let points = jog_points(2);
     // Created one after another, so each is updated later than the one before.
     let orders: Vec<String> = [2, 0, 1]
         .iter()
         .map(|&owner| Cluster::id_on(owner, "listed"))
         .collect();
     for order in &orders {
-        let new_order = NewOrder::new(order, destination(&points)).to_json();
+        let new_order = NewOrder::new(order, jog_destination(&points)).to_json();
         let (reply, _) = cluster.post(0, "/v1/orders", Some(&ops), &new_order).await;
         reply.expect_status(201);
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1078,7 +1066,7 @@ async fn a_purge_on_any_node_purges_the_whole_fleet() {
     let (_broker, mut cluster) = start_cluster();
     let ops = cluster.node(0).ops_token();
     let courier = Cluster::id_on(0, "purge-courier");
-    let points = run_points(12);
+    let points = jog_points(12);
     let orders: Vec<String> = (0..NODES.len())
         .map(|owner| Cluster::id_on(owner, "purged"))
         .collect();

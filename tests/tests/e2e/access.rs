@@ -4,6 +4,9 @@
 //! order in any answer. Then what tokens may do once past the door: a courier writes only to the
 //! orders assigned to it, a watch token sees no position after delivery, an expiring token ends
 //! its stream with 1008.
+//!
+//! The matrix is the one place where the 401 and 403 answers of every endpoint are checked, each
+//! with its exact error body.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,9 +14,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::{now_ms, CourierId, LatLon, OrderId};
-use trackline_proto::{to_e7, v1};
+use trackline_proto::v1;
 use trackline_tests::raw::RawWs;
-use trackline_tests::{NewOrder, TestServer, TokenIn, WatchEvent, WatchProtocol, SECRET, TIMEOUT};
+use trackline_tests::{
+    walk, NewOrder, TestServer, TokenIn, WatchEvent, WatchProtocol, SECRET, TIMEOUT,
+};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +53,19 @@ const EVERYONE: [Who; 9] = [
 ];
 
 const ORDER: &str = "order-own";
+
 const COURIER: &str = "courier-own";
+
 const OTHER_ORDER: &str = "order-other";
+
 const OTHER_COURIER: &str = "courier-other";
+
 /// Distinctive coordinates: their digits must never show up in an answer to someone else.
 const DEST: LatLon = LatLon {
     lat: 48.8566123,
     lon: 2.3522456,
 };
+
 const OTHER_DEST: LatLon = LatLon {
     lat: 45.7640987,
     lon: 4.8356789,
@@ -80,22 +90,6 @@ fn token(who: Who) -> Option<String> {
         Who::Watch => keys.mint(&watch(ORDER), 3600),
         Who::OtherWatch => keys.mint(&watch(OTHER_ORDER), 3600),
     })
-}
-
-/// Fixes walking north from `start`, one a second, the last one a second ago.
-fn walk(start: LatLon, first_seq: u64, n: usize) -> Vec<v1::Fix> {
-    let now = now_ms();
-    (0..n)
-        .map(|i| v1::Fix {
-            seq: first_seq + i as u64,
-            time_ms: now - 1000 * (n - i) as i64,
-            lat_e7: to_e7(start.lat + 0.00002 * i as f64),
-            lon_e7: to_e7(start.lon),
-            accuracy_m: 5.0,
-            speed_mps: 2.2,
-            heading_deg: 0.0,
-        })
-        .collect()
 }
 
 /// Asserts that `body` is exactly `{"error": {"code": code, "message": "<non-empty>"}}`.
@@ -357,6 +351,14 @@ async fn every_endpoint_and_stream_answers_each_caller_with_the_exact_status() {
             };
             assert_eq!(status, expected, "{what}: got {status} {text}");
             checked += 1;
+            if status == 200 && endpoint.path == format!("/v1/orders/{ORDER}") {
+                let body: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{what}: the order is not JSON ({e}): {text}"));
+                assert_eq!(
+                    body["order_id"], ORDER,
+                    "{what}: another order answered: {text}"
+                );
+            }
             if status >= 400 {
                 let body: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text}"));

@@ -1,0 +1,95 @@
+//! WebSocket plumbing shared by both streams: where the token goes, the upgrade request, and the
+//! TCP socket underneath (for tests that watch the connection itself).
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{
+    HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL,
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::TIMEOUT;
+
+/// A client WebSocket of the harness.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where a WebSocket upgrade carries its token.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenIn<'a> {
+    None,
+    /// `Authorization: Bearer <token>`.
+    Header(&'a str),
+    /// `?token=<token>` (what a browser does).
+    Query(&'a str),
+}
+
+/// Opens a WebSocket on `url` (which may carry a query) and hands back the stream, or the error:
+/// for clients that must outlive a server (no panics).
+pub async fn ws_connect(
+    url: &str,
+    token: TokenIn<'_>,
+    subprotocol: Option<&str>,
+) -> anyhow::Result<Ws> {
+    let request = ws_request(url, token, subprotocol)?;
+    let (ws, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("no upgrade answer from {url} within {TIMEOUT:?}"))??;
+    Ok(ws)
+}
+
+/// The upgrade request of `url`, with the token and subprotocol where asked.
+pub(crate) fn ws_request(
+    url: &str,
+    token: TokenIn<'_>,
+    subprotocol: Option<&str>,
+) -> anyhow::Result<tungstenite::handshake::client::Request> {
+    let url = match token {
+        TokenIn::Query(token) if url.contains('?') => format!("{url}&token={token}"),
+        TokenIn::Query(token) => format!("{url}?token={token}"),
+        _ => url.to_string(),
+    };
+    let mut request = url.as_str().into_client_request()?;
+    if let TokenIn::Header(token) = token {
+        request.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
+    if let Some(protocol) = subprotocol {
+        request
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol)?);
+    }
+    Ok(request)
+}
+
+/// Sets `TCP_MAXSEG` on a socket before it connects (so it is announced in the SYN).
+pub(crate) fn set_max_segment(socket: &tokio::net::TcpSocket, mss: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(mss).map_err(std::io::Error::other)?;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int and its size.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The TCP socket under a WebSocket of the harness (always plain TCP): to read what the server
+/// sent without the WebSocket layer answering pings, or to see the connection end.
+pub fn tcp_of(ws: &mut Ws) -> &mut TcpStream {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!("the harness speaks plain ws://"),
+    }
+}
