@@ -17,10 +17,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use trackline_core::OrderId;
 
-use crate::cluster::{CallError, Cluster, Kind};
-use crate::cluster_serve::headers;
-use crate::error::ApiError;
-use crate::AppState;
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{headers, CallError, Kind};
+use crate::http::error::ApiError;
+use crate::state::AppState;
 
 /// The order a REST call is about, when it is one of the order endpoints (the watch stream is
 /// not forwarded: a watcher is served by the node it is connected to).

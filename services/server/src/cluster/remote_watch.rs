@@ -15,11 +15,12 @@ use actix::prelude::*;
 use trackline_core::order::OrderView;
 use trackline_core::OrderId;
 
-use crate::cluster::{CallError, Cluster, Kind, UnwatchNote, WatchAnswer, WatchCall};
-use crate::error::ApiError;
-use crate::fanout::{Fanout, Resume, Streams, Subscribe, Unsubscribe};
-use crate::frames::{Frame, FrameKind, WireFrame};
-use crate::order_actor::{OrderSettings, LINGER_AFTER_FINAL};
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{CallError, Kind, UnwatchNote, WatchAnswer, WatchCall};
+use crate::http::error::ApiError;
+use crate::orders::fanout::{Fanout, Resume, Streams, Subscribe, Unsubscribe};
+use crate::orders::frames::{Frame, FrameKind, WireFrame};
+use crate::orders::order_actor::{OrderSettings, LINGER_AFTER_FINAL};
 
 /// How often a mirror renews its lease with the owner and checks for missed frames.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3);

@@ -7,6 +7,8 @@ use trackline_core::auth::TokenError;
 use trackline_core::history::StoreError;
 use trackline_core::order::IllegalTransition;
 
+use crate::cluster::protocol::CallError;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,5 +100,14 @@ impl From<IllegalTransition> for ApiError {
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         ApiError::Internal(format!("order actor unavailable: {e}"))
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unavailable(..) => ApiError::OwnerUnavailable(e.to_string()),
+            CallError::BadAnswer(..) => ApiError::Internal(e.to_string()),
+        }
     }
 }

@@ -30,12 +30,13 @@ use trackline_core::fix::{validate, Fix, RejectCode, Rejection};
 use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
-use crate::order_actor::{Ingest, IngestReport};
-use crate::registry::{CourierJoined, CourierLeft, Lookup, Near, Route, Routes, Supersede};
-use crate::session::{
+use crate::orders::messages::{Ingest, IngestReport};
+use crate::orders::registry::courier_routes::{CourierJoined, CourierLeft, Lookup, Route, Routes};
+use crate::orders::registry::{Near, Supersede};
+use crate::state::AppState;
+use crate::ws::session::{
     close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
 };
-use crate::AppState;
 
 /// The most frames of one connection that may be read and not yet answered. Enough for an app
 /// that streams faster than one group commit (a commit takes milliseconds, an app sends a fix

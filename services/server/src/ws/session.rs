@@ -23,7 +23,7 @@ pub trait Heartbeat: Actor<Context = ws::WebsocketContext<Self>> {
 /// with 1001 on server shutdown.
 pub fn keep_alive<A: Heartbeat>(
     ctx: &mut ws::WebsocketContext<A>,
-    app: &crate::AppState,
+    app: &crate::state::AppState,
     expires_s: i64,
 ) {
     let (interval, timeout) = (app.config.heartbeat(), app.config.client_timeout());
@@ -107,11 +107,14 @@ impl ConnectionSlot {
     ///
     /// # Errors
     /// 503 when the server holds `max` connections already.
-    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Result<Self, crate::error::ApiError> {
+    pub fn take(
+        count: &Arc<AtomicUsize>,
+        max: usize,
+    ) -> Result<Self, crate::http::error::ApiError> {
         if count.fetch_add(1, Ordering::AcqRel) >= max {
             count.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("trackline_connections_refused_total").increment(1);
-            return Err(crate::error::ApiError::Unavailable(format!(
+            return Err(crate::http::error::ApiError::Unavailable(format!(
                 "server holds {max} connections already; retry later"
             )));
         }

@@ -1,0 +1,49 @@
+//! The messages an order actor takes from sessions, handlers and the registry, and its answers.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use trackline_core::fix::{Fix, RejectCode, Rejection};
+use trackline_core::order::{OrderStatus, OrderView};
+use trackline_core::CourierId;
+
+use crate::http::error::ApiError;
+
+/// Fixes of the order's courier, in seq order.
+#[derive(Message)]
+#[rtype(result = "IngestReport")]
+pub struct Ingest {
+    pub courier: CourierId,
+    pub fixes: Arc<[Fix]>,
+    /// Why the courier's other fixes of the frame were refused by validation (counted only).
+    pub invalid: Arc<[RejectCode]>,
+}
+
+/// What became of an [`Ingest`], known once it is durable.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct IngestReport {
+    pub rejected: Vec<(u64, Rejection)>,
+    pub stored: usize,
+    /// Set when the history store failed: nothing of the batch may be acked.
+    pub failed: Option<String>,
+}
+
+/// The order's durable state.
+#[derive(Message)]
+#[rtype(result = "OrderView")]
+pub struct GetView;
+
+/// Assign (or reassign) the courier.
+#[derive(Message)]
+#[rtype(result = "Result<OrderView, ApiError>")]
+pub struct Assign {
+    pub courier: CourierId,
+}
+
+/// Change the status, as ops or as the order's courier (`by_courier`).
+#[derive(Message)]
+#[rtype(result = "Result<OrderView, ApiError>")]
+pub struct SetStatus {
+    pub status: OrderStatus,
+    pub by_courier: Option<CourierId>,
+}
