@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use trackline_core::fix::{Fix, RejectCode, Rejection};
 use trackline_core::order::{OrderStatus, OrderView};
-use trackline_core::CourierId;
+use trackline_core::{CourierId, OrderId};
 
 use crate::http::error::ApiError;
 
@@ -46,4 +46,13 @@ pub struct Assign {
 pub struct SetStatus {
     pub status: OrderStatus,
     pub by_courier: Option<CourierId>,
+}
+
+/// An order's courier changed (assigned, reassigned) or the order ended (`to: None`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relink {
+    pub order: OrderId,
+    pub from: Option<CourierId>,
+    pub to: Option<CourierId>,
 }

@@ -12,8 +12,7 @@ use super::OrderActor;
 use crate::http::error::ApiError;
 use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
 use crate::orders::frames::Frame;
-use crate::orders::messages::{Assign, GetView, SetStatus};
-use crate::orders::registry::Relink;
+use crate::orders::messages::{Assign, GetView, Relink, SetStatus};
 use trackline_core::filter::GpsFilter;
 
 impl OrderActor {
@@ -28,7 +27,7 @@ impl OrderActor {
         // The caller hears back only once the registry routes by the new assignment: a frame
         // the courier sends after that must reach the orders it names (courier sessions keep a
         // copy of their routes, and check it against the registry's version at every frame).
-        let relinked = relink.map(|relink| self.deps.registry.send(relink));
+        let relinked = relink.map(|relink| self.deps.relinks.send(relink));
         self.record_changed = true;
         self.next_frame();
         Box::pin(

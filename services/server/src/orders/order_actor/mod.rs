@@ -25,8 +25,7 @@ use trackline_core::order::{OrderRecord, OrderStatus, Position};
 
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
-use crate::orders::messages::{Ingest, IngestReport};
-use crate::orders::registry::Registry;
+use crate::orders::messages::{Ingest, IngestReport, Relink};
 use crate::orders::resume_buffer::ResumeLimits;
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
@@ -42,7 +41,8 @@ const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct OrderDeps {
     pub store: HistoryStore,
-    pub registry: Addr<Registry>,
+    /// Where the order's changes of courier go (the registry, which routes fixes by them).
+    pub relinks: Recipient<Relink>,
     pub settings: Arc<OrderSettings>,
 }
 

@@ -28,6 +28,7 @@ use trackline_core::{CourierId, OrderId};
 
 use crate::cluster::client::Cluster;
 use crate::http::error::ApiError;
+use crate::orders::messages::Relink;
 use crate::orders::order_actor::{OrderActor, OrderDeps, OrderSettings};
 
 /// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
@@ -236,7 +237,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.deps = Some(OrderDeps {
             store: self.store.clone(),
-            registry: ctx.address(),
+            relinks: ctx.address().recipient(),
             settings: self.settings.clone(),
         });
         metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
@@ -330,15 +331,6 @@ impl Handler<LinkChanged> for Registry {
             });
         }
     }
-}
-
-/// An order's courier changed (assigned, reassigned) or the order ended (`to: None`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Relink {
-    pub order: OrderId,
-    pub from: Option<CourierId>,
-    pub to: Option<CourierId>,
 }
 
 impl Handler<Relink> for Registry {
