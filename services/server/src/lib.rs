@@ -8,6 +8,8 @@
 //! - `ws`: the WebSocket sessions (courier, watch) and what they share.
 //! - `orders`: the registry of active orders, the order actor, its fan-out to watchers.
 //! - `live`: the spatial index of live couriers.
+//! - `topology`: alone or one node of several, chosen at start-up; what the common code asks
+//!   of broker mode.
 //! - `cluster`: broker mode (NATS): the client, the protocol between nodes, serving other
 //!   nodes, mirrors of foreign orders, forwarding REST calls to an order's owner.
 
@@ -19,7 +21,8 @@ mod metrics;
 mod orders;
 mod startup;
 mod state;
+mod topology;
 mod ws;
 
 pub use config::Config;
-pub use startup::{run, run_to_end, spawn, ServerHandle};
+pub use startup::{run_to_end, spawn, Running, ServerHandle};

@@ -8,12 +8,11 @@ use tokio::sync::watch;
 use trackline_core::auth::TokenKeys;
 use trackline_core::history::HistoryStore;
 
-use crate::cluster::client::Cluster;
-use crate::cluster::remote_watch::RemoteWatches;
 use crate::config::Config;
 use crate::live::{LiveIndex, LivePositions};
 use crate::orders::order_actor::OrderSettings;
 use crate::orders::registry::Registry;
+use crate::topology::Topology;
 
 /// What every request handler and session shares.
 pub struct AppState {
@@ -29,7 +28,6 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections, against `--max-connections`.
     pub(crate) connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// Broker mode: this node's place in the cluster, and its mirrors of foreign orders.
-    pub(crate) cluster: Option<Arc<Cluster>>,
-    pub(crate) remote_watches: Option<Addr<RemoteWatches>>,
+    /// Alone, or a node of a cluster (with its mirrors of foreign orders).
+    pub(crate) topology: Topology,
 }

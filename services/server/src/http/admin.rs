@@ -7,10 +7,9 @@ use serde_json::json;
 use trackline_core::history::PurgeStats;
 use trackline_core::now_ms;
 
-use crate::cluster::forward;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{fleet_call, App};
+use crate::http::extract::App;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,16 +50,18 @@ pub async fn purge(
         "purged on request"
     );
     let (mut fixes, mut orders) = (stats.fixes, stats.orders);
-    if let Some(cluster) = fleet_call(&app, &req) {
-        // Each node answers with its own figures (the same fields as PurgeStats).
-        let same_cutoff = Bytes::from(json!({ "before_ms": before_ms }).to_string());
-        match forward::ask_others::<PurgeStats>(cluster, &req, same_cutoff).await {
-            Ok(others) => {
-                fixes += others.iter().map(|p| p.fixes).sum::<usize>();
-                orders += others.iter().map(|p| p.orders).sum::<usize>();
-            }
-            Err(response) => return Ok(response),
+    // Each other node answers with its own figures (the same fields as PurgeStats).
+    let same_cutoff = || Bytes::from(json!({ "before_ms": before_ms }).to_string());
+    match app
+        .topology
+        .ask_others::<PurgeStats>(&req, same_cutoff)
+        .await
+    {
+        Ok(others) => {
+            fixes += others.iter().map(|p| p.fixes).sum::<usize>();
+            orders += others.iter().map(|p| p.orders).sum::<usize>();
         }
+        Err(response) => return Ok(response),
     }
     Ok(HttpResponse::Ok().json(json!({"before_ms": before_ms, "fixes": fixes, "orders": orders})))
 }

@@ -1,13 +1,11 @@
 //! What the REST handlers share: the app state extractor, parsing ids and coordinates into JSON
-//! errors, and whether a call about the whole fleet asks the other nodes.
+//! errors.
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use trackline_core::{CourierId, LatLon, OrderId};
 
-use crate::cluster::client::Cluster;
-use crate::cluster::forward;
 use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -33,12 +31,4 @@ pub fn lat_lon(lat: f64, lon: f64, what: &str) -> ApiResult<LatLon> {
             format!("{what}: ({lat}, {lon}) is not a valid latitude/longitude"),
         ))
     }
-}
-
-/// Broker mode: the cluster, when `req` is a call about the whole fleet that this node was asked
-/// first (and so asks the others); `None` on one node, and on a node that another one asks.
-pub fn fleet_call<'a>(app: &'a AppState, req: &HttpRequest) -> Option<&'a Cluster> {
-    app.cluster
-        .as_deref()
-        .filter(|_| !forward::is_forwarded(req))
 }

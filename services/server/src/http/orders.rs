@@ -7,12 +7,11 @@ use serde_json::json;
 use trackline_core::auth::Role;
 use trackline_core::fix::Fix;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
-use trackline_core::{now_ms, CourierId, OrderId};
+use trackline_core::{now_ms, OrderId};
 
-use crate::cluster::forward;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{courier_id, fleet_call, lat_lon, order_id, App};
+use crate::http::extract::{courier_id, lat_lon, order_id, App};
 use crate::http::history_formats::{self, HistoryFormat};
 use crate::orders::messages::{Assign, GetView, SetStatus};
 use crate::orders::registry::{Create, Find};
@@ -74,12 +73,15 @@ pub async fn create_order(
         now_ms(),
     );
     if let Some(courier) = &record.courier_id {
-        link_first(&app, courier, &order).await?;
+        app.topology.link(courier, &order, true).await?;
     }
     let courier = record.courier_id.clone();
     if let Err(error) = app.registry.send(Create(record)).await? {
         if let Some(courier) = &courier {
-            unlink_unless_assigned(&app, courier, &order).await;
+            let assigned = async { view_of(&app, &order).await.ok()?.courier_id };
+            app.topology
+                .unlink_unless_assigned(courier, &order, assigned)
+                .await;
         }
         return Err(error);
     }
@@ -95,34 +97,6 @@ pub async fn create_order(
     let watch_url = format!("{base}/track/{order}?token={watch_token}");
     Ok(HttpResponse::Created()
         .json(json!({"order_id": order, "watch_token": watch_token, "watch_url": watch_url})))
-}
-
-/// Broker mode: an assignment counts only once the courier's home node routes its fixes here.
-async fn link_first(app: &AppState, courier: &CourierId, order: &OrderId) -> ApiResult<()> {
-    match &app.cluster {
-        Some(cluster) => cluster.link(courier, order, true).await,
-        None => Ok(()),
-    }
-}
-
-/// Broker mode: takes back the link made for a create that was refused (the order exists), unless
-/// the existing order is assigned to that courier anyway. Left behind, the link would cost a
-/// forward of every frame of the courier's until the order ends.
-async fn unlink_unless_assigned(app: &AppState, courier: &CourierId, order: &OrderId) {
-    let Some(cluster) = &app.cluster else {
-        return;
-    };
-    let assigned = view_of(app, order)
-        .await
-        .ok()
-        .and_then(|view| view.courier_id);
-    if assigned.as_ref() == Some(courier) {
-        return;
-    }
-    if let Err(error) = cluster.link(courier, order, false).await {
-        tracing::warn!(%error, courier_id = %courier, order_id = %order,
-            "undoing the courier link of a refused create failed; it goes when the order ends");
-    }
 }
 
 /// The durable view of an order: from its actor when active, else from the store.
@@ -230,16 +204,13 @@ pub async fn list_orders(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    if let Some(cluster) = fleet_call(&app, &req) {
-        #[derive(Deserialize)]
-        struct Listed {
-            orders: Vec<OrderView>,
-        }
-        let others = forward::ask_others::<Listed>(cluster, &req, Bytes::new()).await;
-        match others {
-            Ok(others) => views.extend(others.into_iter().flat_map(|listed| listed.orders)),
-            Err(response) => return Ok(response),
-        }
+    #[derive(Deserialize)]
+    struct Listed {
+        orders: Vec<OrderView>,
+    }
+    match app.topology.ask_others::<Listed>(&req, Bytes::new).await {
+        Ok(others) => views.extend(others.into_iter().flat_map(|listed| listed.orders)),
+        Err(response) => return Ok(response),
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
     views.truncate(limit);
@@ -277,7 +248,7 @@ pub async fn assign(
     let order = order_id(&path)?;
     let courier = courier_id(&body.courier_id)?;
     let actor = active_order(&app, &order).await?;
-    link_first(&app, &courier, &order).await?;
+    app.topology.link(&courier, &order, true).await?;
     let view = actor.send(Assign { courier }).await??;
     Ok(HttpResponse::Ok().json(view))
 }

@@ -73,18 +73,16 @@ pub async fn watch(
             ),
         )
     })?;
-    let source = match (&app.cluster, &app.remote_watches) {
-        (Some(cluster), Some(remote)) if !cluster.owns(&order) => {
-            match remote.send(Open(order.clone())).await?? {
-                Opened::Live(mirror) => Source::Live(mirror.into(), resume),
-                Opened::Ended(view) => Source::Ended(Frame::encode(
-                    for_caller(view, &caller),
-                    FrameKind::Snapshot,
-                    false,
-                )),
-            }
-        }
-        _ => match app.registry.send(Find::here(order.clone())).await? {
+    let source = match app.topology.mirrors_of(&order) {
+        Some(mirrors) => match mirrors.send(Open(order.clone())).await?? {
+            Opened::Live(mirror) => Source::Live(mirror.into(), resume),
+            Opened::Ended(view) => Source::Ended(Frame::encode(
+                for_caller(view, &caller),
+                FrameKind::Snapshot,
+                false,
+            )),
+        },
+        None => match app.registry.send(Find::here(order.clone())).await? {
             Some(actor) => Source::Live(actor.into(), resume),
             None => {
                 let view = for_caller(view_of(&app, &order).await?, &caller);

@@ -138,21 +138,18 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(rate: f64, burst: f64) -> Self {
+    /// A full bucket at `now`.
+    pub fn new_at(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
             tokens: burst,
-            refilled: Instant::now(),
+            refilled: now,
         }
     }
 
-    /// Takes one token; false when the bucket is empty.
-    pub fn allow(&mut self) -> bool {
-        self.allow_at(Instant::now())
-    }
-
-    fn allow_at(&mut self, now: Instant) -> bool {
+    /// Takes one token at `now`; false when the bucket is empty.
+    pub fn allow_at(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.refilled = now;
@@ -172,8 +169,7 @@ mod tests {
     #[test]
     fn rate_limit_allows_a_burst_then_the_rate() {
         let start = Instant::now();
-        let mut limit = RateLimit::new(10.0, 20.0);
-        limit.refilled = start;
+        let mut limit = RateLimit::new_at(10.0, 20.0, start);
         assert_eq!((0..25).filter(|_| limit.allow_at(start)).count(), 20);
         assert!(!limit.allow_at(start + Duration::from_millis(50)));
         assert!(limit.allow_at(start + Duration::from_millis(100)));

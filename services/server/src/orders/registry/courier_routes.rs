@@ -7,15 +7,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
 use trackline_core::fix::{Fix, RejectCode};
 use trackline_core::{CourierId, OrderId};
 
 use super::{LinkChanged, Near, Registry, RouteStamp, Slot, Supersede};
-use crate::cluster::client::Cluster;
-use crate::cluster::protocol::{CallError, IngestCall, Kind, RouteCall};
+use crate::cluster::protocol::{IngestCall, RouteCall};
 use crate::orders::messages::{Ingest, IngestReport};
 use crate::orders::order_actor::{MoveTo, OrderActor};
+use crate::topology::Forwarded;
 
 /// The actors of a courier's active orders, as of a count of changes of its routes: right while
 /// `stamp` still shows `version`.
@@ -130,90 +130,58 @@ impl Handler<Route> for Registry {
     type Result = ResponseFuture<Vec<IngestReport>>;
 
     fn handle(&mut self, msg: Route, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some((cluster, _)) = &self.cluster {
-            if !cluster.is_home_of(&msg.courier) {
-                return Box::pin(route_via_home(cluster.clone(), msg));
-            }
+        let via_home = self.topology.route_via_home(&msg.courier, || RouteCall {
+            courier: msg.courier.clone(),
+            fixes: msg.fixes.to_vec(),
+            invalid: msg.invalid.to_vec(),
+        });
+        if let Some(routed) = via_home {
+            return Box::pin(routed);
         }
         let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
         let registry = ctx.address();
         let deliveries: Vec<_> = orders
             .iter()
-            .filter_map(|order| match &self.cluster {
-                Some((cluster, _)) if !cluster.owns(order) => {
-                    let call = IngestCall {
-                        order: order.clone(),
-                        courier: msg.courier.clone(),
-                        fixes: msg.fixes.to_vec(),
-                        invalid: msg.invalid.to_vec(),
-                    };
-                    let forwarded = ingest_remote(cluster.clone(), call, registry.clone());
-                    Some(Box::pin(forwarded) as futures_util::future::BoxFuture<_>)
+            .filter_map(|order| {
+                let at_owner = self.topology.ingest_at_owner(order, || IngestCall {
+                    order: order.clone(),
+                    courier: msg.courier.clone(),
+                    fixes: msg.fixes.to_vec(),
+                    invalid: msg.invalid.to_vec(),
+                });
+                if let Some(forwarded) = at_owner {
+                    let (registry, courier, order) =
+                        (registry.clone(), msg.courier.clone(), order.clone());
+                    return Some(Box::pin(async move {
+                        match forwarded.await {
+                            Forwarded::Report(report) => report,
+                            Forwarded::OrderEnded => {
+                                // Its link was left behind: remove it.
+                                registry.do_send(LinkChanged {
+                                    courier,
+                                    order,
+                                    linked: false,
+                                });
+                                IngestReport::default()
+                            }
+                        }
+                    }) as BoxFuture<_>);
                 }
-                _ => {
-                    let actor = self.live(order, None)?;
-                    let sent = actor.send(Ingest {
-                        courier: msg.courier.clone(),
-                        fixes: msg.fixes.clone(),
-                        invalid: msg.invalid.clone(),
-                    });
-                    Some(Box::pin(async move {
-                        sent.await.unwrap_or_else(|e| IngestReport {
-                            failed: Some(format!("order actor: {e}")),
-                            ..Default::default()
-                        })
-                    }) as futures_util::future::BoxFuture<_>)
-                }
+                let actor = self.live(order, None)?;
+                let sent = actor.send(Ingest {
+                    courier: msg.courier.clone(),
+                    fixes: msg.fixes.clone(),
+                    invalid: msg.invalid.clone(),
+                });
+                Some(Box::pin(async move {
+                    sent.await.unwrap_or_else(|e| IngestReport {
+                        failed: Some(format!("order actor: {e}")),
+                        ..Default::default()
+                    })
+                }) as BoxFuture<_>)
             })
             .collect();
         Box::pin(join_all(deliveries))
-    }
-}
-
-/// Broker mode: a courier's fixes go to its home node, which knows all of its orders.
-async fn route_via_home(cluster: Arc<Cluster>, msg: Route) -> Vec<IngestReport> {
-    let home = cluster.home_of(&msg.courier).to_string();
-    let call = RouteCall {
-        courier: msg.courier,
-        fixes: msg.fixes.to_vec(),
-        invalid: msg.invalid.to_vec(),
-    };
-    cluster
-        .call(&home, Kind::Route, &call)
-        .await
-        .unwrap_or_else(|e| vec![unstored(e)])
-}
-
-/// Broker mode: one order's share of a courier's fixes, to the order's owner.
-async fn ingest_remote(
-    cluster: Arc<Cluster>,
-    call: IngestCall,
-    registry: Addr<Registry>,
-) -> IngestReport {
-    let owner = cluster.owner_of(&call.order).to_string();
-    match cluster
-        .call::<_, Option<IngestReport>>(&owner, Kind::Ingest, &call)
-        .await
-    {
-        Ok(Some(report)) => report,
-        Ok(None) => {
-            // The order ended (or moved to another courier) without the link being removed.
-            registry.do_send(LinkChanged {
-                courier: call.courier,
-                order: call.order,
-                linked: false,
-            });
-            IngestReport::default()
-        }
-        Err(e) => unstored(e),
-    }
-}
-
-/// The report of fixes that could not reach their order: nothing may be acked.
-fn unstored(error: CallError) -> IngestReport {
-    IngestReport {
-        failed: Some(error.to_string()),
-        ..Default::default()
     }
 }
 

@@ -22,17 +22,13 @@ use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 
 use actix::prelude::*;
-use trackline_core::links::LinkStore;
 use trackline_core::order::OrderRecord;
 use trackline_core::{CourierId, OrderId};
 
-use crate::cluster::client::Cluster;
 use crate::http::error::ApiError;
 use crate::orders::messages::Relink;
 use crate::orders::order_actor::{OrderActor, OrderDeps, OrderSettings};
-
-/// Broker mode: the cluster, the courier links read at start, and the store that keeps them.
-pub type ClusterPart = (Arc<Cluster>, Vec<(CourierId, OrderId)>, LinkStore);
+use crate::topology::Topology;
 
 /// How many times one courier's routes (the order actors its fixes go to) changed.
 ///
@@ -91,21 +87,23 @@ pub struct Registry {
     deps: Option<OrderDeps>,
     store: trackline_core::history::HistoryStore,
     settings: Arc<OrderSettings>,
-    /// Broker mode: the cluster, and the links of the couriers homed here.
-    cluster: Option<(Arc<Cluster>, LinkStore)>,
+    /// Alone, or a node of a cluster (which owns some orders, homes some couriers).
+    topology: Topology,
     /// The count of changes of each courier's routes, as held by its sessions.
     stamps: HashMap<CourierId, Weak<RouteStamp>>,
 }
 
 impl Registry {
-    /// A registry over the active (not delivered, not cancelled) orders of `records`.
+    /// A registry over the active (not delivered, not cancelled) orders of `records`, and the
+    /// links of the couriers homed here to orders of other nodes (broker mode).
     pub fn new(
         records: Vec<OrderRecord>,
         arbiters: Vec<ArbiterHandle>,
         store: trackline_core::history::HistoryStore,
         settings: Arc<OrderSettings>,
         max_sessions_per_courier: usize,
-        cluster: Option<ClusterPart>,
+        topology: Topology,
+        links: Vec<(CourierId, OrderId)>,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
@@ -117,17 +115,14 @@ impl Registry {
             deps: None,
             store,
             settings,
-            cluster: None,
+            topology,
             stamps: HashMap::new(),
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
         }
-        if let Some((cluster, links, store)) = cluster {
-            for (courier, order) in links {
-                registry.link(courier, order);
-            }
-            registry.cluster = Some((cluster, store));
+        for (courier, order) in links {
+            registry.link(courier, order);
         }
         registry
     }
@@ -321,15 +316,7 @@ impl Handler<LinkChanged> for Registry {
             return;
         }
         self.unlink(&msg.courier, &msg.order);
-        if let Some((_, links)) = &self.cluster {
-            let links = links.clone();
-            // Removing a stale link need not hold anything up: a stale link only costs a forward.
-            actix_web::rt::task::spawn_blocking(move || {
-                if let Err(error) = links.set(&msg.courier, &msg.order, false) {
-                    tracing::warn!(%error, "removing a courier link failed");
-                }
-            });
-        }
+        self.topology.forget_link(msg.courier, msg.order);
     }
 }
 
@@ -342,16 +329,7 @@ impl Handler<Relink> for Registry {
                 return;
             }
             self.unlink(from, &msg.order);
-            if let Some((cluster, _)) = &self.cluster {
-                // The old courier's home stops routing to this order. Best effort: a link left
-                // behind is removed the first time the order refuses a forward.
-                let (cluster, from, order) = (cluster.clone(), from.clone(), msg.order.clone());
-                actix_rt::spawn(async move {
-                    if let Err(error) = cluster.link(&from, &order, false).await {
-                        tracing::debug!(%error, "unlinking at the courier's home failed");
-                    }
-                });
-            }
+            self.topology.unlink_in_background(from, &msg.order);
         }
         match msg.to {
             Some(to) => self.link(to, msg.order),
