@@ -17,8 +17,8 @@ use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{CallError, IngestCall, Kind, RouteCall};
 use crate::cluster::remote_watch::RemoteWatches;
 use crate::cluster::replay;
-use crate::http::error::ApiError;
-use crate::orders::messages::IngestReport;
+use crate::orders::errors::OrderError;
+use crate::orders::messages::{IngestFailure, IngestReport};
 
 /// How this node stands among others.
 #[derive(Clone)]
@@ -65,13 +65,13 @@ impl Topology {
     /// only once the home node routes the courier's fixes to the order. Alone: nothing to do.
     ///
     /// # Errors
-    /// [`ApiError::OwnerUnavailable`] when the home node cannot be reached.
+    /// [`OrderError::Node`] when the home node cannot be reached.
     pub async fn link(
         &self,
         courier: &CourierId,
         order: &OrderId,
         linked: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), OrderError> {
         match self {
             Topology::Alone => Ok(()),
             Topology::Broker(broker) => broker.cluster.link(courier, order, linked).await,
@@ -205,7 +205,7 @@ impl Topology {
 /// The report of fixes that could not reach their order: nothing may be acked.
 fn unstored(error: CallError) -> IngestReport {
     IngestReport {
-        failed: Some(error.to_string()),
+        failed: Some(IngestFailure::Node(error.to_string())),
         ..Default::default()
     }
 }

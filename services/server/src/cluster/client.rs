@@ -20,9 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use trackline_core::{CourierId, OrderId};
 
-use crate::cluster::protocol::{CallError, Kind, LinkCall, Positions};
+use crate::cluster::protocol::{CallError, Kind, LinkCall, Positions, RemoteError};
 use crate::config::Config;
-use crate::http::error::ApiError;
+use crate::orders::errors::OrderError;
 
 /// This node's place in the cluster and its connection to the broker.
 pub struct Cluster {
@@ -258,21 +258,22 @@ impl Cluster {
     /// is durable there.
     ///
     /// # Errors
-    /// [`ApiError::OwnerUnavailable`] when the home node cannot be reached.
+    /// [`OrderError::Node`] when the home node cannot be reached, [`OrderError::Remote`] when it
+    /// could not store the link.
     pub async fn link(
         &self,
         courier: &CourierId,
         order: &OrderId,
         linked: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), OrderError> {
         let call = LinkCall {
             courier: courier.clone(),
             order: order.clone(),
             linked,
         };
         let home = self.home_of(courier).to_string();
-        let answer: Result<(), String> = self.call(&home, Kind::Link, &call).await?;
-        answer.map_err(ApiError::Internal)
+        let answer: Result<(), RemoteError> = self.call(&home, Kind::Link, &call).await?;
+        Ok(answer?)
     }
 
     /// The requests addressed to this node, with their kind.

@@ -126,6 +126,14 @@ pub struct UnwatchNote {
     pub node: String,
 }
 
+/// A failure on the node that was asked, as it travels back to the node that asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// Its store failed (or the task writing to it did).
+    #[error("{0}")]
+    Store(String),
+}
+
 /// Why a call to another node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {

@@ -20,7 +20,8 @@ use trackline_core::OrderId;
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
-    headers, IngestCall, Kind, LinkCall, RouteCall, UnwatchNote, UpdateNote, WatchAnswer, WatchCall,
+    headers, IngestCall, Kind, LinkCall, RemoteError, RouteCall, UnwatchNote, UpdateNote,
+    WatchAnswer, WatchCall,
 };
 use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
 use crate::live::LiveIndex;
@@ -207,13 +208,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Stores a courier link durably, then routes by it.
-async fn store_link(serving: &Serving, call: LinkCall) -> Result<(), String> {
+async fn store_link(serving: &Serving, call: LinkCall) -> Result<(), RemoteError> {
     let links = serving.links.clone();
     let (courier, order, linked) = (call.courier.clone(), call.order.clone(), call.linked);
     let stored = actix_web::rt::task::spawn_blocking(move || links.set(&courier, &order, linked))
         .await
-        .map_err(|e| e.to_string())?;
-    stored.map_err(|e| e.to_string())?;
+        .map_err(|e| RemoteError::Store(e.to_string()))?;
+    stored.map_err(|e| RemoteError::Store(e.to_string()))?;
     serving.registry.do_send(LinkChanged {
         courier: call.courier,
         order: call.order,

@@ -83,7 +83,7 @@ pub async fn create_order(
                 .unlink_unless_assigned(courier, &order, assigned)
                 .await;
         }
-        return Err(error);
+        return Err(error.into());
     }
     let watch_token = app
         .keys

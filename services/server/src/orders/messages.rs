@@ -7,7 +7,7 @@ use trackline_core::fix::{Fix, RejectCode, Rejection};
 use trackline_core::order::{OrderStatus, OrderView};
 use trackline_core::{CourierId, OrderId};
 
-use crate::http::error::ApiError;
+use crate::orders::errors::OrderError;
 
 /// Fixes of the order's courier, in seq order.
 #[derive(Message)]
@@ -24,8 +24,25 @@ pub struct Ingest {
 pub struct IngestReport {
     pub rejected: Vec<(u64, Rejection)>,
     pub stored: usize,
-    /// Set when the history store failed: nothing of the batch may be acked.
-    pub failed: Option<String>,
+    /// Set when the fixes could not be stored: nothing of the batch may be acked.
+    pub failed: Option<IngestFailure>,
+}
+
+/// Why an ingest's fixes were not stored (sent between nodes with its report).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum IngestFailure {
+    /// The history store failed to write them.
+    #[error("{0}")]
+    Store(String),
+    /// The order's actor had moved to another thread while they were on their way.
+    #[error("the order moved while these fixes were on their way")]
+    Moved,
+    /// The order's actor could not be reached.
+    #[error("order actor: {0}")]
+    Actor(String),
+    /// Broker mode: the node they went to did not answer, or answered nonsense.
+    #[error("{0}")]
+    Node(String),
 }
 
 /// The order's durable state.
@@ -35,14 +52,14 @@ pub struct GetView;
 
 /// Assign (or reassign) the courier.
 #[derive(Message)]
-#[rtype(result = "Result<OrderView, ApiError>")]
+#[rtype(result = "Result<OrderView, OrderError>")]
 pub struct Assign {
     pub courier: CourierId,
 }
 
 /// Change the status, as ops or as the order's courier (`by_courier`).
 #[derive(Message)]
-#[rtype(result = "Result<OrderView, ApiError>")]
+#[rtype(result = "Result<OrderView, OrderError>")]
 pub struct SetStatus {
     pub status: OrderStatus,
     pub by_courier: Option<CourierId>,

@@ -9,16 +9,16 @@ use trackline_core::now_ms;
 use trackline_core::order::{OrderStatus, OrderView};
 
 use super::OrderActor;
-use crate::http::error::ApiError;
+use crate::orders::errors::OrderError;
 use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
 use crate::orders::frames::Frame;
 use crate::orders::messages::{Assign, GetView, Relink, SetStatus};
 use trackline_core::filter::GpsFilter;
 
 impl OrderActor {
-    fn change<F>(&mut self, change: F) -> ResponseActFuture<Self, Result<OrderView, ApiError>>
+    fn change<F>(&mut self, change: F) -> ResponseActFuture<Self, Result<OrderView, OrderError>>
     where
-        F: FnOnce(&mut Self) -> Result<Option<Relink>, ApiError>,
+        F: FnOnce(&mut Self) -> Result<Option<Relink>, OrderError>,
     {
         let relink = match change(self) {
             Ok(relink) => relink,
@@ -43,7 +43,7 @@ impl OrderActor {
                 })
                 .map(|outcome, act, _| match outcome {
                     Ok(()) => Ok(act.stream.published().view.clone()),
-                    Err(e) => Err(ApiError::Internal(e)),
+                    Err(e) => Err(OrderError::Internal(e)),
                 }),
         )
     }
@@ -103,21 +103,21 @@ impl Handler<GetView> for OrderActor {
 fn forward_change<M>(
     successor: &Addr<OrderActor>,
     msg: M,
-) -> ResponseActFuture<OrderActor, Result<OrderView, ApiError>>
+) -> ResponseActFuture<OrderActor, Result<OrderView, OrderError>>
 where
-    M: Message<Result = Result<OrderView, ApiError>> + Send + 'static,
+    M: Message<Result = Result<OrderView, OrderError>> + Send + 'static,
     OrderActor: Handler<M>,
 {
     let asked = successor.send(msg);
     Box::pin(fut::wrap_future(async move {
         asked
             .await
-            .map_err(|e| ApiError::Internal(format!("order actor: {e}")))?
+            .map_err(|e| OrderError::Internal(format!("order actor: {e}")))?
     }))
 }
 
 impl Handler<Assign> for OrderActor {
-    type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
+    type Result = ResponseActFuture<Self, Result<OrderView, OrderError>>;
 
     fn handle(&mut self, msg: Assign, _: &mut Context<Self>) -> Self::Result {
         if let Some(successor) = &self.moved_to {
@@ -126,10 +126,10 @@ impl Handler<Assign> for OrderActor {
         self.change(|act| {
             let record = &mut act.record;
             if record.status.is_final() {
-                return Err(ApiError::Conflict(
-                    "order_closed",
-                    format!("order {} is {}", record.order_id, record.status),
-                ));
+                return Err(OrderError::Closed {
+                    order: record.order_id.clone(),
+                    status: record.status,
+                });
             }
             if record.status == OrderStatus::Created {
                 record.set_status(OrderStatus::Assigned, now_ms());
@@ -150,7 +150,7 @@ impl Handler<Assign> for OrderActor {
 }
 
 impl Handler<SetStatus> for OrderActor {
-    type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
+    type Result = ResponseActFuture<Self, Result<OrderView, OrderError>>;
 
     fn handle(&mut self, msg: SetStatus, _: &mut Context<Self>) -> Self::Result {
         if let Some(successor) = &self.moved_to {
@@ -160,10 +160,10 @@ impl Handler<SetStatus> for OrderActor {
             let record = &mut act.record;
             if let Some(courier) = &msg.by_courier {
                 if record.courier_id.as_ref() != Some(courier) {
-                    return Err(ApiError::Forbidden(format!(
-                        "order {} is not assigned to courier {courier}",
-                        record.order_id
-                    )));
+                    return Err(OrderError::NotAssigned {
+                        order: record.order_id.clone(),
+                        courier: courier.clone(),
+                    });
                 }
             }
             let next = record.status.request(msg.status)?;

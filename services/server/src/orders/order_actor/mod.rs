@@ -25,7 +25,7 @@ use trackline_core::order::{OrderRecord, OrderStatus, Position};
 
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
-use crate::orders::messages::{Ingest, IngestReport, Relink};
+use crate::orders::messages::{Ingest, IngestFailure, IngestReport, Relink};
 use crate::orders::resume_buffer::ResumeLimits;
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
@@ -285,7 +285,7 @@ impl Handler<Ingest> for OrderActor {
         if self.moved_to.is_some() {
             // Not forwarded: a later frame of the same session, sent to the new address, could
             // overtake this one, whose fixes the order would then skip as resends.
-            report.failed = Some("the order moved while these fixes were on their way".into());
+            report.failed = Some(IngestFailure::Moved);
             return Box::pin(fut::ready(report));
         }
         if !self.record.status.takes_fixes()
@@ -328,7 +328,7 @@ impl Handler<Ingest> for OrderActor {
             if outcome.is_err() {
                 act.record.last_seq = act.record.last_seq.min(seen_before);
             }
-            report.failed = outcome.err();
+            report.failed = outcome.err().map(IngestFailure::Store);
             report
         }))
     }

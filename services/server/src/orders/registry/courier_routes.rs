@@ -13,7 +13,7 @@ use trackline_core::{CourierId, OrderId};
 
 use super::{LinkChanged, Near, Registry, RouteStamp, Slot, Supersede};
 use crate::cluster::protocol::{IngestCall, RouteCall};
-use crate::orders::messages::{Ingest, IngestReport};
+use crate::orders::messages::{Ingest, IngestFailure, IngestReport};
 use crate::orders::order_actor::{MoveTo, OrderActor};
 use crate::topology::Forwarded;
 
@@ -175,7 +175,7 @@ impl Handler<Route> for Registry {
                 });
                 Some(Box::pin(async move {
                     sent.await.unwrap_or_else(|e| IngestReport {
-                        failed: Some(format!("order actor: {e}")),
+                        failed: Some(IngestFailure::Actor(e.to_string())),
                         ..Default::default()
                     })
                 }) as BoxFuture<_>)
@@ -210,7 +210,7 @@ impl Handler<IngestHere> for Registry {
         });
         Box::pin(async move {
             Some(sent.await.unwrap_or_else(|e| IngestReport {
-                failed: Some(format!("order actor: {e}")),
+                failed: Some(IngestFailure::Actor(e.to_string())),
                 ..Default::default()
             }))
         })

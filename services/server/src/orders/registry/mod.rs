@@ -25,7 +25,7 @@ use actix::prelude::*;
 use trackline_core::order::OrderRecord;
 use trackline_core::{CourierId, OrderId};
 
-use crate::http::error::ApiError;
+use crate::orders::errors::OrderError;
 use crate::orders::messages::Relink;
 use crate::orders::order_actor::{OrderActor, OrderDeps, OrderSettings};
 use crate::topology::Topology;
@@ -241,20 +241,15 @@ impl Actor for Registry {
 
 /// Create an order (durably) and make it active.
 #[derive(Message)]
-#[rtype(result = "Result<(), ApiError>")]
+#[rtype(result = "Result<(), OrderError>")]
 pub struct Create(pub OrderRecord);
 
 impl Handler<Create> for Registry {
-    type Result = ResponseActFuture<Self, Result<(), ApiError>>;
+    type Result = ResponseActFuture<Self, Result<(), OrderError>>;
 
     fn handle(&mut self, msg: Create, _: &mut Context<Self>) -> Self::Result {
         let record = msg.0;
-        let exists = || {
-            ApiError::Conflict(
-                "order_exists",
-                format!("order {} already exists", record.order_id),
-            )
-        };
+        let exists = || OrderError::Exists(record.order_id.clone());
         if self.orders.contains_key(&record.order_id) {
             return Box::pin(fut::ready(Err(exists())));
         }
@@ -270,7 +265,7 @@ impl Handler<Create> for Registry {
                         Ok(())
                     }
                     Ok(false) => Err(conflict),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(OrderError::Internal(e.to_string())),
                 }),
         )
     }

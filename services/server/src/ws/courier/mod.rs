@@ -238,7 +238,7 @@ impl CourierSession {
             }
         };
         if let Some(failure) = reports.iter().find_map(|r| r.failed.as_ref()) {
-            tracing::error!(courier_id = %self.courier, failure, "fixes not stored, closing so the app resends");
+            tracing::error!(courier_id = %self.courier, failure = %failure, "fixes not stored, closing so the app resends");
             self.closing = true;
             return close(
                 ctx,
