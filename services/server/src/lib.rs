@@ -2,8 +2,8 @@
 //! the REST API, metrics and health, on the embedded history store.
 //!
 //! Where things are:
-//! - [`startup`]: building the server (store, recovery, cluster, actors, HTTP) and running it
-//!   until shutdown; [`spawn`] and [`ServerHandle`] for tests and tools.
+//! - `startup`: building the server (store, recovery, cluster, actors, HTTP) and running it
+//!   until shutdown ([`Running`]); `handle`: [`spawn`] and [`ServerHandle`] for tests and tools.
 //! - `http`: the REST resources, auth, the HTTP error type, the live pages.
 //! - `ws`: the WebSocket sessions (courier, watch) and what they share.
 //! - `orders`: the registry of active orders, the order actor, its fan-out to watchers.
@@ -15,6 +15,7 @@
 
 mod cluster;
 pub mod config;
+mod handle;
 mod http;
 mod live;
 mod metrics;
@@ -25,4 +26,5 @@ mod topology;
 mod ws;
 
 pub use config::Config;
-pub use startup::{run_to_end, spawn, Running, ServerHandle};
+pub use handle::{spawn, ServerHandle};
+pub use startup::{run_to_end, Running};

@@ -13,6 +13,7 @@ use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{courier_id, lat_lon, order_id, App};
 use crate::http::history_formats::{self, HistoryFormat};
+use crate::orders::errors::OrderError;
 use crate::orders::messages::{Assign, GetView, SetStatus};
 use crate::orders::registry::{Create, Find};
 use crate::state::AppState;
@@ -226,10 +227,11 @@ async fn active_order(
     }
     // Not active: say whether it ended or never existed.
     let view = view_of(app, order).await?;
-    Err(ApiError::Conflict(
-        "order_closed",
-        format!("order {order} is {}", view.status),
-    ))
+    Err(OrderError::Closed {
+        order: order.clone(),
+        status: view.status,
+    }
+    .into())
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,9 @@
 //! What the courier and watch sessions share: heartbeats, token expiry, shutdown, close codes.
 //!
 //! The WebSocket sessions are actix-web-actors actors (deprecated upstream in favour of
-//! actix-ws); everything that names that crate stays in this file and the two session modules,
-//! so that moving to another WebSocket stack is a local change.
+//! actix-ws); everything that names that crate stays in this file and the session modules (the
+//! courier session's intake, answers and routing do not), so that moving to another WebSocket
+//! stack is a local change.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use actix_web_actors::ws::CloseCode;
 use trackline_core::fix::{validate, Fix, RejectCode, Rejection, TimeBounds};
 use trackline_proto::v1::CourierFrame;
 
@@ -34,12 +33,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The WebSocket close code the connection ends with.
-    pub fn close_code(&self) -> CloseCode {
+    /// The WebSocket close code the connection ends with: 1008 (policy), 1002 (protocol error)
+    /// or 1009 (too big).
+    pub fn close_code(&self) -> u16 {
         match self {
-            Refusal::RateLimited { .. } => CloseCode::Policy,
-            Refusal::Malformed(_) => CloseCode::Protocol,
-            Refusal::TooManyFixes { .. } => CloseCode::Size,
+            Refusal::RateLimited { .. } => 1008,
+            Refusal::Malformed(_) => 1002,
+            Refusal::TooManyFixes { .. } => 1009,
         }
     }
 
@@ -309,7 +309,7 @@ mod tests {
         let mut intake = FrameIntake::new(limits(), Instant::now());
         let five = (1..=5).map(raw).collect();
         let refusal = intake.take(frame(five), NOW_MS).unwrap_err();
-        assert_eq!(refusal.close_code(), CloseCode::Size);
+        assert_eq!(refusal.close_code(), 1009);
         assert_eq!(refusal.reason(), "5 fixes in one frame, at most 4");
         // None of that frame's seqs counted: the next frame may use them.
         assert_eq!(
@@ -319,7 +319,7 @@ mod tests {
 
         let garbage = CourierFrame::decode(&b"\xff\xff\xff"[..]);
         let refusal = intake.take(garbage, NOW_MS).unwrap_err();
-        assert_eq!(refusal.close_code(), CloseCode::Protocol);
+        assert_eq!(refusal.close_code(), 1002);
         assert!(
             refusal.reason().starts_with("malformed CourierFrame: "),
             "{}",
@@ -335,7 +335,7 @@ mod tests {
         let burst = (0..25).filter(|_| intake.admit(start).is_ok()).count();
         assert_eq!(burst, 20);
         let refusal = intake.admit(start).unwrap_err();
-        assert_eq!(refusal.close_code(), CloseCode::Policy);
+        assert_eq!(refusal.close_code(), 1008);
         assert_eq!(
             refusal.reason(),
             "rate limit: more than 10 frames per second"

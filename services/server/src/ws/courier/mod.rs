@@ -130,7 +130,8 @@ impl CourierSession {
                 if matches!(refusal, Refusal::RateLimited { .. }) {
                     metrics::counter!("trackline_rate_limited_total").increment(1);
                 }
-                return self.close_in_order(ctx, refusal.close_code(), refusal.reason());
+                let code = ws::CloseCode::from(refusal.close_code());
+                return self.close_in_order(ctx, code, refusal.reason());
             }
         };
         let nothing_to_route = intake.is_empty();
