@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match trackline_server::run_to_end(config, listener, termination(), None) {
+    match trackline_server::run_to_end(config, listener, termination()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

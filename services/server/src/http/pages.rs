@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::json;
 use trackline_core::OrderId;
 
-use crate::auth::{authenticate, Caller, TokenSource};
-use crate::error::{ApiError, ApiResult};
-use crate::live_index::WithinBox;
-use crate::AppState;
+use crate::http::auth::{authenticate, Caller, TokenSource};
+use crate::http::error::{ApiError, ApiResult};
+use crate::live::WithinBox;
+use crate::state::AppState;
 
 type App = web::Data<Arc<AppState>>;
 
@@ -46,7 +46,7 @@ macro_rules! asset {
         Asset {
             name: $name,
             content_type: $type,
-            body: include_bytes!(concat!("../assets/", $file)),
+            body: include_bytes!(concat!("../../assets/", $file)),
         }
     };
 }
@@ -95,13 +95,13 @@ pub async fn track_page(
     let order = OrderId::new(&path)
         .map_err(|e| ApiError::BadRequest("bad_order_id", format!("order id: {e}")))?;
     caller.require_reader_of(&order)?;
-    Ok(page(include_str!("../assets/track.html")))
+    Ok(page(include_str!("../../assets/track.html")))
 }
 
 /// `GET /ops/map?token=`: every live courier in the viewport (ops token).
 pub async fn ops_map_page(req: HttpRequest, app: App) -> ApiResult<HttpResponse> {
     authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?.require_ops()?;
-    Ok(page(include_str!("../assets/ops.html")))
+    Ok(page(include_str!("../../assets/ops.html")))
 }
 
 /// `GET /assets/config.js`: what the pages need from the server's flags.

@@ -18,25 +18,16 @@ use trackline_core::history::HistoryStore;
 use trackline_core::links::LinkStore;
 use trackline_core::OrderId;
 
-use crate::cluster::{
-    Cluster, IngestCall, Kind, LinkCall, RouteCall, UnwatchNote, UpdateNote, WatchAnswer, WatchCall,
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{
+    headers, IngestCall, Kind, LinkCall, RemoteError, RouteCall, UnwatchNote, UpdateNote,
+    WatchAnswer, WatchCall,
 };
-use crate::fanout::{Push, Subscribe, Unsubscribe};
-use crate::live_index::LiveIndex;
-use crate::registry::{Find, IngestHere, LinkChanged, Registry, Route};
-use crate::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
-
-/// Headers of a forwarded REST call and of its answer.
-pub mod headers {
-    pub const METHOD: &str = "trackline-method";
-    pub const PATH: &str = "trackline-path";
-    pub const STATUS: &str = "trackline-status";
-    pub const CONTENT_TYPE: &str = "content-type";
-    pub const AUTHORIZATION: &str = "authorization";
-    pub const NODE: &str = "x-trackline-node";
-    /// Marks a request a node sends itself for another: serve it here, never forward it again.
-    pub const FORWARDED: &str = "x-trackline-forwarded";
-}
+use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
+use crate::live::LiveIndex;
+use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
+use crate::orders::registry::courier_routes::{IngestHere, Route};
+use crate::orders::registry::{Find, LinkChanged, Registry};
 
 /// Outlets are watchers too; their ids count down from the top so they never meet a session's.
 static NEXT_OUTLET_ID: AtomicU64 = AtomicU64::new(u64::MAX / 2);
@@ -217,13 +208,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Stores a courier link durably, then routes by it.
-async fn store_link(serving: &Serving, call: LinkCall) -> Result<(), String> {
+async fn store_link(serving: &Serving, call: LinkCall) -> Result<(), RemoteError> {
     let links = serving.links.clone();
     let (courier, order, linked) = (call.courier.clone(), call.order.clone(), call.linked);
     let stored = actix_web::rt::task::spawn_blocking(move || links.set(&courier, &order, linked))
         .await
-        .map_err(|e| e.to_string())?;
-    stored.map_err(|e| e.to_string())?;
+        .map_err(|e| RemoteError::Store(e.to_string()))?;
+    stored.map_err(|e| RemoteError::Store(e.to_string()))?;
     serving.registry.do_send(LinkChanged {
         courier: call.courier,
         order: call.order,

@@ -13,7 +13,8 @@ use actix::prelude::*;
 use trackline_core::spatial::{Nearby, SpatialIndex};
 use trackline_core::{now_ms, CourierId, LatLon};
 
-use crate::cluster::Cluster;
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{Positions, Upsert};
 
 /// How often couriers without a recent fix are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -96,15 +97,6 @@ impl LiveIndex {
     }
 }
 
-/// Live positions shared between nodes.
-#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
-#[rtype(result = "()")]
-pub struct Positions {
-    /// The node that sent them (which ignores its own broadcast).
-    pub from: String,
-    pub positions: Vec<Upsert>,
-}
-
 impl Actor for LiveIndex {
     type Context = Context<Self>;
 
@@ -121,14 +113,6 @@ impl Actor for LiveIndex {
             ctx.run_interval(SHARE_EVERY, |act, _| act.share());
         }
     }
-}
-
-/// A courier's latest live position, as shared between nodes.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Upsert {
-    pub courier: CourierId,
-    pub pos: LatLon,
-    pub time_ms: i64,
 }
 
 impl Handler<Positions> for LiveIndex {

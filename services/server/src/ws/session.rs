@@ -1,8 +1,9 @@
 //! What the courier and watch sessions share: heartbeats, token expiry, shutdown, close codes.
 //!
 //! The WebSocket sessions are actix-web-actors actors (deprecated upstream in favour of
-//! actix-ws); everything that names that crate stays in this file and the two session modules,
-//! so that moving to another WebSocket stack is a local change.
+//! actix-ws); everything that names that crate stays in this file and the session modules (the
+//! courier session's intake, answers and routing do not), so that moving to another WebSocket
+//! stack is a local change.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub trait Heartbeat: Actor<Context = ws::WebsocketContext<Self>> {
 /// with 1001 on server shutdown.
 pub fn keep_alive<A: Heartbeat>(
     ctx: &mut ws::WebsocketContext<A>,
-    app: &crate::AppState,
+    app: &crate::state::AppState,
     expires_s: i64,
 ) {
     let (interval, timeout) = (app.config.heartbeat(), app.config.client_timeout());
@@ -107,11 +108,14 @@ impl ConnectionSlot {
     ///
     /// # Errors
     /// 503 when the server holds `max` connections already.
-    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Result<Self, crate::error::ApiError> {
+    pub fn take(
+        count: &Arc<AtomicUsize>,
+        max: usize,
+    ) -> Result<Self, crate::http::error::ApiError> {
         if count.fetch_add(1, Ordering::AcqRel) >= max {
             count.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("trackline_connections_refused_total").increment(1);
-            return Err(crate::error::ApiError::Unavailable(format!(
+            return Err(crate::http::error::ApiError::Unavailable(format!(
                 "server holds {max} connections already; retry later"
             )));
         }
@@ -135,21 +139,18 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(rate: f64, burst: f64) -> Self {
+    /// A full bucket at `now`.
+    pub fn new_at(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
             tokens: burst,
-            refilled: Instant::now(),
+            refilled: now,
         }
     }
 
-    /// Takes one token; false when the bucket is empty.
-    pub fn allow(&mut self) -> bool {
-        self.allow_at(Instant::now())
-    }
-
-    fn allow_at(&mut self, now: Instant) -> bool {
+    /// Takes one token at `now`; false when the bucket is empty.
+    pub fn allow_at(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.refilled = now;
@@ -169,8 +170,7 @@ mod tests {
     #[test]
     fn rate_limit_allows_a_burst_then_the_rate() {
         let start = Instant::now();
-        let mut limit = RateLimit::new(10.0, 20.0);
-        limit.refilled = start;
+        let mut limit = RateLimit::new_at(10.0, 20.0, start);
         assert_eq!((0..25).filter(|_| limit.allow_at(start)).count(), 20);
         assert!(!limit.allow_at(start + Duration::from_millis(50)));
         assert!(limit.allow_at(start + Duration::from_millis(100)));

@@ -7,6 +7,9 @@ use trackline_core::auth::TokenError;
 use trackline_core::history::StoreError;
 use trackline_core::order::IllegalTransition;
 
+use crate::cluster::protocol::CallError;
+use crate::orders::errors::OrderError;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,5 +101,31 @@ impl From<IllegalTransition> for ApiError {
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> Self {
         ApiError::Internal(format!("order actor unavailable: {e}"))
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unavailable(..) => ApiError::OwnerUnavailable(e.to_string()),
+            CallError::BadAnswer(..) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The HTTP answer to each way an order request fails; the bodies are what clients have always
+/// seen.
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Exists(_) => ApiError::Conflict("order_exists", e.to_string()),
+            OrderError::Closed { .. } => ApiError::Conflict("order_closed", e.to_string()),
+            OrderError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            OrderError::NotAssigned { .. } => ApiError::Forbidden(e.to_string()),
+            OrderError::IllegalTransition(e) => e.into(),
+            OrderError::Node(e) => e.into(),
+            OrderError::Remote(_) => ApiError::Internal(e.to_string()),
+            OrderError::Internal(message) => ApiError::Internal(message),
+        }
     }
 }

@@ -18,9 +18,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytes::BytesMut;
 
-use crate::error::{ApiError, ApiResult};
-use crate::session::{close, keep_alive, ConnectionSlot, Heartbeat};
-use crate::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::ws::session::{close, keep_alive, ConnectionSlot, Heartbeat};
 
 /// A fragmented message being reassembled.
 struct Partial {

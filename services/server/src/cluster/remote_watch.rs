@@ -15,11 +15,12 @@ use actix::prelude::*;
 use trackline_core::order::OrderView;
 use trackline_core::OrderId;
 
-use crate::cluster::{CallError, Cluster, Kind, UnwatchNote, WatchAnswer, WatchCall};
-use crate::error::ApiError;
-use crate::fanout::{Fanout, Resume, Streams, Subscribe, Unsubscribe};
-use crate::frames::{Frame, FrameKind, WireFrame};
-use crate::order_actor::{OrderSettings, LINGER_AFTER_FINAL};
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{CallError, Kind, UnwatchNote, WatchAnswer, WatchCall};
+use crate::orders::errors::OrderError;
+use crate::orders::fanout::{Fanout, Resume, Streams, Subscribe, Unsubscribe};
+use crate::orders::frames::{Frame, FrameKind, WireFrame};
+use crate::orders::order_actor::{OrderSettings, LINGER_AFTER_FINAL};
 
 /// How often a mirror renews its lease with the owner and checks for missed frames.
 pub const RENEW_EVERY: Duration = Duration::from_secs(3);
@@ -55,11 +56,11 @@ pub enum Opened {
 
 /// Find (or start) the mirror of a foreign order, in step with its owner.
 #[derive(Message)]
-#[rtype(result = "Result<Opened, ApiError>")]
+#[rtype(result = "Result<Opened, OrderError>")]
 pub struct Open(pub OrderId);
 
 impl Handler<Open> for RemoteWatches {
-    type Result = ResponseFuture<Result<Opened, ApiError>>;
+    type Result = ResponseFuture<Result<Opened, OrderError>>;
 
     fn handle(&mut self, msg: Open, _: &mut Context<Self>) -> Self::Result {
         let mirror = match self.mirrors.get(&msg.0) {
@@ -83,7 +84,7 @@ impl Handler<Open> for RemoteWatches {
                 Ok(Ok(None)) => Ok(Opened::Live(mirror)),
                 Ok(Ok(Some(ended))) => Ok(Opened::Ended(ended)),
                 Ok(Err(e)) => Err(e),
-                Err(e) => Err(ApiError::Internal(format!("remote watch: {e}"))),
+                Err(e) => Err(OrderError::Internal(format!("remote watch: {e}"))),
             }
         })
     }
@@ -242,11 +243,11 @@ impl Actor for RemoteOrder {
 
 /// Gets in step with the owner; `Some` with the final state when the order has ended.
 #[derive(Message)]
-#[rtype(result = "Result<Option<OrderView>, ApiError>")]
+#[rtype(result = "Result<Option<OrderView>, OrderError>")]
 struct Sync;
 
 impl Handler<Sync> for RemoteOrder {
-    type Result = AtomicResponse<Self, Result<Option<OrderView>, ApiError>>;
+    type Result = AtomicResponse<Self, Result<Option<OrderView>, OrderError>>;
 
     fn handle(&mut self, _: Sync, _: &mut Context<Self>) -> Self::Result {
         let asked = self.ask_owner(self.position());
@@ -260,11 +261,11 @@ impl Handler<Sync> for RemoteOrder {
                             Ok(Some(stream.published().view.clone()))
                         }
                         Some(_) => Ok(None),
-                        None => Err(ApiError::Internal("owner sent no state".into())),
+                        None => Err(OrderError::Internal("owner sent no state".into())),
                     }
                 }
                 WatchAnswer::Ended(view) => Ok(Some(view)),
-                WatchAnswer::NotFound => Err(ApiError::order_not_found(act.order.as_str())),
+                WatchAnswer::NotFound => Err(OrderError::NotFound(act.order.clone())),
             },
         )))
     }

@@ -6,7 +6,7 @@ use trackline_core::export::{Shape, Track};
 use trackline_core::fix::Fix;
 use trackline_core::OrderId;
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryFormat {

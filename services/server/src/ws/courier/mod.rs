@@ -1,19 +1,18 @@
 //! The courier stream: one session actor per connected courier app.
 //!
-//! Each binary frame is decoded, every fix validated, the courier's live position updated, and
-//! the good fixes routed to the courier's active orders. The session keeps reading while earlier
-//! frames are being committed (up to [`MAX_FRAMES_IN_FLIGHT`], so that one connection's frames
-//! share group commits instead of each waiting for a flush of its own), and answers frames
-//! strictly in the order they came: a frame's `Rejected`s and its `Ack` go out only after every
+//! Each binary frame goes through the connection's [`intake`] (rate limit, size, seqs,
+//! validation), the courier's live position is updated, and the good fixes are routed
+//! ([`routing`]) to the courier's active orders. The session keeps reading while earlier frames
+//! are being committed (up to [`MAX_FRAMES_IN_FLIGHT`], so that one connection's frames share
+//! group commits instead of each waiting for a flush of its own), and answers frames strictly in
+//! the order they came ([`answers`]): a frame's `Rejected`s and its `Ack` go out only after every
 //! earlier frame has been answered, and an `Ack` only once the frame is durable. At the bound it
 //! stops reading, so a fast app is held back by TCP rather than by an unbounded queue here.
-//!
-//! On one node the session sends each frame straight to its courier's order actors, from a copy
-//! of the registry's routes that it renews whenever its courier's routes changed; in
-//! broker mode every frame goes through the registry, which knows the orders on other nodes.
 
-use std::collections::VecDeque;
-use std::future::Future;
+pub mod answers;
+pub mod intake;
+pub mod routing;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -23,36 +22,26 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use prost::Message;
 use trackline_core::filter::{GpsFilter, Verdict};
-use trackline_core::fix::{validate, Fix, RejectCode, Rejection};
+use trackline_core::fix::{Fix, RejectCode, Rejection};
 use trackline_core::{now_ms, CourierId};
 use trackline_proto::v1::{server_frame::Kind, Ack, CourierFrame, Rejected, ServerFrame};
 
-use crate::order_actor::{Ingest, IngestReport};
-use crate::registry::{CourierJoined, CourierLeft, Lookup, Near, Route, Routes, Supersede};
-use crate::session::{
-    close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat, RateLimit,
-};
-use crate::AppState;
+use crate::orders::messages::IngestReport;
+use crate::orders::registry::courier_routes::{CourierJoined, CourierLeft, Lookup};
+use crate::orders::registry::{Near, Supersede};
+use crate::state::AppState;
+use crate::ws::courier::answers::{InOrder, Routed, Unanswered};
+use crate::ws::courier::intake::{FrameIntake, Intake, IntakeLimits, Refusal};
+use crate::ws::courier::routing::Routing;
+use crate::ws::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
 
 /// The most frames of one connection that may be read and not yet answered. Enough for an app
 /// that streams faster than one group commit (a commit takes milliseconds, an app sends a fix
 /// every second or flushes its buffer in one frame), small enough that what a connection can
 /// hold in the server stays bounded (this many decoded frames).
 pub const MAX_FRAMES_IN_FLIGHT: usize = 16;
-
-/// Where a frame's fixes went: one report per order, known once durable.
-type Routed = Pin<Box<dyn Future<Output = Result<Vec<IngestReport>, MailboxError>>>>;
-
-/// A frame read but not yet answered.
-struct Unanswered {
-    /// Fixes refused by validation, in frame order, held back until earlier frames are answered.
-    rejected: Vec<(u64, Rejection)>,
-    /// The seq to ack once the frame is durable (0: none).
-    ack: u64,
-}
 
 static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -61,24 +50,18 @@ pub struct CourierSession {
     courier: CourierId,
     expires_s: i64,
     app: Arc<AppState>,
-    /// The highest seq seen on this connection: seqs must increase within it.
-    last_seq: u64,
+    /// The rate budget, the seqs seen on this connection, the limits of a frame.
+    intake: FrameIntake,
     /// Decides the courier's position in the live index (orders run their own filter).
     filter: GpsFilter,
     last_heard: Instant,
     /// A fragmented binary message being reassembled.
     partial: Option<BytesMut>,
-    rate: RateLimit,
-    /// Frames read and not yet answered, oldest first; `routed` holds their routings in the
-    /// same order and yields them in that order (made at the first frame: an idle connection
-    /// does not pay for its allocations).
-    unanswered: VecDeque<Unanswered>,
-    routed: Option<FuturesOrdered<Routed>>,
-    /// An [`AnswerInOrder`] is spawned and will answer what `routed` yields.
+    /// Frames read and not yet answered, with their routings.
+    in_flight: InOrder,
+    /// An [`AnswerInOrder`] is spawned and will answer what `in_flight` yields.
     answering: bool,
-    /// One node only: the courier's order actors as the registry last named them (`None` in
-    /// broker mode, and until the first frame).
-    routes: Option<Routes>,
+    routing: Routing,
     /// Closed (or closing after the unanswered frames): nothing more is answered.
     closing: bool,
     _slot: ConnectionSlot,
@@ -92,24 +75,24 @@ impl CourierSession {
         slot: ConnectionSlot,
     ) -> Self {
         let filter = GpsFilter::new(app.order_settings.filter.clone());
-        let rate = RateLimit::new(
-            app.config.max_frames_per_s,
-            2.0 * app.config.max_frames_per_s,
-        );
+        let limits = IntakeLimits {
+            max_frames_per_s: app.config.max_frames_per_s,
+            max_fixes_per_frame: app.config.max_fixes_per_frame,
+            time_bounds: app.config.time_bounds(),
+        };
+        let routing = Routing::for_topology(&app.topology);
         Self {
             id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             courier,
             expires_s,
+            intake: FrameIntake::new(limits, Instant::now()),
             app,
-            last_seq: 0,
             filter,
             last_heard: Instant::now(),
             partial: None,
-            rate,
-            unanswered: VecDeque::new(),
-            routed: None,
+            in_flight: InOrder::default(),
             answering: false,
-            routes: None,
+            routing,
             closing: false,
             _slot: slot,
         }
@@ -133,57 +116,32 @@ impl CourierSession {
     }
 
     fn on_frame(&mut self, bytes: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
-        if !self.rate.allow() {
-            metrics::counter!("trackline_rate_limited_total").increment(1);
-            let reason = format!(
-                "rate limit: more than {} frames per second",
-                self.app.config.max_frames_per_s
-            );
-            return self.close_in_order(ctx, ws::CloseCode::Policy, reason);
-        }
-        let frame = match CourierFrame::decode(bytes) {
-            Ok(frame) => frame,
-            Err(e) => {
-                let reason = format!("malformed CourierFrame: {e}");
-                return self.close_in_order(ctx, ws::CloseCode::Protocol, reason);
+        let taken = self
+            .intake
+            .admit(Instant::now())
+            .and_then(|()| self.intake.take(CourierFrame::decode(bytes), now_ms()));
+        let intake = match taken {
+            Ok(intake) => {
+                metrics::counter!("trackline_fixes_received_total")
+                    .increment(intake.received() as u64);
+                intake
+            }
+            Err(refusal) => {
+                if matches!(refusal, Refusal::RateLimited { .. }) {
+                    metrics::counter!("trackline_rate_limited_total").increment(1);
+                }
+                let code = ws::CloseCode::from(refusal.close_code());
+                return self.close_in_order(ctx, code, refusal.reason());
             }
         };
-        if frame.fixes.len() > self.app.config.max_fixes_per_frame {
-            let reason = format!(
-                "{} fixes in one frame, at most {}",
-                frame.fixes.len(),
-                self.app.config.max_fixes_per_frame
-            );
-            return self.close_in_order(ctx, ws::CloseCode::Size, reason);
-        }
-        metrics::counter!("trackline_fixes_received_total").increment(frame.fixes.len() as u64);
-        let now = now_ms();
-        let bounds = self.app.config.time_bounds();
-        let mut valid: Vec<Fix> = Vec::with_capacity(frame.fixes.len());
-        let mut invalid: Vec<RejectCode> = Vec::new();
-        let mut rejected: Vec<(u64, Rejection)> = Vec::new();
-        let mut ack = 0;
-        for raw in &frame.fixes {
-            ack = ack.max(raw.seq);
-            if raw.seq <= self.last_seq {
-                let why = format!(
-                    "seq {} is not above {} sent before on this connection",
-                    raw.seq, self.last_seq
-                );
-                rejected.push((raw.seq, Rejection::new(RejectCode::SeqNotIncreasing, why)));
-                invalid.push(RejectCode::SeqNotIncreasing);
-                continue;
-            }
-            self.last_seq = raw.seq;
-            match validate(raw, now, bounds) {
-                Ok(fix) => valid.push(fix),
-                Err(rejection) => {
-                    invalid.push(rejection.code);
-                    rejected.push((raw.seq, rejection));
-                }
-            }
-        }
-        if self.unanswered.is_empty() {
+        let nothing_to_route = intake.is_empty();
+        let Intake {
+            valid,
+            invalid,
+            mut rejected,
+            ack,
+        } = intake;
+        if self.in_flight.is_empty() {
             // Every earlier frame is answered: the refusals can go out now, in order.
             for (seq, rejection) in rejected.drain(..) {
                 Self::reject(ctx, seq, &rejection);
@@ -191,13 +149,13 @@ impl CourierSession {
         }
         self.update_live_position(&valid);
         let frame = Unanswered { rejected, ack };
-        if valid.is_empty() && invalid.is_empty() {
+        if nothing_to_route {
             // An empty frame: nothing to store, answered in its turn like any other.
             let nothing: Routed = Box::pin(futures_util::future::ready(Ok(Vec::new())));
             return self.queue(frame, nothing, ctx);
         }
         let (fixes, invalid): (Arc<[Fix]>, Arc<[RejectCode]>) = (valid.into(), invalid.into());
-        if self.app.cluster.is_none() && !self.routes_current() {
+        if self.routing.is_stale() {
             // Renewed before this frame goes anywhere, and no later frame is read meanwhile:
             // each order actor must get the courier's frames in the order they came.
             let lookup = self.app.registry.send(Lookup {
@@ -207,7 +165,7 @@ impl CourierSession {
             });
             ctx.wait(
                 fut::wrap_future(lookup).map(move |routes, act: &mut Self, ctx| {
-                    act.routes = routes.ok();
+                    act.routing.renew(routes.ok());
                     act.dispatch(frame, fixes, invalid, ctx);
                 }),
             );
@@ -216,13 +174,7 @@ impl CourierSession {
         self.dispatch(frame, fixes, invalid, ctx);
     }
 
-    /// Whether the copy of the routes is as new as the registry's routes of the courier.
-    fn routes_current(&self) -> bool {
-        self.routes.as_ref().is_some_and(Routes::current)
-    }
-
-    /// Sends a read frame's fixes (some, or refusals to count) on their way: to the order actors,
-    /// or in broker mode to the registry; and queues the frame to be answered in its turn.
+    /// Sends a read frame's fixes on their way and queues the frame to be answered in its turn.
     fn dispatch(
         &mut self,
         frame: Unanswered,
@@ -230,61 +182,15 @@ impl CourierSession {
         invalid: Arc<[RejectCode]>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let routed: Routed = if self.app.cluster.is_none() {
-            // Routed even when every fix was refused: the orders count what their courier sent
-            // wrong. Each send goes on a fresh clone of the actor's address: actix queues a
-            // message at once only on a sender that is not parked, and a parked shared one
-            // would hold this frame back while a later frame overtakes it (the order would then
-            // skip this frame's fixes as resends, and they would be acked unstored).
-            // A lookup that failed (the registry is gone: shutting down) routes nowhere, and the
-            // frame is not acked.
-            let Some(routes) = self.routes.as_ref() else {
-                let gone: Routed = Box::pin(futures_util::future::ready(Err(MailboxError::Closed)));
-                return self.queue(frame, gone, ctx);
-            };
-            let sent: Vec<_> = routes
-                .actors
-                .iter()
-                .map(|actor| {
-                    actor.clone().send(Ingest {
-                        courier: self.courier.clone(),
-                        fixes: fixes.clone(),
-                        invalid: invalid.clone(),
-                    })
-                })
-                .collect();
-            Box::pin(async move {
-                let mut reports = Vec::with_capacity(sent.len());
-                for report in sent {
-                    match report.await {
-                        Ok(report) => reports.push(report),
-                        // The actor stopped: its order ended (and routes are renewed at the
-                        // next frame), so none of these fixes belong to it any more.
-                        Err(MailboxError::Closed) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(reports)
-            })
-        } else {
-            // Broker mode: the registry knows the courier's orders on other nodes. Same fresh
-            // address clone, for the same reason.
-            let registry = self.app.registry.clone();
-            Box::pin(registry.send(Route {
-                courier: self.courier.clone(),
-                fixes,
-                invalid,
-            }))
-        };
+        let routed = self
+            .routing
+            .send(&self.app.registry, &self.courier, fixes, invalid);
         self.queue(frame, routed, ctx);
     }
 
     /// Queues a frame to be answered once `routed` is done, after every frame read before it.
     fn queue(&mut self, frame: Unanswered, routed: Routed, ctx: &mut ws::WebsocketContext<Self>) {
-        self.unanswered.push_back(frame);
-        self.routed
-            .get_or_insert_with(FuturesOrdered::new)
-            .push_back(routed);
+        self.in_flight.push(frame, routed);
         if !self.answering {
             self.answering = true;
             ctx.spawn(AnswerInOrder {
@@ -292,7 +198,7 @@ impl CourierSession {
                 background: true,
             });
         }
-        if self.unanswered.len() >= MAX_FRAMES_IN_FLIGHT {
+        if self.in_flight.len() >= MAX_FRAMES_IN_FLIGHT {
             // wait(): no frame is read (TCP pushes back on the app) until the oldest is answered.
             ctx.wait(AnswerInOrder {
                 until_fewer_than: MAX_FRAMES_IN_FLIGHT,
@@ -309,14 +215,9 @@ impl CourierSession {
         task: &mut std::task::Context<'_>,
     ) {
         while !self.closing {
-            let Some(routed) = self.routed.as_mut() else {
+            let Some((frame, reports)) = self.in_flight.next_ready(task) else {
                 return;
             };
-            let Poll::Ready(Some(reports)) = routed.poll_next_unpin(task) else {
-                return;
-            };
-            // unwrap: one Unanswered is pushed with every routing, and popped with its result
-            let frame = self.unanswered.pop_front().unwrap();
             self.answer(frame, reports, ctx);
         }
     }
@@ -338,7 +239,7 @@ impl CourierSession {
             }
         };
         if let Some(failure) = reports.iter().find_map(|r| r.failed.as_ref()) {
-            tracing::error!(courier_id = %self.courier, failure, "fixes not stored, closing so the app resends");
+            tracing::error!(courier_id = %self.courier, failure = %failure, "fixes not stored, closing so the app resends");
             self.closing = true;
             return close(
                 ctx,
@@ -385,7 +286,7 @@ impl CourierSession {
         if self.closing {
             return;
         }
-        if self.unanswered.is_empty() {
+        if self.in_flight.is_empty() {
             self.closing = true;
             return then(ctx);
         }
@@ -463,7 +364,7 @@ impl ActorFuture<CourierSession> for AnswerInOrder {
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         act.answer_ready(ctx, task);
-        if act.closing || act.unanswered.len() < self.until_fewer_than {
+        if act.closing || act.in_flight.len() < self.until_fewer_than {
             if self.background {
                 act.answering = false;
             }
@@ -496,7 +397,7 @@ impl Actor for CourierSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         // Let go of the routes' count first: the registry forgets a count nobody holds.
-        self.routes = None;
+        self.routing.release();
         metrics::gauge!("trackline_courier_connections").decrement(1.0);
         self.app.registry.do_send(CourierLeft {
             courier: self.courier.clone(),

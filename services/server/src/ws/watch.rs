@@ -7,10 +7,10 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::fanout::{Push, Resume, Subscribe, Unsubscribe};
-use crate::frames::{Frame, WatchFormat};
-use crate::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
-use crate::AppState;
+use crate::orders::fanout::{Push, Resume, Subscribe, Unsubscribe};
+use crate::orders::frames::{Frame, WatchFormat};
+use crate::state::AppState;
+use crate::ws::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
 
 static NEXT_WATCHER_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -17,137 +17,12 @@ use anyhow::{bail, Context as _};
 use async_nats::{HeaderMap, Message};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use trackline_core::fix::{Fix, RejectCode};
-use trackline_core::order::OrderView;
+use serde::Serialize;
 use trackline_core::{CourierId, OrderId};
 
+use crate::cluster::protocol::{CallError, Kind, LinkCall, Positions, RemoteError};
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::fanout::Resume;
-use crate::frames::WireFrame;
-
-/// What one node asks of another (the last token of the subject).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A REST call on an order the receiver owns; headers carry method and path.
-    Http,
-    /// A courier's fixes, to the courier's home node.
-    Route,
-    /// A courier's fixes for one order, to the order's owner.
-    Ingest,
-    /// An order was (un)assigned to a courier, to the courier's home node.
-    Link,
-    /// Start, resume or keep up a watch of an order, to its owner.
-    Watch,
-    /// The asking node has no watchers of the order any more (no reply).
-    Unwatch,
-    /// The next frame of an order that the receiver watches (no reply).
-    Update,
-}
-
-impl Kind {
-    const ALL: [Kind; 7] = [
-        Kind::Http,
-        Kind::Route,
-        Kind::Ingest,
-        Kind::Link,
-        Kind::Watch,
-        Kind::Unwatch,
-        Kind::Update,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Http => "http",
-            Kind::Route => "route",
-            Kind::Ingest => "ingest",
-            Kind::Link => "link",
-            Kind::Watch => "watch",
-            Kind::Unwatch => "unwatch",
-            Kind::Update => "update",
-        }
-    }
-
-    fn parse(token: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == token)
-    }
-}
-
-/// A courier's validated fixes, forwarded to its home node.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RouteCall {
-    pub courier: CourierId,
-    pub fixes: Vec<Fix>,
-    pub invalid: Vec<RejectCode>,
-}
-
-/// A courier's fixes for one order, forwarded to the order's owner.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IngestCall {
-    pub order: OrderId,
-    pub courier: CourierId,
-    pub fixes: Vec<Fix>,
-    pub invalid: Vec<RejectCode>,
-}
-
-/// An assignment change, to the courier's home node.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LinkCall {
-    pub courier: CourierId,
-    pub order: OrderId,
-    pub linked: bool,
-}
-
-/// A node's request to watch (or keep watching) an order from its owner.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WatchCall {
-    pub order: OrderId,
-    /// The node that will receive the order's updates.
-    pub node: String,
-    pub resume: Option<Resume>,
-}
-
-/// The owner's answer to a [`WatchCall`].
-#[derive(Debug, Serialize, Deserialize)]
-pub enum WatchAnswer {
-    /// The order is active: what to send first; updates follow to the asking node.
-    Live(Vec<WireFrame>),
-    /// The order has ended: its final state.
-    Ended(OrderView),
-    NotFound,
-}
-
-/// An order's next frame, or the end of a node's interest in it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UpdateNote {
-    pub order: OrderId,
-    pub frame: WireFrame,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct UnwatchNote {
-    pub order: OrderId,
-    pub node: String,
-}
-
-/// Why a call to another node failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("node {0} did not answer: {1}")]
-    Unavailable(String, String),
-    #[error("node {0} answered something unreadable: {1}")]
-    BadAnswer(String, String),
-}
-
-impl From<CallError> for ApiError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Unavailable(..) => ApiError::OwnerUnavailable(e.to_string()),
-            CallError::BadAnswer(..) => ApiError::Internal(e.to_string()),
-        }
-    }
-}
+use crate::orders::errors::OrderError;
 
 /// This node's place in the cluster and its connection to the broker.
 pub struct Cluster {
@@ -327,7 +202,7 @@ impl Cluster {
     }
 
     /// Sends this node's new courier positions to every node.
-    pub async fn broadcast_positions(&self, positions: &crate::live_index::Positions) {
+    pub async fn broadcast_positions(&self, positions: &Positions) {
         // unwrap: positions are plain data; serde_json cannot fail on them
         let payload = Bytes::from(serde_json::to_vec(positions).unwrap());
         match self.client.publish(self.positions_subject(), payload).await {
@@ -346,16 +221,14 @@ impl Cluster {
     /// When the broker refuses the subscription.
     pub async fn peer_positions(
         &self,
-    ) -> anyhow::Result<impl futures_util::Stream<Item = crate::live_index::Positions> + use<>>
-    {
+    ) -> anyhow::Result<impl futures_util::Stream<Item = Positions> + use<>> {
         use futures_util::StreamExt;
         let subscriber = self.client.subscribe(self.positions_subject()).await?;
         let me = self.node.clone();
         Ok(subscriber.filter_map(move |message| {
-            let positions =
-                serde_json::from_slice::<crate::live_index::Positions>(&message.payload)
-                    .ok()
-                    .filter(|p| p.from != me);
+            let positions = serde_json::from_slice::<Positions>(&message.payload)
+                .ok()
+                .filter(|p| p.from != me);
             std::future::ready(positions)
         }))
     }
@@ -385,21 +258,22 @@ impl Cluster {
     /// is durable there.
     ///
     /// # Errors
-    /// [`ApiError::OwnerUnavailable`] when the home node cannot be reached.
+    /// [`OrderError::Node`] when the home node cannot be reached, [`OrderError::Remote`] when it
+    /// could not store the link.
     pub async fn link(
         &self,
         courier: &CourierId,
         order: &OrderId,
         linked: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), OrderError> {
         let call = LinkCall {
             courier: courier.clone(),
             order: order.clone(),
             linked,
         };
         let home = self.home_of(courier).to_string();
-        let answer: Result<(), String> = self.call(&home, Kind::Link, &call).await?;
-        answer.map_err(ApiError::Internal)
+        let answer: Result<(), RemoteError> = self.call(&home, Kind::Link, &call).await?;
+        Ok(answer?)
     }
 
     /// The requests addressed to this node, with their kind.

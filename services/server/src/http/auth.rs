@@ -5,7 +5,7 @@ use actix_web::HttpRequest;
 use trackline_core::auth::{Role, TokenKeys};
 use trackline_core::{CourierId, OrderId};
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 /// A verified caller.
 #[derive(Debug, Clone)]
@@ -117,11 +117,11 @@ impl actix_web::FromRequest for Caller {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let outcome = match req.app_data::<actix_web::web::Data<std::sync::Arc<crate::AppState>>>()
-        {
-            Some(app) => authenticate(req, &app.keys, TokenSource::HeaderOnly),
-            None => Err(ApiError::Internal("application state missing".into())),
-        };
+        let outcome =
+            match req.app_data::<actix_web::web::Data<std::sync::Arc<crate::state::AppState>>>() {
+                Some(app) => authenticate(req, &app.keys, TokenSource::HeaderOnly),
+                None => Err(ApiError::Internal("application state missing".into())),
+            };
         std::future::ready(outcome)
     }
 }

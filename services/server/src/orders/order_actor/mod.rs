@@ -10,21 +10,23 @@
 //! them after the history store has flushed them: every frame a watcher ever saw survives a
 //! crash, so offsets are never reused and an epoch only changes when the data itself is lost.
 
+mod changes;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use trackline_core::eta::{EtaConfig, EtaEstimator};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
-use trackline_core::fix::{Fix, RejectCode, Rejection};
+use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
-use trackline_core::order::{OrderRecord, OrderStatus, OrderView, Position};
-use trackline_core::{now_ms, CourierId};
+use trackline_core::now_ms;
+use trackline_core::order::{OrderRecord, OrderStatus, Position};
 
-use crate::error::ApiError;
-use crate::fanout::{Fanout, Streams, Subscribe, Unsubscribe};
-use crate::frames::{Frame, FrameKind};
-use crate::registry::{Registry, Relink};
+use crate::orders::fanout::{Fanout, Streams};
+use crate::orders::frames::{Frame, FrameKind};
+use crate::orders::messages::{Ingest, IngestFailure, IngestReport, Relink};
+use crate::orders::resume_buffer::ResumeLimits;
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
 pub const LINGER_AFTER_FINAL: Duration = Duration::from_secs(30);
@@ -39,7 +41,8 @@ const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct OrderDeps {
     pub store: HistoryStore,
-    pub registry: Addr<Registry>,
+    /// Where the order's changes of courier go (the registry, which routes fixes by them).
+    pub relinks: Recipient<Relink>,
     pub settings: Arc<OrderSettings>,
 }
 
@@ -48,42 +51,11 @@ pub struct OrderDeps {
 pub struct OrderSettings {
     pub arrival_radius_m: f64,
     /// What bounds each order's resume buffer.
-    pub resume: crate::fanout::ResumeLimits,
+    pub resume: ResumeLimits,
     /// A watcher slow for this long is closed with 4008.
     pub slow_watcher_timeout: Duration,
     pub filter: FilterConfig,
     pub eta: EtaConfig,
-}
-
-/// Fixes of the order's courier, in seq order.
-#[derive(Message)]
-#[rtype(result = "IngestReport")]
-pub struct Ingest {
-    pub courier: CourierId,
-    pub fixes: Arc<[Fix]>,
-    /// Why the courier's other fixes of the frame were refused by validation (counted only).
-    pub invalid: Arc<[RejectCode]>,
-}
-
-/// What became of an [`Ingest`], known once it is durable.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct IngestReport {
-    pub rejected: Vec<(u64, Rejection)>,
-    pub stored: usize,
-    /// Set when the history store failed: nothing of the batch may be acked.
-    pub failed: Option<String>,
-}
-
-/// The order's durable state.
-#[derive(Message)]
-#[rtype(result = "OrderView")]
-pub struct GetView;
-
-/// Assign (or reassign) the courier.
-#[derive(Message)]
-#[rtype(result = "Result<OrderView, ApiError>")]
-pub struct Assign {
-    pub courier: CourierId,
 }
 
 /// Move to the thread of `0`, between commits; the answer is the new actor (`None`: it stays,
@@ -91,14 +63,6 @@ pub struct Assign {
 #[derive(Message)]
 #[rtype(result = "Option<Addr<OrderActor>>")]
 pub struct MoveTo(pub ArbiterHandle);
-
-/// Change the status, as ops or as the order's courier (`by_courier`).
-#[derive(Message)]
-#[rtype(result = "Result<OrderView, ApiError>")]
-pub struct SetStatus {
-    pub status: OrderStatus,
-    pub by_courier: Option<CourierId>,
-}
 
 pub struct OrderActor {
     record: OrderRecord,
@@ -282,38 +246,6 @@ impl OrderActor {
         }
         self.next_frame();
     }
-
-    fn change<F>(&mut self, change: F) -> ResponseActFuture<Self, Result<OrderView, ApiError>>
-    where
-        F: FnOnce(&mut Self) -> Result<Option<Relink>, ApiError>,
-    {
-        let relink = match change(self) {
-            Ok(relink) => relink,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        // The caller hears back only once the registry routes by the new assignment: a frame
-        // the courier sends after that must reach the orders it names (courier sessions keep a
-        // copy of their routes, and check it against the registry's version at every frame).
-        let relinked = relink.map(|relink| self.deps.registry.send(relink));
-        self.record_changed = true;
-        self.next_frame();
-        Box::pin(
-            self.persist(Vec::new())
-                .then(move |outcome, _, _| {
-                    fut::wrap_future(async move {
-                        if let Some(relinked) = relinked {
-                            // An error means the registry is gone: the server is shutting down.
-                            let _ = relinked.await;
-                        }
-                        outcome
-                    })
-                })
-                .map(|outcome, act, _| match outcome {
-                    Ok(()) => Ok(act.stream.published().view.clone()),
-                    Err(e) => Err(ApiError::Internal(e)),
-                }),
-        )
-    }
 }
 
 impl Actor for OrderActor {
@@ -353,7 +285,7 @@ impl Handler<Ingest> for OrderActor {
         if self.moved_to.is_some() {
             // Not forwarded: a later frame of the same session, sent to the new address, could
             // overtake this one, whose fixes the order would then skip as resends.
-            report.failed = Some("the order moved while these fixes were on their way".into());
+            report.failed = Some(IngestFailure::Moved);
             return Box::pin(fut::ready(report));
         }
         if !self.record.status.takes_fixes()
@@ -396,7 +328,7 @@ impl Handler<Ingest> for OrderActor {
             if outcome.is_err() {
                 act.record.last_seq = act.record.last_seq.min(seen_before);
             }
-            report.failed = outcome.err();
+            report.failed = outcome.err().map(IngestFailure::Store);
             report
         }))
     }
@@ -408,249 +340,5 @@ impl Streams for OrderActor {
     }
 }
 
-impl Handler<Subscribe> for OrderActor {
-    type Result = ResponseFuture<Vec<Arc<Frame>>>;
-
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        if let Some(successor) = &self.moved_to {
-            let (successor, watcher) = (successor.clone(), msg.watcher.clone());
-            return Box::pin(async move {
-                successor.send(msg).await.unwrap_or_else(|_| {
-                    // The successor is gone (its order ended): as if this actor were.
-                    watcher.do_send(crate::fanout::Push::Evict {
-                        code: 1001,
-                        reason: "order is no longer served here; reconnect".into(),
-                    });
-                    Vec::new()
-                })
-            });
-        }
-        let first = self.stream.first_frames(msg.resume.as_ref());
-        self.stream.add(msg.watcher_id, msg.watcher);
-        Box::pin(async move { first })
-    }
-}
-
-impl Handler<Unsubscribe> for OrderActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        match &self.moved_to {
-            Some(successor) => successor.do_send(msg),
-            None => self.stream.remove(msg.watcher_id),
-        }
-    }
-}
-
-impl Handler<GetView> for OrderActor {
-    type Result = ResponseFuture<OrderView>;
-
-    fn handle(&mut self, msg: GetView, _: &mut Context<Self>) -> Self::Result {
-        let view = self.stream.published().view.clone();
-        match &self.moved_to {
-            // The forwarder's view is the state at the move: what a gone successor last had.
-            Some(successor) => {
-                let asked = successor.send(msg);
-                Box::pin(async move { asked.await.unwrap_or(view) })
-            }
-            None => Box::pin(async move { view }),
-        }
-    }
-}
-
-/// A forwarder's answer to a change: its successor's.
-fn forward_change<M>(
-    successor: &Addr<OrderActor>,
-    msg: M,
-) -> ResponseActFuture<OrderActor, Result<OrderView, ApiError>>
-where
-    M: Message<Result = Result<OrderView, ApiError>> + Send + 'static,
-    OrderActor: Handler<M>,
-{
-    let asked = successor.send(msg);
-    Box::pin(fut::wrap_future(async move {
-        asked
-            .await
-            .map_err(|e| ApiError::Internal(format!("order actor: {e}")))?
-    }))
-}
-
-impl Handler<Assign> for OrderActor {
-    type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
-
-    fn handle(&mut self, msg: Assign, _: &mut Context<Self>) -> Self::Result {
-        if let Some(successor) = &self.moved_to {
-            return forward_change(successor, msg);
-        }
-        self.change(|act| {
-            let record = &mut act.record;
-            if record.status.is_final() {
-                return Err(ApiError::Conflict(
-                    "order_closed",
-                    format!("order {} is {}", record.order_id, record.status),
-                ));
-            }
-            if record.status == OrderStatus::Created {
-                record.set_status(OrderStatus::Assigned, now_ms());
-            }
-            let from = record.courier_id.replace(msg.courier.clone());
-            if from.as_ref() != Some(&msg.courier) {
-                // A new courier's seqs are its own: start de-duplication afresh.
-                record.last_seq = 0;
-                act.filter = GpsFilter::new(act.deps.settings.filter.clone());
-            }
-            Ok(Some(Relink {
-                order: record.order_id.clone(),
-                from,
-                to: Some(msg.courier),
-            }))
-        })
-    }
-}
-
-impl Handler<SetStatus> for OrderActor {
-    type Result = ResponseActFuture<Self, Result<OrderView, ApiError>>;
-
-    fn handle(&mut self, msg: SetStatus, _: &mut Context<Self>) -> Self::Result {
-        if let Some(successor) = &self.moved_to {
-            return forward_change(successor, msg);
-        }
-        self.change(|act| {
-            let record = &mut act.record;
-            if let Some(courier) = &msg.by_courier {
-                if record.courier_id.as_ref() != Some(courier) {
-                    return Err(ApiError::Forbidden(format!(
-                        "order {} is not assigned to courier {courier}",
-                        record.order_id
-                    )));
-                }
-            }
-            let next = record.status.request(msg.status)?;
-            record.set_status(next, now_ms());
-            Ok(record.status.is_final().then(|| Relink {
-                order: record.order_id.clone(),
-                from: record.courier_id.clone(),
-                to: None,
-            }))
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::counting;
-    use futures_util::future::join_all;
-    use trackline_core::{LatLon, OrderId};
-
-    const START: LatLon = LatLon {
-        lat: 48.85,
-        lon: 2.35,
-    };
-
-    /// Fix `seq` of a courier riding north-east at ~8 m/s, one fix a second.
-    fn fix(seq: u64) -> Fix {
-        let step = seq as f64 * 6e-5;
-        Fix {
-            seq,
-            time_ms: 1_780_000_000_000 + seq as i64 * 1000,
-            pos: LatLon::new(START.lat + step, START.lon + step),
-            accuracy_m: Some(5.0),
-            speed_mps: Some(8.0),
-            heading_deg: Some(34.0),
-        }
-    }
-
-    /// What an active order's actor holds (record, filter, ETA, stream with its resume buffer,
-    /// mailbox), measured with the counting allocator over 1,000 orders that take almost seven
-    /// minutes of fixes each, compacted every 15 fixes as the server does at one fix a second:
-    /// the bytes live with the actors running, less those still live once they are gone (what
-    /// the history store holds for what was written, which outlives the orders; printed too).
-    #[test]
-    fn an_active_order_actor_holds_at_most_16_kib() {
-        const ORDERS: usize = 1000;
-        const FIXES: u64 = 400;
-        let _alone = counting::measuring();
-        let dir = tempfile::tempdir().unwrap();
-        let (per_order, store) = actix::System::new().block_on(async {
-            let options = trackline_core::history::StoreOptions {
-                cache_bytes: 1024 * 1024,
-                ..Default::default()
-            };
-            let (store, _writer) = HistoryStore::open_with(dir.path(), options).unwrap();
-            let settings = Arc::new(OrderSettings {
-                arrival_radius_m: 50.0,
-                slow_watcher_timeout: Duration::from_secs(10),
-                ..Default::default()
-            });
-            let registry = Registry::new(
-                Vec::new(),
-                vec![Arbiter::current()],
-                store.clone(),
-                settings.clone(),
-                1,
-                None,
-            )
-            .start();
-            let deps = OrderDeps {
-                store: store.clone(),
-                registry,
-                settings,
-            };
-            let courier = CourierId::new("courier-m").unwrap();
-            let destination = LatLon::new(START.lat + 0.05, START.lon + 0.05);
-            let before = counting::live_bytes();
-            let mut actors = Vec::new();
-            for i in 0..ORDERS {
-                let record = OrderRecord::new(
-                    OrderId::new(&format!("order-m-{i}")).unwrap(),
-                    destination,
-                    Some(courier.clone()),
-                    Some(vec![START, destination]),
-                    None,
-                    now_ms(),
-                );
-                assert!(store.create_order(record.clone()).await.unwrap());
-                actors.push(OrderActor::new(record, deps.clone()).start());
-            }
-            let mut per_order = vec![(counting::live_bytes() - before) / ORDERS as isize];
-            for seq in 1..=FIXES {
-                let fixes: Arc<[Fix]> = vec![fix(seq)].into();
-                let reports = join_all(actors.iter().map(|actor| {
-                    actor.send(Ingest {
-                        courier: courier.clone(),
-                        fixes: fixes.clone(),
-                        invalid: Vec::new().into(),
-                    })
-                }))
-                .await;
-                for report in reports {
-                    let report = report.unwrap();
-                    assert_eq!((report.stored, report.failed), (1, None), "fix {seq}");
-                }
-                if seq % 15 == 0 {
-                    store.compact_now().unwrap();
-                }
-                if seq % 100 == 0 {
-                    let bytes = counting::live_bytes() - before;
-                    per_order.push(bytes / ORDERS as isize);
-                }
-            }
-            drop(actors);
-            // The actors stop once their addresses are gone, on this thread: let them.
-            actix_rt::time::sleep(Duration::from_millis(200)).await;
-            let left = (counting::live_bytes() - before) / ORDERS as isize;
-            (per_order, left)
-        });
-        let actor = per_order.last().unwrap() - store;
-        eprintln!(
-            "bytes per active order after 0, 100, 200, 300, 400 fixes: {per_order:?}; \
-             the store's of them: {store}; the actor's: {actor}"
-        );
-        assert!(actor <= 16 * 1024, "{actor} bytes per order actor");
-        assert!(
-            actor > 0,
-            "the actors were measured: {per_order:?}, {store}"
-        );
-    }
-}
+mod tests;

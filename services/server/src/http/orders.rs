@@ -1,0 +1,346 @@
+//! `/v1/orders`: create, list, read, assign, change status, history.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use trackline_core::auth::Role;
+use trackline_core::fix::Fix;
+use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
+use trackline_core::{now_ms, OrderId};
+
+use crate::http::auth::Caller;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{courier_id, lat_lon, order_id, App};
+use crate::http::history_formats::{self, HistoryFormat};
+use crate::orders::errors::OrderError;
+use crate::orders::messages::{Assign, GetView, SetStatus};
+use crate::orders::registry::{Create, Find};
+use crate::state::AppState;
+
+/// The most points a planned route may have.
+const MAX_ROUTE_POINTS: usize = 20_000;
+#[derive(Deserialize)]
+pub struct Point {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    order_id: String,
+    destination: Point,
+    courier_id: Option<String>,
+    route: Option<Vec<[f64; 2]>>,
+    promised_at_ms: Option<i64>,
+}
+
+pub async fn create_order(
+    caller: Caller,
+    app: App,
+    body: web::Json<CreateOrder>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let body = body.into_inner();
+    let order = order_id(&body.order_id)?;
+    let destination = lat_lon(body.destination.lat, body.destination.lon, "destination")?;
+    let courier = body.courier_id.as_deref().map(courier_id).transpose()?;
+    let route = match body.route {
+        Some(points) if points.len() < 2 || points.len() > MAX_ROUTE_POINTS => {
+            return Err(ApiError::BadRequest(
+                "bad_route",
+                format!(
+                    "a route has 2 to {MAX_ROUTE_POINTS} points, not {}",
+                    points.len()
+                ),
+            ));
+        }
+        Some(points) => Some(
+            points
+                .iter()
+                .enumerate()
+                .map(|(i, [lat, lon])| lat_lon(*lat, *lon, &format!("route point {i}")))
+                .collect::<ApiResult<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    let record = OrderRecord::new(
+        order.clone(),
+        destination,
+        courier,
+        route,
+        body.promised_at_ms,
+        now_ms(),
+    );
+    if let Some(courier) = &record.courier_id {
+        app.topology.link(courier, &order, true).await?;
+    }
+    let courier = record.courier_id.clone();
+    if let Err(error) = app.registry.send(Create(record)).await? {
+        if let Some(courier) = &courier {
+            let assigned = async { view_of(&app, &order).await.ok()?.courier_id };
+            app.topology
+                .unlink_unless_assigned(courier, &order, assigned)
+                .await;
+        }
+        return Err(error.into());
+    }
+    let watch_token = app
+        .keys
+        .mint(&Role::Watch(order.clone()), app.config.watch_token_ttl_s);
+    let base = app
+        .config
+        .public_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let watch_url = format!("{base}/track/{order}?token={watch_token}");
+    Ok(HttpResponse::Created()
+        .json(json!({"order_id": order, "watch_token": watch_token, "watch_url": watch_url})))
+}
+
+/// The durable view of an order: from its actor when active, else from the store.
+pub async fn view_of(app: &AppState, order: &OrderId) -> ApiResult<OrderView> {
+    if let Some(actor) = app.registry.send(Find::here(order.clone())).await? {
+        return Ok(actor.send(GetView).await?);
+    }
+    let store = app.store.clone();
+    let id = order.clone();
+    let record = web::block(move || store.order(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    record
+        .map(|r| r.view())
+        .ok_or_else(|| ApiError::order_not_found(order.as_str()))
+}
+
+/// What a watch token may see: no live position once the order has ended.
+pub fn for_caller(mut view: OrderView, caller: &Caller) -> OrderView {
+    if matches!(caller.role, Role::Watch(_)) && view.status.is_final() {
+        view.position = None;
+        view.eta = None;
+    }
+    view
+}
+
+pub async fn get_order(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let order = order_id(&path)?;
+    caller.require_reader_of(&order)?;
+    let view = view_of(&app, &order).await?;
+    let store = app.store.clone();
+    let record = web::block(move || store.order(&order))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let route = record
+        .as_ref()
+        .and_then(|r| r.route.as_ref())
+        .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect::<Vec<_>>());
+    let mut body = serde_json::to_value(for_caller(view, &caller))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["route"] = json!(route);
+    if let (Role::Ops, Some(record)) = (&caller.role, record) {
+        body["rejected"] = json!(record.rejected);
+        body["status_log"] = json!(record.status_log);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `active` (default), `ended` or `all`.
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The most orders one listing returns.
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `GET /v1/orders`: orders, most recently updated first. In broker mode each node keeps the
+/// orders it owns, so the node asked gathers the lists of all (the same query on each) and
+/// merges them; a node that does not answer makes the call fail (503) rather than the list
+/// silently short.
+pub async fn list_orders(
+    caller: Caller,
+    app: App,
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let wanted: fn(OrderStatus) -> bool = match query.status.as_deref().unwrap_or("active") {
+        "active" => |s| !s.is_final(),
+        "ended" => OrderStatus::is_final,
+        "all" => |_| true,
+        other => {
+            return Err(ApiError::BadRequest(
+                "bad_query",
+                format!("status {other:?}: expected active, ended or all"),
+            ))
+        }
+    };
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::BadRequest(
+            "bad_limit",
+            format!("limit must be in [1, {MAX_LIST_LIMIT}]"),
+        ));
+    }
+    let store = app.store.clone();
+    let mut views = web::block(
+        move || -> Result<Vec<OrderView>, trackline_core::history::StoreError> {
+            let mut views = Vec::new();
+            for record in store.all_orders() {
+                let record = record?;
+                if wanted(record.status) {
+                    views.push(record.view());
+                }
+            }
+            Ok(views)
+        },
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    #[derive(Deserialize)]
+    struct Listed {
+        orders: Vec<OrderView>,
+    }
+    match app.topology.ask_others::<Listed>(&req, Bytes::new).await {
+        Ok(others) => views.extend(others.into_iter().flat_map(|listed| listed.orders)),
+        Err(response) => return Ok(response),
+    }
+    views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
+    views.truncate(limit);
+    Ok(HttpResponse::Ok().json(json!({"orders": views})))
+}
+
+async fn active_order(
+    app: &AppState,
+    order: &OrderId,
+) -> ApiResult<actix::Addr<crate::orders::order_actor::OrderActor>> {
+    if let Some(actor) = app.registry.send(Find::here(order.clone())).await? {
+        return Ok(actor);
+    }
+    // Not active: say whether it ended or never existed.
+    let view = view_of(app, order).await?;
+    Err(OrderError::Closed {
+        order: order.clone(),
+        status: view.status,
+    }
+    .into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    courier_id: String,
+}
+
+pub async fn assign(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    body: web::Json<AssignBody>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let order = order_id(&path)?;
+    let courier = courier_id(&body.courier_id)?;
+    let actor = active_order(&app, &order).await?;
+    app.topology.link(&courier, &order, true).await?;
+    let view = actor.send(Assign { courier }).await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBody {
+    status: OrderStatus,
+}
+
+pub async fn set_status(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    body: web::Json<StatusBody>,
+) -> ApiResult<HttpResponse> {
+    let order = order_id(&path)?;
+    let by_courier = match &caller.role {
+        Role::Ops => None,
+        Role::Courier(id) => Some(id.clone()),
+        Role::Watch(_) => {
+            return Err(ApiError::Forbidden(
+                "a watch token cannot change an order".into(),
+            ))
+        }
+    };
+    if let Some(courier) = &by_courier {
+        // A courier learns nothing of orders not its own, not even whether they exist.
+        let not_yours = || {
+            ApiError::Forbidden(format!(
+                "order {order} is not assigned to courier {courier}"
+            ))
+        };
+        if app
+            .registry
+            .send(Find::here(order.clone()))
+            .await?
+            .is_none()
+        {
+            let view = view_of(&app, &order).await.map_err(|_| not_yours())?;
+            if view.courier_id.as_ref() != Some(courier) {
+                return Err(not_yours());
+            }
+        }
+    }
+    let view = active_order(&app, &order)
+        .await?
+        .send(SetStatus {
+            status: body.status,
+            by_courier,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    format: Option<String>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+}
+
+pub async fn history(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let order = order_id(&path)?;
+    let format = HistoryFormat::parse(query.format.as_deref())?;
+    let (from_ms, to_ms) = (
+        query.from_ms.unwrap_or(i64::MIN),
+        query.to_ms.unwrap_or(i64::MAX),
+    );
+    let store = app.store.clone();
+    let id = order.clone();
+    let (exists, fixes) = web::block(
+        move || -> Result<(bool, Vec<Fix>), trackline_core::history::StoreError> {
+            Ok((
+                store.order(&id)?.is_some(),
+                store.fixes(&id, from_ms, to_ms)?,
+            ))
+        },
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if !exists {
+        return Err(ApiError::order_not_found(order.as_str()));
+    }
+    history_formats::respond(format, &order, &fixes)
+}

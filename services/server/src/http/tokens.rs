@@ -1,0 +1,39 @@
+//! `/v1/tokens`: ops mint courier, watch and ops tokens.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use trackline_core::auth::{Role, DEFAULT_TTL_S};
+
+use crate::http::auth::Caller;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::App;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    role: String,
+    subject: Option<String>,
+    ttl_s: Option<i64>,
+}
+
+/// The longest lifetime `POST /v1/tokens` grants (30 days).
+const MAX_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
+
+pub async fn mint_token(
+    caller: Caller,
+    app: App,
+    body: web::Json<TokenRequest>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let role = Role::from_parts(&body.role, body.subject.as_deref())
+        .map_err(|e| ApiError::BadRequest("bad_role", e.to_string()))?;
+    let ttl_s = body.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    if !(1..=MAX_TOKEN_TTL_S).contains(&ttl_s) {
+        return Err(ApiError::BadRequest(
+            "bad_ttl",
+            format!("ttl_s must be in [1, {MAX_TOKEN_TTL_S}]"),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({"token": app.keys.mint(&role, ttl_s)})))
+}

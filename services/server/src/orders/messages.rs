@@ -1,0 +1,75 @@
+//! The messages an order actor takes from sessions, handlers and the registry, and its answers.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use trackline_core::fix::{Fix, RejectCode, Rejection};
+use trackline_core::order::{OrderStatus, OrderView};
+use trackline_core::{CourierId, OrderId};
+
+use crate::orders::errors::OrderError;
+
+/// Fixes of the order's courier, in seq order.
+#[derive(Message)]
+#[rtype(result = "IngestReport")]
+pub struct Ingest {
+    pub courier: CourierId,
+    pub fixes: Arc<[Fix]>,
+    /// Why the courier's other fixes of the frame were refused by validation (counted only).
+    pub invalid: Arc<[RejectCode]>,
+}
+
+/// What became of an [`Ingest`], known once it is durable.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct IngestReport {
+    pub rejected: Vec<(u64, Rejection)>,
+    pub stored: usize,
+    /// Set when the fixes could not be stored: nothing of the batch may be acked.
+    pub failed: Option<IngestFailure>,
+}
+
+/// Why an ingest's fixes were not stored (sent between nodes with its report).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum IngestFailure {
+    /// The history store failed to write them.
+    #[error("{0}")]
+    Store(String),
+    /// The order's actor had moved to another thread while they were on their way.
+    #[error("the order moved while these fixes were on their way")]
+    Moved,
+    /// The order's actor could not be reached.
+    #[error("order actor: {0}")]
+    Actor(String),
+    /// Broker mode: the node they went to did not answer, or answered nonsense.
+    #[error("{0}")]
+    Node(String),
+}
+
+/// The order's durable state.
+#[derive(Message)]
+#[rtype(result = "OrderView")]
+pub struct GetView;
+
+/// Assign (or reassign) the courier.
+#[derive(Message)]
+#[rtype(result = "Result<OrderView, OrderError>")]
+pub struct Assign {
+    pub courier: CourierId,
+}
+
+/// Change the status, as ops or as the order's courier (`by_courier`).
+#[derive(Message)]
+#[rtype(result = "Result<OrderView, OrderError>")]
+pub struct SetStatus {
+    pub status: OrderStatus,
+    pub by_courier: Option<CourierId>,
+}
+
+/// An order's courier changed (assigned, reassigned) or the order ended (`to: None`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relink {
+    pub order: OrderId,
+    pub from: Option<CourierId>,
+    pub to: Option<CourierId>,
+}

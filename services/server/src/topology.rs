@@ -1,0 +1,211 @@
+//! Whether this node runs alone or as one of several joined by a broker, chosen once at start-up.
+//!
+//! The code that every node runs (the registry, the REST handlers, start-up) asks this what to
+//! do about other nodes; alone, every answer is "nothing": every order is owned here, every
+//! courier homed here, and there is nobody else to ask.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{HttpRequest, HttpResponse};
+use bytes::Bytes;
+use trackline_core::links::LinkStore;
+use trackline_core::{CourierId, OrderId};
+
+use crate::cluster::client::Cluster;
+use crate::cluster::protocol::{CallError, IngestCall, Kind, RouteCall};
+use crate::cluster::remote_watch::RemoteWatches;
+use crate::cluster::replay;
+use crate::orders::errors::OrderError;
+use crate::orders::messages::{IngestFailure, IngestReport};
+
+/// How this node stands among others.
+#[derive(Clone)]
+pub enum Topology {
+    /// One node: the embedded default.
+    Alone,
+    /// Broker mode.
+    Broker(Arc<BrokerNode>),
+}
+
+/// A node of a cluster: its place in it, its mirrors of orders owned elsewhere, and the links of
+/// the couriers homed here (which orders on any node each one's fixes go to).
+pub struct BrokerNode {
+    pub cluster: Arc<Cluster>,
+    pub remote_watches: Addr<RemoteWatches>,
+    pub links: LinkStore,
+}
+
+/// What became of fixes forwarded to the owner of one order.
+pub enum Forwarded {
+    Report(IngestReport),
+    /// The owner does not have the order any more: its link here is stale.
+    OrderEnded,
+}
+
+impl Topology {
+    /// This node's name in the cluster.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Topology::Alone => None,
+            Topology::Broker(broker) => Some(broker.cluster.node()),
+        }
+    }
+
+    /// The mirrors to watch `order` through, when another node owns it.
+    pub fn mirrors_of(&self, order: &OrderId) -> Option<&Addr<RemoteWatches>> {
+        match self {
+            Topology::Broker(broker) if !broker.cluster.owns(order) => Some(&broker.remote_watches),
+            _ => None,
+        }
+    }
+
+    /// Links (or unlinks) `courier` and `order` at the courier's home node: an assignment counts
+    /// only once the home node routes the courier's fixes to the order. Alone: nothing to do.
+    ///
+    /// # Errors
+    /// [`OrderError::Node`] when the home node cannot be reached.
+    pub async fn link(
+        &self,
+        courier: &CourierId,
+        order: &OrderId,
+        linked: bool,
+    ) -> Result<(), OrderError> {
+        match self {
+            Topology::Alone => Ok(()),
+            Topology::Broker(broker) => broker.cluster.link(courier, order, linked).await,
+        }
+    }
+
+    /// Takes back the link made for a create that was refused (the order exists), unless the
+    /// existing order is assigned to that courier anyway (`assigned`, asked only in broker
+    /// mode). Left behind, the link would cost a forward of every frame of the courier's until
+    /// the order ends.
+    pub async fn unlink_unless_assigned(
+        &self,
+        courier: &CourierId,
+        order: &OrderId,
+        assigned: impl Future<Output = Option<CourierId>>,
+    ) {
+        let Topology::Broker(broker) = self else {
+            return;
+        };
+        if assigned.await.as_ref() == Some(courier) {
+            return;
+        }
+        if let Err(error) = broker.cluster.link(courier, order, false).await {
+            tracing::warn!(%error, courier_id = %courier, order_id = %order,
+                "undoing the courier link of a refused create failed; it goes when the order ends");
+        }
+    }
+
+    /// The old courier's home stops routing to `order`. Best effort, in the background: a link
+    /// left behind is removed the first time the order refuses a forward.
+    pub fn unlink_in_background(&self, from: &CourierId, order: &OrderId) {
+        let Topology::Broker(broker) = self else {
+            return;
+        };
+        let (cluster, from, order) = (broker.cluster.clone(), from.clone(), order.clone());
+        actix_rt::spawn(async move {
+            if let Err(error) = cluster.link(&from, &order, false).await {
+                tracing::debug!(%error, "unlinking at the courier's home failed");
+            }
+        });
+    }
+
+    /// Removes a stale durable link of a courier homed here, off the async threads. Removing it
+    /// need not hold anything up: a stale link only costs a forward.
+    pub fn forget_link(&self, courier: CourierId, order: OrderId) {
+        let Topology::Broker(broker) = self else {
+            return;
+        };
+        let links = broker.links.clone();
+        actix_web::rt::task::spawn_blocking(move || {
+            if let Err(error) = links.set(&courier, &order, false) {
+                tracing::warn!(%error, "removing a courier link failed");
+            }
+        });
+    }
+
+    /// A courier's fixes go to its home node, which knows all of its orders: the forward of the
+    /// call that `call` makes, when that is another node.
+    pub fn route_via_home(
+        &self,
+        courier: &CourierId,
+        call: impl FnOnce() -> RouteCall,
+    ) -> Option<impl Future<Output = Vec<IngestReport>> + 'static> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        if broker.cluster.is_home_of(courier) {
+            return None;
+        }
+        let cluster = broker.cluster.clone();
+        let home = cluster.home_of(courier).to_string();
+        let call = call();
+        Some(async move {
+            cluster
+                .call(&home, Kind::Route, &call)
+                .await
+                .unwrap_or_else(|e| vec![unstored(e)])
+        })
+    }
+
+    /// One order's share of a courier's fixes goes to the order's owner: the forward, when that
+    /// is another node.
+    pub fn ingest_at_owner(
+        &self,
+        order: &OrderId,
+        call: impl FnOnce() -> IngestCall,
+    ) -> Option<impl Future<Output = Forwarded> + 'static> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        if broker.cluster.owns(order) {
+            return None;
+        }
+        let cluster = broker.cluster.clone();
+        let call = call();
+        Some(async move {
+            let owner = cluster.owner_of(&call.order).to_string();
+            match cluster
+                .call::<_, Option<IngestReport>>(&owner, Kind::Ingest, &call)
+                .await
+            {
+                Ok(Some(report)) => Forwarded::Report(report),
+                // The order ended (or moved to another courier) without the link being removed.
+                Ok(None) => Forwarded::OrderEnded,
+                Err(e) => Forwarded::Report(unstored(e)),
+            }
+        })
+    }
+
+    /// For a call about the whole fleet (`GET /v1/orders`, the purge): the same call, with the
+    /// body `body` makes, answered by every other node, each 200 answer parsed. None alone, and
+    /// none on a node that another one asks (the node asked first gathers).
+    ///
+    /// # Errors
+    /// This call's response: 503 naming a node that does not answer, or another node's own
+    /// error as it gave it.
+    pub async fn ask_others<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &HttpRequest,
+        body: impl FnOnce() -> Bytes,
+    ) -> Result<Vec<T>, HttpResponse> {
+        match self {
+            Topology::Broker(broker) if !replay::is_forwarded(req) => {
+                replay::ask_others(&broker.cluster, req, body()).await
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The report of fixes that could not reach their order: nothing may be acked.
+fn unstored(error: CallError) -> IngestReport {
+    IngestReport {
+        failed: Some(IngestFailure::Node(error.to_string())),
+        ..Default::default()
+    }
+}
