@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use trackline_core::LatLon;
 use trackline_rest::{CreateOrder, History, HistoryFix, NearbyCourier, NearbyCouriers, Point};
 
@@ -64,7 +64,11 @@ impl TestServer {
         let body = self.ops_get(&format!("/v1/orders/{order}/history")).await;
         let history: History = serde_json::from_value(body.clone())
             .unwrap_or_else(|e| panic!("history does not parse ({e}): {body}"));
-        assert_eq!(history.order_id.as_str(), order, "history names its order: {body}");
+        assert_eq!(
+            history.order_id.as_str(),
+            order,
+            "history names its order: {body}"
+        );
         history.fixes
     }
 

@@ -22,8 +22,8 @@ pub mod ws;
 
 pub use courier::{encode_frame, fix, walk, CourierClient};
 pub use http::{NewOrder, Reply};
-pub use trackline_rest::{HistoryFix, NearbyCourier};
 pub use server::{free_port, proc_status_kib, server_binary, TestServer};
+pub use trackline_rest::{HistoryFix, NearbyCourier};
 pub use trips::{
     accepted, bearing_deg, data_dir, fix_pos, load_trip, trip_fixes, TripPoint, TRIP_ACCURACY_M,
 };

@@ -941,7 +941,7 @@ async fn nearby_on_any_node_finds_a_courier_connected_to_another() {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         let found = loop {
             let near = cluster.node(node).nearby(last, 200.0, 10).await;
-            if let Some(found) = near.into_iter().find(|c| c.courier_id == courier) {
+            if let Some(found) = near.into_iter().find(|c| c.courier_id.as_str() == courier) {
                 break found;
             }
             assert!(

@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use trackline_core::history::HistoryStore;
 use trackline_core::links::LinkStore;
 use trackline_core::OrderId;
+use trackline_rest::ErrorAnswer;
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
@@ -348,8 +349,9 @@ fn error_answer(
 ) -> (HeaderMap, Bytes) {
     answer.insert(headers::STATUS, status.to_string().as_str());
     answer.insert(headers::CONTENT_TYPE, "application/json");
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    (answer, Bytes::from(body.to_string()))
+    let body = ErrorAnswer::new(code, message);
+    // unwrap: two strings always serialise
+    (answer, Bytes::from(serde_json::to_vec(&body).unwrap()))
 }
 
 /// Sends one order's frames to one other node.

@@ -2,21 +2,12 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::json;
-use trackline_core::history::PurgeStats;
 use trackline_core::now_ms;
+use trackline_rest::{PurgeRequest, Purged};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::App;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PurgeBody {
-    /// Purge fixes older than this (unix ms); default: now minus the retention period.
-    before_ms: Option<i64>,
-}
 
 /// `POST /v1/admin/purge`: history before `before_ms` (default: the retention period) goes. In
 /// broker mode on every node, with one cutoff: the node asked purges its store and has every
@@ -26,7 +17,7 @@ pub async fn purge(
     caller: Caller,
     app: App,
     req: HttpRequest,
-    body: web::Json<PurgeBody>,
+    body: web::Json<PurgeRequest>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let before_ms = match (body.before_ms, app.config.retention()) {
@@ -50,18 +41,24 @@ pub async fn purge(
         "purged on request"
     );
     let (mut fixes, mut orders) = (stats.fixes, stats.orders);
-    // Each other node answers with its own figures (the same fields as PurgeStats).
-    let same_cutoff = || Bytes::from(json!({ "before_ms": before_ms }).to_string());
-    match app
-        .topology
-        .ask_others::<PurgeStats>(&req, same_cutoff)
-        .await
-    {
+    // Each other node answers with its own figures.
+    let same_cutoff = || {
+        let request = PurgeRequest {
+            before_ms: Some(before_ms),
+        };
+        // unwrap: a struct of one number always serialises
+        Bytes::from(serde_json::to_vec(&request).unwrap())
+    };
+    match app.topology.ask_others::<Purged>(&req, same_cutoff).await {
         Ok(others) => {
             fixes += others.iter().map(|p| p.fixes).sum::<usize>();
             orders += others.iter().map(|p| p.orders).sum::<usize>();
         }
         Err(response) => return Ok(response),
     }
-    Ok(HttpResponse::Ok().json(json!({"before_ms": before_ms, "fixes": fixes, "orders": orders})))
+    Ok(HttpResponse::Ok().json(Purged {
+        before_ms,
+        fixes,
+        orders,
+    }))
 }

@@ -1,8 +1,7 @@
 //! `/v1/couriers/nearby`: the live couriers nearest a point.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use trackline_rest::{NearbyCourier, NearbyCouriers};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
@@ -13,19 +12,10 @@ use crate::live::NearbyQuery;
 const MAX_NEARBY_RADIUS_M: f64 = 100_000.0;
 const MAX_NEARBY_LIMIT: usize = 1000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NearbyParams {
-    lat: f64,
-    lon: f64,
-    radius_m: Option<f64>,
-    limit: Option<usize>,
-}
-
 pub async fn nearby(
     caller: Caller,
     app: App,
-    query: web::Query<NearbyParams>,
+    query: web::Query<trackline_rest::NearbyQuery>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let center = lat_lon(query.lat, query.lon, "center")?;
@@ -51,9 +41,15 @@ pub async fn nearby(
             limit,
         })
         .await?;
-    let couriers: Vec<_> = found
-        .iter()
-        .map(|n| json!({"courier_id": n.courier_id, "lat": n.pos.lat, "lon": n.pos.lon, "distance_m": n.distance_m, "time_ms": n.time_ms}))
+    let couriers = found
+        .into_iter()
+        .map(|n| NearbyCourier {
+            courier_id: n.courier_id,
+            lat: n.pos.lat,
+            lon: n.pos.lon,
+            distance_m: n.distance_m,
+            time_ms: n.time_ms,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"couriers": couriers})))
+    Ok(HttpResponse::Ok().json(NearbyCouriers { couriers }))
 }

@@ -2,10 +2,10 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 use trackline_core::auth::TokenError;
 use trackline_core::history::StoreError;
 use trackline_core::order::IllegalTransition;
+use trackline_rest::ErrorAnswer;
 
 use crate::cluster::protocol::CallError;
 use crate::orders::errors::OrderError;
@@ -76,7 +76,7 @@ impl ResponseError for ApiError {
             tracing::error!(message, "request failed");
         }
         HttpResponse::build(self.status_code())
-            .json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+            .json(ErrorAnswer::new(self.code(), self.to_string()))
     }
 }
 

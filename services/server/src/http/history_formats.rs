@@ -1,10 +1,10 @@
 //! An order's history as the answer of `GET /v1/orders/{id}/history`: JSON, GeoJSON or GPX.
 
 use actix_web::HttpResponse;
-use serde_json::json;
 use trackline_core::export::{Shape, Track};
 use trackline_core::fix::Fix;
 use trackline_core::OrderId;
+use trackline_rest::History;
 
 use crate::http::error::{ApiError, ApiResult};
 
@@ -31,28 +31,13 @@ impl HistoryFormat {
     }
 }
 
-fn fix_json(fix: &Fix) -> serde_json::Value {
-    json!({
-        "seq": fix.seq,
-        "time_ms": fix.time_ms,
-        "lat": fix.pos.lat,
-        "lon": fix.pos.lon,
-        "accuracy_m": fix.accuracy_m,
-        "speed_mps": fix.speed_mps,
-        "heading_deg": fix.heading_deg,
-    })
-}
-
 /// The HTTP answer for `fixes` in `format`.
 ///
 /// # Errors
 /// 500 when an export cannot be written.
 pub fn respond(format: HistoryFormat, order: &OrderId, fixes: &[Fix]) -> ApiResult<HttpResponse> {
     match format {
-        HistoryFormat::Json => {
-            let fixes: Vec<_> = fixes.iter().map(fix_json).collect();
-            Ok(HttpResponse::Ok().json(json!({"order_id": order, "fixes": fixes})))
-        }
+        HistoryFormat::Json => Ok(HttpResponse::Ok().json(History::new(order.clone(), fixes))),
         // the shape documented in proto/README.md, which API clients parse
         HistoryFormat::GeoJson => Ok(HttpResponse::Ok()
             .content_type("application/geo+json")

@@ -2,12 +2,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::json;
 use trackline_core::auth::Role;
 use trackline_core::fix::Fix;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
 use trackline_core::{now_ms, OrderId};
+use trackline_rest::{
+    AssignCourier, ChangeStatus, CreateOrder, HistoryQuery, ListOrders, OrderCreated, OrderDetail,
+    OrderList,
+};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
@@ -20,22 +22,6 @@ use crate::state::AppState;
 
 /// The most points a planned route may have.
 const MAX_ROUTE_POINTS: usize = 20_000;
-#[derive(Deserialize)]
-pub struct Point {
-    lat: f64,
-    lon: f64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOrder {
-    order_id: String,
-    destination: Point,
-    courier_id: Option<String>,
-    route: Option<Vec<[f64; 2]>>,
-    promised_at_ms: Option<i64>,
-}
-
 pub async fn create_order(
     caller: Caller,
     app: App,
@@ -96,8 +82,11 @@ pub async fn create_order(
         .unwrap_or("")
         .trim_end_matches('/');
     let watch_url = format!("{base}/track/{order}?token={watch_token}");
-    Ok(HttpResponse::Created()
-        .json(json!({"order_id": order, "watch_token": watch_token, "watch_url": watch_url})))
+    Ok(HttpResponse::Created().json(OrderCreated {
+        order_id: order,
+        watch_token,
+        watch_url,
+    }))
 }
 
 /// The durable view of an order: from its actor when active, else from the store.
@@ -140,22 +129,17 @@ pub async fn get_order(
         .as_ref()
         .and_then(|r| r.route.as_ref())
         .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect::<Vec<_>>());
-    let mut body = serde_json::to_value(for_caller(view, &caller))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["route"] = json!(route);
+    let mut detail = OrderDetail {
+        state: for_caller(view, &caller),
+        route,
+        rejected: None,
+        status_log: None,
+    };
     if let (Role::Ops, Some(record)) = (&caller.role, record) {
-        body["rejected"] = json!(record.rejected);
-        body["status_log"] = json!(record.status_log);
+        detail.rejected = Some(record.rejected);
+        detail.status_log = Some(record.status_log);
     }
-    Ok(HttpResponse::Ok().json(body))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// `active` (default), `ended` or `all`.
-    status: Option<String>,
-    limit: Option<usize>,
+    Ok(HttpResponse::Ok().json(detail))
 }
 
 /// The most orders one listing returns.
@@ -169,7 +153,7 @@ pub async fn list_orders(
     caller: Caller,
     app: App,
     req: HttpRequest,
-    query: web::Query<ListQuery>,
+    query: web::Query<ListOrders>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let wanted: fn(OrderStatus) -> bool = match query.status.as_deref().unwrap_or("active") {
@@ -205,17 +189,13 @@ pub async fn list_orders(
     )
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    #[derive(Deserialize)]
-    struct Listed {
-        orders: Vec<OrderView>,
-    }
-    match app.topology.ask_others::<Listed>(&req, Bytes::new).await {
+    match app.topology.ask_others::<OrderList>(&req, Bytes::new).await {
         Ok(others) => views.extend(others.into_iter().flat_map(|listed| listed.orders)),
         Err(response) => return Ok(response),
     }
     views.sort_by_key(|v| std::cmp::Reverse(v.updated_at_ms));
     views.truncate(limit);
-    Ok(HttpResponse::Ok().json(json!({"orders": views})))
+    Ok(HttpResponse::Ok().json(OrderList { orders: views }))
 }
 
 async fn active_order(
@@ -234,17 +214,11 @@ async fn active_order(
     .into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssignBody {
-    courier_id: String,
-}
-
 pub async fn assign(
     caller: Caller,
     app: App,
     path: web::Path<String>,
-    body: web::Json<AssignBody>,
+    body: web::Json<AssignCourier>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let order = order_id(&path)?;
@@ -255,17 +229,11 @@ pub async fn assign(
     Ok(HttpResponse::Ok().json(view))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusBody {
-    status: OrderStatus,
-}
-
 pub async fn set_status(
     caller: Caller,
     app: App,
     path: web::Path<String>,
-    body: web::Json<StatusBody>,
+    body: web::Json<ChangeStatus>,
 ) -> ApiResult<HttpResponse> {
     let order = order_id(&path)?;
     let by_courier = match &caller.role {
@@ -304,14 +272,6 @@ pub async fn set_status(
         })
         .await??;
     Ok(HttpResponse::Ok().json(view))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryQuery {
-    format: Option<String>,
-    from_ms: Option<i64>,
-    to_ms: Option<i64>,
 }
 
 pub async fn history(

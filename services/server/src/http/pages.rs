@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
 use serde_json::json;
 use trackline_core::OrderId;
+use trackline_rest::{CourierPosition, CouriersWithin, WithinQuery};
 
 use crate::http::auth::{authenticate, Caller, TokenSource};
 use crate::http::error::{ApiError, ApiResult};
@@ -138,18 +138,8 @@ async fn asset(path: web::Path<String>) -> ApiResult<HttpResponse> {
 const MAX_WITHIN_LIMIT: usize = 5000;
 const DEFAULT_WITHIN_LIMIT: usize = 500;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WithinParams {
-    south: f64,
-    west: f64,
-    north: f64,
-    east: f64,
-    limit: Option<usize>,
-}
-
 /// A checked box query: `west > east` crosses the antimeridian.
-fn within_box(p: &WithinParams) -> ApiResult<WithinBox> {
+fn within_box(p: &WithinQuery) -> ApiResult<WithinBox> {
     let bad = |message: String| Err(ApiError::BadRequest("bad_bbox", message));
     for (name, value) in [("south", p.south), ("north", p.north)] {
         if !(value.is_finite() && (-90.0..=90.0).contains(&value)) {
@@ -193,7 +183,7 @@ fn within_box(p: &WithinParams) -> ApiResult<WithinBox> {
 pub async fn couriers_within(
     caller: Caller,
     app: App,
-    query: web::Query<WithinParams>,
+    query: web::Query<WithinQuery>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let mut ask = within_box(&query)?;
@@ -202,19 +192,27 @@ pub async fn couriers_within(
     let mut found = app.live_index.send(ask).await?;
     let truncated = found.len() > limit;
     found.truncate(limit);
-    let couriers: Vec<_> = found
-        .iter()
-        .map(|n| json!({"courier_id": n.courier_id, "lat": n.pos.lat, "lon": n.pos.lon, "time_ms": n.time_ms}))
+    let couriers = found
+        .into_iter()
+        .map(|n| CourierPosition {
+            courier_id: n.courier_id,
+            lat: n.pos.lat,
+            lon: n.pos.lon,
+            time_ms: n.time_ms,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"couriers": couriers, "truncated": truncated})))
+    Ok(HttpResponse::Ok().json(CouriersWithin {
+        couriers,
+        truncated,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn params(south: f64, west: f64, north: f64, east: f64, limit: Option<usize>) -> WithinParams {
-        WithinParams {
+    fn params(south: f64, west: f64, north: f64, east: f64, limit: Option<usize>) -> WithinQuery {
+        WithinQuery {
             south,
             west,
             north,

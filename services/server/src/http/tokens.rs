@@ -1,21 +1,12 @@
 //! `/v1/tokens`: ops mint courier, watch and ops tokens.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
 use trackline_core::auth::{Role, DEFAULT_TTL_S};
+use trackline_rest::{Token, TokenRequest};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::App;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    role: String,
-    subject: Option<String>,
-    ttl_s: Option<i64>,
-}
 
 /// The longest lifetime `POST /v1/tokens` grants (30 days).
 const MAX_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
@@ -35,5 +26,7 @@ pub async fn mint_token(
             format!("ttl_s must be in [1, {MAX_TOKEN_TTL_S}]"),
         ));
     }
-    Ok(HttpResponse::Ok().json(json!({"token": app.keys.mint(&role, ttl_s)})))
+    Ok(HttpResponse::Ok().json(Token {
+        token: app.keys.mint(&role, ttl_s),
+    }))
 }
