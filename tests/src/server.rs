@@ -43,7 +43,20 @@ impl TestServer {
     /// Starts an in-process server with `Config::for_tests` changed by `configure` (kept for
     /// restarts; the listen address and data dir are the harness's).
     pub fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = temp_data_dir();
+        Self::start_on(temp_data_dir(), configure)
+    }
+
+    /// As [`TestServer::start_with`], with the data dir in `parent` (e.g. a small filesystem a
+    /// test fills up).
+    pub fn start_in(parent: &Path, configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("trackline-e2e-")
+            .tempdir_in(parent)
+            .expect("creating a temporary data dir");
+        Self::start_on(dir, configure)
+    }
+
+    fn start_on(dir: TempDir, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::for_tests(dir.path(), SECRET);
         configure(&mut config);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -291,9 +291,21 @@ pub struct WatchQuery {
 }
 
 /// The answer of `/healthz` and `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub status: HealthStatus,
+    /// Why the node is not ready, when it is for another reason than shutting down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Health {
+    pub fn of(status: HealthStatus) -> Self {
+        Health {
+            status,
+            reason: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +317,9 @@ pub enum HealthStatus {
     Ready,
     /// `/readyz` (503): draining after SIGTERM.
     ShuttingDown,
+    /// `/readyz` (503): the history store cannot write (a full disk, an I/O error); reads and
+    /// watchers are still served, new fixes refused. Clears by itself once writes succeed.
+    StoreFailing,
 }
 
 /// Every failed call's body: `{"error": {"code", "message"}}`.
@@ -405,9 +420,7 @@ mod tests {
 
     #[test]
     fn health_and_errors_have_the_documented_shape() {
-        let ready = Health {
-            status: HealthStatus::ShuttingDown,
-        };
+        let ready = Health::of(HealthStatus::ShuttingDown);
         assert_eq!(
             serde_json::to_value(ready).unwrap(),
             json!({"status": "shutting_down"})

@@ -8,6 +8,7 @@ mod cluster;
 mod courier_stream;
 mod crash;
 mod durability;
+mod full_disk;
 mod heartbeats;
 mod hostile_clients;
 mod limits;

@@ -8,7 +8,7 @@
 //! deleted, so the log holds seconds of history, not days.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The folder of the log inside the data dir.
@@ -22,6 +22,8 @@ pub struct Segment {
     pub id: u64,
     file: File,
     pub len: u64,
+    /// A failed append left bytes after `len` that could not be cut off: nothing may follow them.
+    pub torn: bool,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -77,23 +79,45 @@ impl Segment {
             .write(true)
             .open(segment_path(dir, id))?;
         sync_dir(dir)?;
-        Ok(Self { id, file, len: 0 })
+        Ok(Self {
+            id,
+            file,
+            len: 0,
+            torn: false,
+        })
     }
 
     /// Appends one record and waits until it is on disk.
     ///
     /// # Errors
-    /// When the write or the sync fails; the segment must then not be written again (the
-    /// writer seals it and opens the next, so a half-written record stays the last of its file).
+    /// When the write or the sync fails (a full disk, an I/O error). What was written of the
+    /// record is cut off again, so that the next append follows the last intact record; when
+    /// even that fails the segment is [`Segment::torn`] and must not be written again (a reader
+    /// stops at the first bad record, and would never see the ones after it).
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut record = Vec::with_capacity(payload.len() + 8);
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         record.extend_from_slice(payload);
-        self.file.write_all(&record)?;
-        self.file.sync_data()?;
-        self.len += record.len() as u64;
-        Ok(())
+        let written = self
+            .file
+            .write_all(&record)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += record.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let len = self.len;
+                let cut = self
+                    .file
+                    .set_len(len)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(len)).map(|_| ()));
+                self.torn = cut.is_err();
+                Err(error)
+            }
+        }
     }
 }
 

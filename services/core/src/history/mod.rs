@@ -202,6 +202,37 @@ enum Job {
     Seal(mpsc::Sender<()>),
 }
 
+/// Whether the history log can be written: the error of the writer's last append, if it failed
+/// (a full disk, an I/O error). The writer keeps trying (every write, and a probe every second
+/// while idle), so this clears by itself once the disk takes writes again.
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth(std::sync::Mutex<Option<String>>);
+
+impl StoreHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn failed(&self, error: &StoreError) {
+        let mut failure = self.lock();
+        if failure.is_none() {
+            tracing::error!(%error, "history writes fail: not ready until they succeed again");
+        }
+        *failure = Some(error.to_string());
+    }
+
+    pub fn succeeded(&self) {
+        let mut failure = self.lock();
+        if failure.take().is_some() {
+            tracing::info!("history writes succeed again");
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.lock().clone()
+    }
+}
+
 /// The history store. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct HistoryStore {
@@ -253,6 +284,7 @@ impl HistoryStore {
             log_dir: dir.join(log::LOG_DIR),
             pending: Arc::default(),
             compacting: Arc::default(),
+            health: Arc::default(),
             db,
         };
         log::create_dir(&trees.log_dir)?;
@@ -310,6 +342,11 @@ impl HistoryStore {
         done.recv().map_err(|_| StoreError::Closed)?;
         self.trees.compact_sealed()?;
         Ok(())
+    }
+
+    /// Why the last write to the history log failed, while writes fail (none once one succeeds).
+    pub fn write_failure(&self) -> Option<String> {
+        self.trees.health.failure()
     }
 
     /// The underlying database, for stores of other modules that must share its flushes.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::codec::{block_key, decode_block, encode_block, Progress};
-use super::{log, Changes, Pending, Result, StoreError, MAX_FIXES_PER_BLOCK};
+use super::{log, Changes, Pending, Result, StoreError, StoreHealth, MAX_FIXES_PER_BLOCK};
 use crate::fix::Fix;
 use crate::order::OrderRecord;
 
@@ -25,6 +25,8 @@ pub(crate) struct Trees {
     pub pending: Arc<Mutex<Pending>>,
     /// Held while a compaction runs (the compactor's, or a purge's own).
     pub compacting: Arc<Mutex<()>>,
+    /// Whether the writer's last append reached the disk.
+    pub health: Arc<StoreHealth>,
 }
 
 pub(super) fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {

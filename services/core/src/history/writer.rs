@@ -17,6 +17,9 @@ use super::{
 use crate::ids::OrderId;
 use crate::order::OrderRecord;
 
+/// How often a store whose writes fail tries again while no write comes.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most jobs taken before one sync; bounds the latency of the first job in a burst.
 const MAX_JOBS_PER_SYNC: usize = 4096;
 
@@ -183,10 +186,16 @@ impl Writer {
     fn run(mut self, queue: &mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(64);
         loop {
-            match queue.recv_timeout(self.options.compact_every) {
+            let idle_for = if self.trees.health.failure().is_some() {
+                PROBE_EVERY.min(self.options.compact_every)
+            } else {
+                self.options.compact_every
+            };
+            match queue.recv_timeout(idle_for) {
                 Ok(first) => jobs.push(first),
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: what the open segment holds goes to sled all the same.
+                    self.probe_if_failing();
                     self.seal_if_due();
                     continue;
                 }
@@ -277,16 +286,37 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
+        self.append_record(&encode_group(changes))
+    }
+
+    /// Appends one record to the open segment, and records whether the store can write.
+    fn append_record(&mut self, record: &[u8]) -> Result<()> {
+        if self.segment.torn {
+            // Nothing may follow a torn record: only a new segment takes writes.
+            self.seal();
+            if self.segment.torn {
+                let error = StoreError::Log("the history log cannot open a new segment".into());
+                self.trees.health.failed(&error);
+                return Err(error);
+            }
+        }
         if self.segment.len == 0 {
             self.opened = Instant::now();
         }
-        let appended = self.segment.append(&encode_group(changes));
-        if appended.is_err() {
-            // What was written of the record stays the torn end of this segment; later groups
-            // go to the next one.
-            self.seal();
+        let appended = self.segment.append(record).map_err(StoreError::from);
+        match &appended {
+            Ok(()) => self.trees.health.succeeded(),
+            Err(error) => self.trees.health.failed(error),
         }
-        Ok(appended?)
+        appended
+    }
+
+    /// While writes fail, tries one (an empty group, which recovery reads as nothing) so that
+    /// the store finds out by itself when it can write again, with no fix waiting to be stored.
+    fn probe_if_failing(&mut self) {
+        if self.trees.health.failure().is_some() {
+            let _ = self.append_record(&encode_group(&Changes::new()));
+        }
     }
 
     fn seal_if_due(&mut self) {
@@ -299,7 +329,7 @@ impl Writer {
 
     /// Closes the open segment, hands its changes to the compactor and opens the next one.
     fn seal(&mut self) {
-        if self.segment.len == 0 {
+        if self.segment.len == 0 && !self.segment.torn {
             return;
         }
         let next = match Segment::create(&self.trees.log_dir, self.segment.id + 1) {

@@ -1,4 +1,5 @@
-//! Liveness (`/healthz`) and readiness (`/readyz`, 503 once shutdown has begun).
+//! Liveness (`/healthz`) and readiness (`/readyz`, 503 once shutdown has begun or while the
+//! history store cannot write).
 
 use actix_web::HttpResponse;
 use trackline_rest::{Health, HealthStatus};
@@ -6,19 +7,19 @@ use trackline_rest::{Health, HealthStatus};
 use crate::http::extract::App;
 
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(Health {
-        status: HealthStatus::Ok,
-    })
+    HttpResponse::Ok().json(Health::of(HealthStatus::Ok))
 }
 
 pub async fn readyz(app: App) -> HttpResponse {
     if *app.shutdown.borrow() {
+        HttpResponse::ServiceUnavailable().json(Health::of(HealthStatus::ShuttingDown))
+    } else if let Some(reason) = app.store.write_failure() {
+        // A balancer should send couriers elsewhere: their fixes could not be stored here.
         HttpResponse::ServiceUnavailable().json(Health {
-            status: HealthStatus::ShuttingDown,
+            status: HealthStatus::StoreFailing,
+            reason: Some(reason),
         })
     } else {
-        HttpResponse::Ok().json(Health {
-            status: HealthStatus::Ready,
-        })
+        HttpResponse::Ok().json(Health::of(HealthStatus::Ready))
     }
 }
