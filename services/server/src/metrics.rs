@@ -7,6 +7,8 @@ use actix_web::HttpResponse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use trackline_core::history::{observe_commits, CommitStats};
 
+use crate::http::extract::App;
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// How often histogram samples are folded into their summaries. Until then each sample is kept
@@ -53,7 +55,11 @@ fn record_commit(stats: CommitStats) {
 }
 
 /// `GET /metrics`: the Prometheus text format.
-pub async fn render() -> HttpResponse {
+pub async fn render(app: App) -> HttpResponse {
+    // Read at every scrape rather than set by the writer: the core knows nothing of metrics, and
+    // the state matters exactly when someone looks.
+    let failing = app.store.write_failure().is_some();
+    metrics::gauge!("trackline_store_write_failing").set(if failing { 1.0 } else { 0.0 });
     let body = HANDLE
         .get()
         .and_then(|h| h.as_ref())
