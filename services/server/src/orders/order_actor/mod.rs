@@ -87,6 +87,11 @@ pub struct OrderActor {
     )>,
     /// Set once this actor has handed its state over: it only forwards from then on.
     moved_to: Option<Addr<Self>>,
+    /// After a failed write of fixes: the first seq the store lacks. Until a frame that starts
+    /// there (the app's resend after the 1011 close) is stored, frames that start later are
+    /// refused, or their fixes would be stored past the gap and the resend then skipped as
+    /// already seen.
+    resend_from: Option<u64>,
 }
 
 impl OrderActor {
@@ -116,6 +121,7 @@ impl OrderActor {
             in_flight: 0,
             move_when_idle: None,
             moved_to: None,
+            resend_from: None,
         }
     }
 
@@ -225,6 +231,11 @@ impl OrderActor {
                     tracing::error!(order_id = %act.record.order_id, %error, "history write failed");
                     // The next write carries the whole record, and what this one failed to.
                     act.record_changed = true;
+                    if act.in_flight == 0 {
+                        // What is left unpublished are the frames of failed writes: never
+                        // durable, so never shown (a later write's frames follow them).
+                        act.unpublished.clear();
+                    }
                     Err(error.to_string())
                 }
             };
@@ -294,6 +305,22 @@ impl Handler<Ingest> for OrderActor {
             // The courier was unassigned or the order ended while the fixes were on their way.
             return Box::pin(fut::ready(report));
         }
+        let first_new = msg
+            .fixes
+            .iter()
+            .map(|f| f.seq)
+            .filter(|&seq| seq > self.record.last_seq)
+            .min();
+        if let (Some(missing), Some(first)) = (self.resend_from, first_new) {
+            if first > missing {
+                report.failed = Some(IngestFailure::Store(format!(
+                    "an earlier write of order {} failed: resend from seq {missing}",
+                    self.record.order_id
+                )));
+                return Box::pin(fut::ready(report));
+            }
+        }
+        let fills_gap = self.resend_from.is_some() && first_new.is_some();
         for code in msg.invalid.iter() {
             self.record.count_rejected(*code);
             self.record_changed = true;
@@ -313,6 +340,11 @@ impl Handler<Ingest> for OrderActor {
                     stored.push((self.record.order_id.clone(), *fix));
                 }
                 Verdict::HistoryOnly => stored.push((self.record.order_id.clone(), *fix)),
+                // The filter saw the fixes of a failed write already: in the resend that fills
+                // the gap they are history all the same.
+                Verdict::Duplicate if fills_gap => {
+                    stored.push((self.record.order_id.clone(), *fix));
+                }
                 Verdict::Duplicate => {}
                 Verdict::Rejected(rejection) => {
                     self.record.count_rejected(rejection.code);
@@ -327,6 +359,9 @@ impl Handler<Ingest> for OrderActor {
         Box::pin(self.persist(stored).map(move |outcome, act, _| {
             if outcome.is_err() {
                 act.record.last_seq = act.record.last_seq.min(seen_before);
+                act.resend_from = Some(act.record.last_seq + 1);
+            } else if fills_gap {
+                act.resend_from = None;
             }
             report.failed = outcome.err().map(IngestFailure::Store);
             report
