@@ -231,6 +231,10 @@ impl StoreHealth {
     pub fn failure(&self) -> Option<String> {
         self.lock().clone()
     }
+
+    pub fn is_failing(&self) -> bool {
+        self.lock().is_some()
+    }
 }
 
 /// The history store. Cheap to clone: clones share the database and the writer.

@@ -186,7 +186,7 @@ impl Writer {
     fn run(mut self, queue: &mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(64);
         loop {
-            let idle_for = if self.trees.health.failure().is_some() {
+            let idle_for = if self.trees.health.is_failing() {
                 PROBE_EVERY.min(self.options.compact_every)
             } else {
                 self.options.compact_every
@@ -314,7 +314,7 @@ impl Writer {
     /// While writes fail, tries one (an empty group, which recovery reads as nothing) so that
     /// the store finds out by itself when it can write again, with no fix waiting to be stored.
     fn probe_if_failing(&mut self) {
-        if self.trees.health.failure().is_some() {
+        if self.trees.health.is_failing() {
             let _ = self.append_record(&encode_group(&Changes::new()));
         }
     }
