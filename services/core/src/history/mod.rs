@@ -33,6 +33,7 @@
 //! The log is the folder `log/` beside sled's files ([`log`]).
 
 mod codec;
+mod gaps;
 pub mod log;
 mod purge;
 mod read;
@@ -85,6 +86,10 @@ pub struct WriteBatch {
     pub orders: Vec<OrderRecord>,
     /// What changes with every fix, for orders whose record is otherwise as last written.
     pub progress: Vec<(OrderId, Progress)>,
+    /// Written by an order that heard that an earlier write of it failed, and rolled its state
+    /// back to what is durable: the one kind of write the store takes for such an order until
+    /// the gap is filled (the `gaps` module says why).
+    pub follows_failure: bool,
 }
 
 impl WriteBatch {

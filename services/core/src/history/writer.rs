@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::codec::{decode_block, encode_block, put_bytes, DecodeError, Progress, Reader};
+use super::gaps::Gaps;
 use super::log::{self, Segment};
 use super::{
     encode_order, sort_unique, Changes, CommitStats, Job, OrderChanges, Result, StoreError,
@@ -142,6 +143,7 @@ pub(super) fn start(
         opened: Instant::now(),
         sealed: sealed_tx,
         options,
+        gaps: Gaps::default(),
     };
     let writer = std::thread::Builder::new()
         .name("history-writer".into())
@@ -173,11 +175,14 @@ struct Writer {
     opened: Instant,
     sealed: mpsc::Sender<()>,
     options: StoreOptions,
+    /// Orders whose fixes a failed group lacks, and whose earlier-issued writes are refused.
+    gaps: Gaps,
 }
 
 /// A job taken into a group, waiting for the group's sync.
 enum Taken {
     Write(oneshot::Sender<Result<()>>),
+    Refused(StoreError, oneshot::Sender<Result<()>>),
     Create(Result<bool>, oneshot::Sender<Result<bool>>),
     Seal(mpsc::Sender<()>),
 }
@@ -224,11 +229,19 @@ impl Writer {
         let mut fix_count = 0;
         let mut created = false;
         let mut seal = false;
+        // The writes that fill gaps: their orders' gaps close once the group is durable.
+        let mut filling = Vec::new();
         let taken: Vec<Taken> = jobs
             .drain(..)
             .map(|job| match job {
                 Job::Write(batch, reply) => {
+                    if let Some(refusal) = self.gaps.refusal(&batch) {
+                        return Taken::Refused(refusal, reply);
+                    }
                     fix_count += batch.fixes.len();
+                    if batch.follows_failure {
+                        filling.extend(Gaps::orders_of(&batch).cloned());
+                    }
                     add_batch(&mut changes, batch);
                     Taken::Write(reply)
                 }
@@ -250,6 +263,10 @@ impl Writer {
             // A create writes sled directly (it must see whether the order exists).
             durable = self.trees.db.flush().map(|_| ()).map_err(StoreError::from);
         }
+        match &durable {
+            Ok(()) => self.gaps.written(&filling),
+            Err(_) => self.gaps.failed(&changes),
+        }
         if durable.is_ok() && !changes.is_empty() {
             let mut pending = self.trees.lock_pending();
             for (order, change) in changes {
@@ -269,6 +286,9 @@ impl Writer {
             match job {
                 Taken::Write(reply) => {
                     let _ = reply.send(durable.clone());
+                }
+                Taken::Refused(refusal, reply) => {
+                    let _ = reply.send(Err(refusal));
                 }
                 Taken::Create(result, reply) => {
                     let _ = reply.send(result.and_then(|c| durable.clone().map(|()| c)));

@@ -208,6 +208,9 @@ impl OrderActor {
         let whole = std::mem::take(&mut self.record_changed);
         let mut batch = WriteBatch {
             fixes,
+            // Issued after this order rolled back from a failed write: the store refuses the
+            // writes issued before that (queued behind the failed one) and takes this one.
+            follows_failure: self.resend_from.is_some(),
             ..Default::default()
         };
         if whole {
