@@ -12,7 +12,7 @@ use tokio_tungstenite::MaybeTlsStream;
 use trackline_proto::v1;
 use trackline_proto::{from_e7, Message as _};
 
-use crate::ws::{set_max_segment, tcp_of, ws_connect, ws_request, TokenIn, Ws};
+use crate::ws::{set_max_segment, tcp_of, ws_connect, ws_connect_request, ws_request, TokenIn, Ws};
 use crate::{TestServer, TIMEOUT};
 
 impl TestServer {
@@ -29,7 +29,27 @@ impl TestServer {
 
     /// The HTTP status of a WebSocket upgrade of `path` (101 when it was accepted).
     pub async fn upgrade_status(&self, path: &str, token: TokenIn<'_>) -> u16 {
-        match ws_connect(&self.ws_url(path), token, None).await {
+        self.upgrade_status_from(path, token, None).await
+    }
+
+    /// The HTTP status of a WebSocket upgrade of `path` started by a page of `origin` (a
+    /// browser sends its page's origin with every upgrade), or by an app (`None`).
+    pub async fn upgrade_status_from(
+        &self,
+        path: &str,
+        token: TokenIn<'_>,
+        origin: Option<&str>,
+    ) -> u16 {
+        let connected = async {
+            let mut request = ws_request(&self.ws_url(path), token, None)?;
+            if let Some(origin) = origin {
+                request
+                    .headers_mut()
+                    .insert(tungstenite::http::header::ORIGIN, origin.parse()?);
+            }
+            ws_connect_request(request).await
+        };
+        match connected.await {
             Ok(mut ws) => {
                 let _ = ws.close(None).await;
                 101

@@ -31,7 +31,15 @@ pub async fn ws_connect(
     token: TokenIn<'_>,
     subprotocol: Option<&str>,
 ) -> anyhow::Result<Ws> {
-    let request = ws_request(url, token, subprotocol)?;
+    ws_connect_request(ws_request(url, token, subprotocol)?).await
+}
+
+/// Sends an upgrade request (built with [`ws_request`], perhaps with more headers) and hands
+/// back the stream, or the error.
+pub(crate) async fn ws_connect_request(
+    request: tungstenite::handshake::client::Request,
+) -> anyhow::Result<Ws> {
+    let url = request.uri().to_string();
     let (ws, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
         .await
         .map_err(|_| anyhow::anyhow!("no upgrade answer from {url} within {TIMEOUT:?}"))??;

@@ -164,6 +164,13 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_BROKER_TIMEOUT_MS", default_value_t = 2000)]
     pub broker_timeout_ms: u64,
 
+    /// An origin (`https://shop.example.com`) whose pages may read an order's state and history
+    /// and watch it with a watch token (CORS, and the watch upgrade's Origin check). Repeat it,
+    /// or comma-separate it in the variable. None by default: only this server's own pages.
+    #[arg(long = "cors-origin", env = "TRACKLINE_CORS_ORIGINS", value_delimiter = ',',
+          value_parser = crate::http::cors::parse_origin)]
+    pub cors_origins: Vec<String>,
+
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

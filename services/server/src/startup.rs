@@ -249,12 +249,13 @@ fn bind_http(
     let grace = config.shutdown_grace();
     let node_header = state.topology.node().map(str::to_string);
     let data = web::Data::new(state.clone());
+    let cors_origins = config.cors_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(http::json_config())
             .app_data(http::query_config())
-            .configure(http::routes)
+            .configure(|cfg| http::routes(cfg, &cors_origins))
             .default_service(web::to(http::not_found))
             .wrap(node_header_of(node_header.as_deref()))
             .wrap(access_log())

@@ -5,6 +5,7 @@
 
 mod access;
 mod cluster;
+mod cors;
 mod courier_stream;
 mod crash;
 mod durability;

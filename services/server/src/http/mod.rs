@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cors;
 pub mod couriers;
 pub mod error;
 pub mod extract;
@@ -18,7 +19,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::cluster::forward;
 use crate::http::error::{ApiError, ApiResult};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Every route; `cors_origins` may call the reads of a watcher's page from their own pages.
+pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
     cfg.service(
         web::scope("/v1")
             .service(
@@ -26,11 +28,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(orders::create_order))
                     .route(web::get().to(orders::list_orders)),
             )
-            .service(order_call("/orders/{id}").route(web::get().to(orders::get_order)))
+            .service(
+                order_call("/orders/{id}")
+                    .route(web::get().to(orders::get_order))
+                    .wrap(cors::reads(cors_origins)),
+            )
             .service(order_call("/orders/{id}/assign").route(web::post().to(orders::assign)))
             .service(order_call("/orders/{id}/status").route(web::post().to(orders::set_status)))
-            .service(order_call("/orders/{id}/history").route(web::get().to(orders::history)))
-            .route("/orders/{id}/watch", web::get().to(streams::watch))
+            .service(
+                order_call("/orders/{id}/history")
+                    .route(web::get().to(orders::history))
+                    .wrap(cors::reads(cors_origins)),
+            )
+            .service(
+                web::resource("/orders/{id}/watch")
+                    .route(web::get().to(streams::watch))
+                    .wrap(cors::reads(cors_origins)),
+            )
             .route("/couriers/nearby", web::get().to(couriers::nearby))
             .route("/couriers/within", web::get().to(pages::couriers_within))
             .route("/courier/ws", web::get().to(streams::courier_stream))

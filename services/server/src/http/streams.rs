@@ -44,6 +44,7 @@ pub async fn watch(
     path: web::Path<String>,
     stream: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    crate::http::cors::check_origin(&req, &app.config.cors_origins)?;
     let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
     let order = order_id(&path)?;
     caller.require_reader_of(&order)?;
