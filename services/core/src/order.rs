@@ -176,6 +176,55 @@ pub struct OrderRecord {
     /// How many of the courier's fixes were refused while it carried this order, by code.
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// The courier's fixes whose times were corrected for a device clock that was off.
+    #[serde(default)]
+    pub clock: ClockAdjustments,
+}
+
+/// How many of an order's fixes had their device time corrected, and by how much from which
+/// seq on: the stored time of fix `seq` is its device time plus the offset of the last entry
+/// whose `from_seq` is at most `seq`, so the device time is kept without changing how fixes
+/// are stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockAdjustments {
+    /// Fixes stored with a corrected time.
+    pub fixes: u64,
+    /// The offsets applied, oldest first; an entry with offset 0 marks the return to the
+    /// device's own clock. The newest [`MAX_CLOCK_OFFSETS`] are kept.
+    pub offsets: Vec<ClockOffset>,
+}
+
+/// From fix `from_seq` on, `offset_ms` was added to the device time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockOffset {
+    pub from_seq: u64,
+    pub offset_ms: i64,
+}
+
+/// Entries of [`ClockAdjustments::offsets`] kept: an order whose courier's clock changes more
+/// often than this has a phone to replace, and the record must stay small.
+pub const MAX_CLOCK_OFFSETS: usize = 32;
+
+impl ClockAdjustments {
+    /// Notes `fixes` new fixes from `first_seq` on, stored with `offset_ms` added; true when
+    /// anything changed (the record must then be written whole).
+    pub fn note(&mut self, first_seq: u64, fixes: u64, offset_ms: i64) -> bool {
+        let current = self.offsets.last().map_or(0, |o| o.offset_ms);
+        let changed = current != offset_ms;
+        if changed {
+            if self.offsets.len() == MAX_CLOCK_OFFSETS {
+                self.offsets.remove(0);
+            }
+            self.offsets.push(ClockOffset {
+                from_seq: first_seq,
+                offset_ms,
+            });
+        }
+        if offset_ms != 0 {
+            self.fixes += fixes;
+        }
+        changed || (offset_ms != 0 && fixes > 0)
+    }
 }
 
 impl OrderRecord {
@@ -218,6 +267,7 @@ impl OrderRecord {
                 at_ms: now_ms,
             }],
             rejected: Default::default(),
+            clock: Default::default(),
         }
     }
 

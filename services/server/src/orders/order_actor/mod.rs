@@ -329,11 +329,13 @@ impl Handler<Ingest> for OrderActor {
         // must then be stored, not skipped as already seen.
         let seen_before = self.record.last_seq;
         let mut stored = Vec::new();
+        let mut new_fixes = 0;
         for fix in msg.fixes.iter() {
             if fix.seq <= self.record.last_seq {
                 continue; // a resend of a fix this order already has
             }
             self.record.last_seq = fix.seq;
+            new_fixes += 1;
             match self.filter.assess(fix) {
                 Verdict::Live(shown) => {
                     self.apply_live(fix, shown);
@@ -351,6 +353,17 @@ impl Handler<Ingest> for OrderActor {
                     self.record_changed = true;
                     report.rejected.push((fix.seq, rejection));
                 }
+            }
+        }
+        if let Some(first) = first_new {
+            // Kept whatever the filter made of them: the offset is what turns a stored time back
+            // into the device's.
+            if self
+                .record
+                .clock
+                .note(first, new_fixes, msg.clock_offset_ms)
+            {
+                self.record_changed = true;
             }
         }
         report.stored = stored.len();
