@@ -104,11 +104,17 @@ impl ClockEstimator {
             && (ahead_of_use || now_ms - run.since_ms >= SETTLE_BEHIND_MS);
         if settled {
             // The lowest sample is the one least delayed, so the closest to the true offset.
-            self.in_use_ms = if run.min.abs() <= self.bound_ms {
+            let settled_ms = if run.min.abs() <= self.bound_ms {
                 0
             } else {
                 run.min
             };
+            // Once applied, an offset stays while the samples agree with it: refining it by the
+            // milliseconds of a less delayed sample would step stored times backwards (and log
+            // a new offset for nothing).
+            if self.in_use_ms == 0 || (settled_ms - self.in_use_ms).abs() > AGREE_MS {
+                self.in_use_ms = settled_ms;
+            }
         }
         self.in_use_ms
     }
@@ -153,7 +159,7 @@ mod tests {
         assert_eq!(offsets[..5], [0; 5]);
         let least = (0..6).map(|i| 2 * HOUR + delay(i)).min().unwrap();
         assert_eq!(offsets[5], least);
-        assert!(offsets[5..].iter().all(|&o| (o - 2 * HOUR).abs() < 1000));
+        assert!(offsets[5..].iter().all(|&o| o == least), "one offset, kept");
     }
 
     #[test]
