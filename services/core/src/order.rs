@@ -387,4 +387,45 @@ mod tests {
         assert_eq!(json["offset"], 0);
         assert_eq!(json["epoch"].as_str().unwrap().len(), 16);
     }
+
+    #[test]
+    fn clock_adjustments_log_each_change_of_offset_and_count_corrected_fixes() {
+        let mut clock = ClockAdjustments::default();
+        assert!(
+            !clock.note(1, 5, 0),
+            "the device clock alone changes nothing"
+        );
+        assert!(clock.note(6, 3, 7_200_000));
+        assert!(clock.note(9, 2, 7_200_000), "the count changed");
+        assert!(clock.note(11, 4, 0));
+        assert!(!clock.note(15, 4, 0));
+        assert_eq!(clock.fixes, 5);
+        let log: Vec<(u64, i64)> = clock
+            .offsets
+            .iter()
+            .map(|o| (o.from_seq, o.offset_ms))
+            .collect();
+        assert_eq!(log, [(6, 7_200_000), (11, 0)]);
+        for seq in 0..100 {
+            clock.note(100 + seq, 1, seq as i64 + 1);
+        }
+        assert_eq!(clock.offsets.len(), MAX_CLOCK_OFFSETS);
+        assert_eq!(clock.offsets.last().unwrap().offset_ms, 100);
+    }
+
+    #[test]
+    fn a_record_stored_before_clock_adjustments_still_reads() {
+        let rec = OrderRecord::new(
+            OrderId::new("o").unwrap(),
+            LatLon::new(1.0, 2.0),
+            None,
+            None,
+            None,
+            5,
+        );
+        let mut json = serde_json::to_value(&rec).unwrap();
+        json.as_object_mut().unwrap().remove("clock");
+        let read: OrderRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(read.clock, ClockAdjustments::default());
+    }
 }

@@ -346,6 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_consistently_ahead_is_corrected_after_three_frames() {
+        let mut intake = FrameIntake::new(limits(), Instant::now());
+        let ahead = 37 * 60_000;
+        let mut refused = Vec::new();
+        let mut corrected = Vec::new();
+        for seq in 1..=5 {
+            let now = NOW_MS + seq as i64 * 1000;
+            let mut fix = raw(seq);
+            fix.time_ms = now + ahead - 200;
+            let taken = intake.take(frame(vec![fix]), now).unwrap();
+            refused.extend(codes(&taken));
+            for valid in &taken.valid {
+                assert_eq!(taken.clock_offset_ms, -ahead + 200);
+                corrected.push((valid.seq, valid.time_ms - now));
+            }
+        }
+        assert_eq!(refused, [(1, "in_future"), (2, "in_future")]);
+        assert_eq!(corrected, [(3, 0), (4, 0), (5, 0)], "stored in server time");
+    }
+
+    #[test]
     fn the_rate_limit_lets_a_burst_through_then_the_rate() {
         let start = Instant::now();
         let mut intake = FrameIntake::new(limits(), start);
