@@ -357,7 +357,10 @@ impl Handler<Ingest> for OrderActor {
         }
         if let Some(first) = first_new {
             // Kept whatever the filter made of them: the offset is what turns a stored time back
-            // into the device's.
+            // into the device's. The count lives in the whole record, so a frame of corrected
+            // fixes writes the record whole (as a frame with refused fixes does): the count read
+            // back from the store is then never behind, at the cost of one record per frame for
+            // a courier whose clock is off.
             if self
                 .record
                 .clock
