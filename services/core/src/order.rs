@@ -176,6 +176,55 @@ pub struct OrderRecord {
     /// How many of the courier's fixes were refused while it carried this order, by code.
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// The courier's fixes whose times were corrected for a device clock that was off.
+    #[serde(default)]
+    pub clock: ClockAdjustments,
+}
+
+/// How many of an order's fixes had their device time corrected, and by how much from which
+/// seq on: the stored time of fix `seq` is its device time plus the offset of the last entry
+/// whose `from_seq` is at most `seq`, so the device time is kept without changing how fixes
+/// are stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockAdjustments {
+    /// Fixes stored with a corrected time.
+    pub fixes: u64,
+    /// The offsets applied, oldest first; an entry with offset 0 marks the return to the
+    /// device's own clock. The newest [`MAX_CLOCK_OFFSETS`] are kept.
+    pub offsets: Vec<ClockOffset>,
+}
+
+/// From fix `from_seq` on, `offset_ms` was added to the device time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockOffset {
+    pub from_seq: u64,
+    pub offset_ms: i64,
+}
+
+/// Entries of [`ClockAdjustments::offsets`] kept: an order whose courier's clock changes more
+/// often than this has a phone to replace, and the record must stay small.
+pub const MAX_CLOCK_OFFSETS: usize = 32;
+
+impl ClockAdjustments {
+    /// Notes `fixes` new fixes from `first_seq` on, stored with `offset_ms` added; true when
+    /// anything changed (the record must then be written whole).
+    pub fn note(&mut self, first_seq: u64, fixes: u64, offset_ms: i64) -> bool {
+        let current = self.offsets.last().map_or(0, |o| o.offset_ms);
+        let changed = current != offset_ms;
+        if changed {
+            if self.offsets.len() == MAX_CLOCK_OFFSETS {
+                self.offsets.remove(0);
+            }
+            self.offsets.push(ClockOffset {
+                from_seq: first_seq,
+                offset_ms,
+            });
+        }
+        if offset_ms != 0 {
+            self.fixes += fixes;
+        }
+        changed || (offset_ms != 0 && fixes > 0)
+    }
 }
 
 impl OrderRecord {
@@ -218,6 +267,7 @@ impl OrderRecord {
                 at_ms: now_ms,
             }],
             rejected: Default::default(),
+            clock: Default::default(),
         }
     }
 
@@ -336,5 +386,46 @@ mod tests {
         );
         assert_eq!(json["offset"], 0);
         assert_eq!(json["epoch"].as_str().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn clock_adjustments_log_each_change_of_offset_and_count_corrected_fixes() {
+        let mut clock = ClockAdjustments::default();
+        assert!(
+            !clock.note(1, 5, 0),
+            "the device clock alone changes nothing"
+        );
+        assert!(clock.note(6, 3, 7_200_000));
+        assert!(clock.note(9, 2, 7_200_000), "the count changed");
+        assert!(clock.note(11, 4, 0));
+        assert!(!clock.note(15, 4, 0));
+        assert_eq!(clock.fixes, 5);
+        let log: Vec<(u64, i64)> = clock
+            .offsets
+            .iter()
+            .map(|o| (o.from_seq, o.offset_ms))
+            .collect();
+        assert_eq!(log, [(6, 7_200_000), (11, 0)]);
+        for seq in 0..100 {
+            clock.note(100 + seq, 1, seq as i64 + 1);
+        }
+        assert_eq!(clock.offsets.len(), MAX_CLOCK_OFFSETS);
+        assert_eq!(clock.offsets.last().unwrap().offset_ms, 100);
+    }
+
+    #[test]
+    fn a_record_stored_before_clock_adjustments_still_reads() {
+        let rec = OrderRecord::new(
+            OrderId::new("o").unwrap(),
+            LatLon::new(1.0, 2.0),
+            None,
+            None,
+            None,
+            5,
+        );
+        let mut json = serde_json::to_value(&rec).unwrap();
+        json.as_object_mut().unwrap().remove("clock");
+        let read: OrderRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(read.clock, ClockAdjustments::default());
     }
 }

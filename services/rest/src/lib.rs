@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use trackline_core::fix::{Fix, LatLon};
-use trackline_core::order::{OrderStatus, OrderView, StatusChange};
+use trackline_core::order::{ClockAdjustments, OrderStatus, OrderView, StatusChange};
 use trackline_core::{CourierId, OrderId};
 
 /// A position in a request body.
@@ -82,6 +82,10 @@ pub struct OrderDetail {
     /// Every status the order has had and since when, oldest first. Ops only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_log: Option<Vec<StatusChange>>,
+    /// The courier's fixes whose times were corrected for a device clock that was off, and the
+    /// offsets applied (device time = stored time - offset). Ops only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<ClockAdjustments>,
 }
 
 impl OrderDetail {
@@ -403,6 +407,7 @@ mod tests {
             route: None,
             rejected: None,
             status_log: None,
+            clock: None,
         };
         let for_watcher = serde_json::to_value(&detail).unwrap();
         assert_eq!(for_watcher["route"], json!(null));

@@ -113,6 +113,7 @@ impl Source {
                         .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect()),
                     rejected: Some(record.rejected),
                     status_log: Some(record.status_log),
+                    clock: Some(record.clock),
                 }))
             }
         }

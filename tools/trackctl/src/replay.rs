@@ -232,6 +232,7 @@ mod tests {
                     .map(|&(status, at_ms)| StatusChange { status, at_ms })
                     .collect(),
             ),
+            clock: None,
         }
     }
 

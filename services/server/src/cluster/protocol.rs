@@ -75,6 +75,9 @@ pub struct RouteCall {
     pub courier: CourierId,
     pub fixes: Vec<Fix>,
     pub invalid: Vec<RejectCode>,
+    /// Added to the fixes' device times (absent from a node that never corrects: 0).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
 }
 
 /// A courier's fixes for one order, forwarded to the order's owner.
@@ -84,6 +87,9 @@ pub struct IngestCall {
     pub courier: CourierId,
     pub fixes: Vec<Fix>,
     pub invalid: Vec<RejectCode>,
+    /// Added to the fixes' device times (absent from a node that never corrects: 0).
+    #[serde(default)]
+    pub clock_offset_ms: i64,
 }
 
 /// An assignment change, to the courier's home node.

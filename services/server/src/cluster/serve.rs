@@ -112,6 +112,7 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
                     courier: call.courier,
                     fixes: call.fixes.into(),
                     invalid: call.invalid.into(),
+                    clock_offset_ms: call.clock_offset_ms,
                 })
                 .await
                 .unwrap_or_default();
@@ -126,6 +127,7 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
                 courier: call.courier,
                 fixes: call.fixes.into(),
                 invalid: call.invalid.into(),
+                clock_offset_ms: call.clock_offset_ms,
             };
             let order = here.order.clone();
             // A mailbox error means the registry is gone (shutting down): no reply, the caller

@@ -134,10 +134,12 @@ pub async fn get_order(
         route,
         rejected: None,
         status_log: None,
+        clock: None,
     };
     if let (Role::Ops, Some(record)) = (&caller.role, record) {
         detail.rejected = Some(record.rejected);
         detail.status_log = Some(record.status_log);
+        detail.clock = Some(record.clock);
     }
     Ok(HttpResponse::Ok().json(detail))
 }

@@ -17,6 +17,8 @@ pub struct Ingest {
     pub fixes: Arc<[Fix]>,
     /// Why the courier's other fixes of the frame were refused by validation (counted only).
     pub invalid: Arc<[RejectCode]>,
+    /// Added to the device time of each of `fixes` because the courier's clock is off (0: none).
+    pub clock_offset_ms: i64,
 }
 
 /// What became of an [`Ingest`], known once it is durable.

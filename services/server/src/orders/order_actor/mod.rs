@@ -332,11 +332,13 @@ impl Handler<Ingest> for OrderActor {
         // must then be stored, not skipped as already seen.
         let seen_before = self.record.last_seq;
         let mut stored = Vec::new();
+        let mut new_fixes = 0;
         for fix in msg.fixes.iter() {
             if fix.seq <= self.record.last_seq {
                 continue; // a resend of a fix this order already has
             }
             self.record.last_seq = fix.seq;
+            new_fixes += 1;
             match self.filter.assess(fix) {
                 Verdict::Live(shown) => {
                     self.apply_live(fix, shown);
@@ -354,6 +356,20 @@ impl Handler<Ingest> for OrderActor {
                     self.record_changed = true;
                     report.rejected.push((fix.seq, rejection));
                 }
+            }
+        }
+        if let Some(first) = first_new {
+            // Kept whatever the filter made of them: the offset is what turns a stored time back
+            // into the device's. The count lives in the whole record, so a frame of corrected
+            // fixes writes the record whole (as a frame with refused fixes does): the count read
+            // back from the store is then never behind, at the cost of one record per frame for
+            // a courier whose clock is off.
+            if self
+                .record
+                .clock
+                .note(first, new_fixes, msg.clock_offset_ms)
+            {
+                self.record_changed = true;
             }
         }
         report.stored = stored.len();

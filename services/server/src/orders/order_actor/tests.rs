@@ -88,6 +88,7 @@ fn an_active_order_actor_holds_at_most_16_kib() {
                     courier: courier.clone(),
                     fixes: fixes.clone(),
                     invalid: Vec::new().into(),
+                    clock_offset_ms: 0,
                 })
             }))
             .await;

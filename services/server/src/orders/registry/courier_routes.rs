@@ -124,6 +124,8 @@ pub struct Route {
     pub fixes: Arc<[Fix]>,
     /// Why the courier's other fixes of the frame were refused before routing.
     pub invalid: Arc<[RejectCode]>,
+    /// Added to the device times of `fixes` (see [`Ingest`]).
+    pub clock_offset_ms: i64,
 }
 
 impl Handler<Route> for Registry {
@@ -134,6 +136,7 @@ impl Handler<Route> for Registry {
             courier: msg.courier.clone(),
             fixes: msg.fixes.to_vec(),
             invalid: msg.invalid.to_vec(),
+            clock_offset_ms: msg.clock_offset_ms,
         });
         if let Some(routed) = via_home {
             return Box::pin(routed);
@@ -148,6 +151,7 @@ impl Handler<Route> for Registry {
                     courier: msg.courier.clone(),
                     fixes: msg.fixes.to_vec(),
                     invalid: msg.invalid.to_vec(),
+                    clock_offset_ms: msg.clock_offset_ms,
                 });
                 if let Some(forwarded) = at_owner {
                     let (registry, courier, order) =
@@ -172,6 +176,7 @@ impl Handler<Route> for Registry {
                     courier: msg.courier.clone(),
                     fixes: msg.fixes.clone(),
                     invalid: msg.invalid.clone(),
+                    clock_offset_ms: msg.clock_offset_ms,
                 });
                 Some(Box::pin(async move {
                     sent.await.unwrap_or_else(|e| IngestReport {
@@ -194,6 +199,8 @@ pub struct IngestHere {
     pub courier: CourierId,
     pub fixes: Arc<[Fix]>,
     pub invalid: Arc<[RejectCode]>,
+    /// Added to the device times of `fixes` (see [`Ingest`]).
+    pub clock_offset_ms: i64,
 }
 
 impl Handler<IngestHere> for Registry {
@@ -207,6 +214,7 @@ impl Handler<IngestHere> for Registry {
             courier: msg.courier,
             fixes: msg.fixes,
             invalid: msg.invalid,
+            clock_offset_ms: msg.clock_offset_ms,
         });
         Box::pin(async move {
             Some(sent.await.unwrap_or_else(|e| IngestReport {

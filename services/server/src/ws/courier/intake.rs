@@ -1,6 +1,6 @@
 //! What a courier frame amounts to, before anything is sent anywhere: the rate limit, the frame's
-//! size in fixes, each fix's seq against the connection's last one, and the validation of each
-//! fix. Pure: no actor, no socket, no clock of its own (the caller passes the time), so every
+//! size in fixes, each fix's seq against the connection's last one, the device clock's offset
+//! ([`ClockEstimator`]) and the validation of each fix. Pure: no actor, no socket, no clock of its own (the caller passes the time), so every
 //! outcome is unit-tested here.
 
 use std::time::Instant;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use trackline_core::fix::{validate, Fix, RejectCode, Rejection, TimeBounds};
 use trackline_proto::v1::CourierFrame;
 
+use crate::ws::courier::clock::ClockEstimator;
 use crate::ws::session::RateLimit;
 
 /// The limits a courier connection's frames are held to.
@@ -68,6 +69,9 @@ pub struct Intake {
     pub rejected: Vec<(u64, Rejection)>,
     /// The highest seq in the frame, acked once the frame is durable (0: none).
     pub ack: u64,
+    /// Added to the device time of every fix in `valid` (0: the device's own clock was used),
+    /// because the device clock is consistently off; the device time is `time_ms` minus this.
+    pub clock_offset_ms: i64,
 }
 
 impl Intake {
@@ -89,12 +93,14 @@ pub struct FrameIntake {
     limits: IntakeLimits,
     rate: RateLimit,
     last_seq: u64,
+    clock: ClockEstimator,
 }
 
 impl FrameIntake {
     pub fn new(limits: IntakeLimits, now: Instant) -> Self {
         let rate = RateLimit::new_at(limits.max_frames_per_s, 2.0 * limits.max_frames_per_s, now);
         Self {
+            clock: ClockEstimator::new(limits.time_bounds.max_future_ms),
             limits,
             rate,
             last_seq: 0,
@@ -133,8 +139,15 @@ impl FrameIntake {
                 max,
             });
         }
+        // One sample a frame, from its newest fix: the one least likely to have waited in a
+        // buffer on the phone.
+        let newest = frame.fixes.iter().map(|raw| raw.time_ms).max();
+        let offset = newest.map_or(self.clock.offset_ms(), |newest| {
+            self.clock.observe(now_ms.saturating_sub(newest), now_ms)
+        });
         let mut intake = Intake {
             valid: Vec::with_capacity(frame.fixes.len()),
+            clock_offset_ms: offset,
             ..Intake::default()
         };
         for raw in &frame.fixes {
@@ -151,8 +164,13 @@ impl FrameIntake {
                 continue;
             }
             self.last_seq = raw.seq;
-            match validate(raw, now_ms, self.limits.time_bounds) {
-                Ok(fix) => intake.valid.push(fix),
+            // Bounds checked in the device's time frame (the server clock shifted by the offset)
+            // rather than on a shifted copy of the fix: the same check, nothing copied.
+            match validate(raw, now_ms.saturating_sub(offset), self.limits.time_bounds) {
+                Ok(mut fix) => {
+                    fix.time_ms = fix.time_ms.saturating_add(offset);
+                    intake.valid.push(fix);
+                }
                 Err(rejection) => {
                     intake.invalid.push(rejection.code);
                     intake.rejected.push((raw.seq, rejection));
@@ -325,6 +343,27 @@ mod tests {
             "{}",
             refusal.reason()
         );
+    }
+
+    #[test]
+    fn a_clock_consistently_ahead_is_corrected_after_three_frames() {
+        let mut intake = FrameIntake::new(limits(), Instant::now());
+        let ahead = 37 * 60_000;
+        let mut refused = Vec::new();
+        let mut corrected = Vec::new();
+        for seq in 1..=5 {
+            let now = NOW_MS + seq as i64 * 1000;
+            let mut fix = raw(seq);
+            fix.time_ms = now + ahead - 200;
+            let taken = intake.take(frame(vec![fix]), now).unwrap();
+            refused.extend(codes(&taken));
+            for valid in &taken.valid {
+                assert_eq!(taken.clock_offset_ms, -ahead + 200);
+                corrected.push((valid.seq, valid.time_ms - now));
+            }
+        }
+        assert_eq!(refused, [(1, "in_future"), (2, "in_future")]);
+        assert_eq!(corrected, [(3, 0), (4, 0), (5, 0)], "stored in server time");
     }
 
     #[test]

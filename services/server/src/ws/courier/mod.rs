@@ -10,6 +10,7 @@
 //! stops reading, so a fast app is held back by TCP rather than by an unbounded queue here.
 
 pub mod answers;
+pub mod clock;
 pub mod intake;
 pub mod routing;
 
@@ -140,7 +141,11 @@ impl CourierSession {
             invalid,
             mut rejected,
             ack,
+            clock_offset_ms,
         } = intake;
+        if clock_offset_ms != 0 {
+            metrics::counter!("trackline_fix_clock_adjusted_total").increment(valid.len() as u64);
+        }
         if self.in_flight.is_empty() {
             // Every earlier frame is answered: the refusals can go out now, in order.
             for (seq, rejection) in rejected.drain(..) {
@@ -166,12 +171,12 @@ impl CourierSession {
             ctx.wait(
                 fut::wrap_future(lookup).map(move |routes, act: &mut Self, ctx| {
                     act.routing.renew(routes.ok());
-                    act.dispatch(frame, fixes, invalid, ctx);
+                    act.dispatch(frame, fixes, invalid, clock_offset_ms, ctx);
                 }),
             );
             return;
         }
-        self.dispatch(frame, fixes, invalid, ctx);
+        self.dispatch(frame, fixes, invalid, clock_offset_ms, ctx);
     }
 
     /// Sends a read frame's fixes on their way and queues the frame to be answered in its turn.
@@ -180,11 +185,16 @@ impl CourierSession {
         frame: Unanswered,
         fixes: Arc<[Fix]>,
         invalid: Arc<[RejectCode]>,
+        clock_offset_ms: i64,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let routed = self
-            .routing
-            .send(&self.app.registry, &self.courier, fixes, invalid);
+        let routed = self.routing.send(
+            &self.app.registry,
+            &self.courier,
+            fixes,
+            invalid,
+            clock_offset_ms,
+        );
         self.queue(frame, routed, ctx);
     }
 

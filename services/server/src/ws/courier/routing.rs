@@ -60,6 +60,7 @@ impl Routing {
         courier: &CourierId,
         fixes: Arc<[Fix]>,
         invalid: Arc<[RejectCode]>,
+        clock_offset_ms: i64,
     ) -> Routed {
         match self {
             Routing::Direct(routes) => {
@@ -81,6 +82,7 @@ impl Routing {
                             courier: courier.clone(),
                             fixes: fixes.clone(),
                             invalid: invalid.clone(),
+                            clock_offset_ms,
                         })
                     })
                     .collect();
@@ -104,6 +106,7 @@ impl Routing {
                 courier: courier.clone(),
                 fixes,
                 invalid,
+                clock_offset_ms,
             })),
         }
     }
