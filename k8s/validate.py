@@ -19,7 +19,12 @@ k8s/.venv. What it checks:
    its own name; TRACKLINE_BROKER names a Service here that reaches the NATS container, whose
    config file agrees with its ports and probes (and parses, with nats-server on PATH);
 4. grafana-dashboard.json parses, uses only metrics the server emits, with labels the server
-   gives them, and covers all of them; with promtool on PATH, every query also parses as PromQL.
+   gives them, and covers all of them; with promtool on PATH, every query also parses as PromQL;
+5. ../docker-compose.yml against the Compose specification's JSON schema (from the docker-compose
+   wheel validate.sh downloads; `docker compose config` too where a Compose plugin exists), and
+   the broker-mode rules: three nodes built from k8s/Dockerfile, node ids their service names and
+   exactly TRACKLINE_CLUSTER_NODES, one broker that is a service here, one shared secret from the
+   environment, a volume of its own per node at the data dir, the image's user.
 
 Exit status 0 when everything holds, 1 otherwise.
 """
@@ -880,6 +885,106 @@ def check_dockerfile(facts: dict) -> None:
          f"{' '.join(exposed)}, {len(image_env)} ENV in step with the pod")
 
 
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = "compose/config/compose_spec.json"
+
+
+def compose_schema() -> dict | None:
+    """The Compose specification's schema, out of the docker-compose wheel validate.sh fetched."""
+    import zipfile
+    where = Path(os.environ.get("TRACKLINE_COMPOSE_WHEELS", HERE / ".venv" / "compose-spec"))
+    wheels = sorted(where.glob("docker_compose-*.whl"))
+    if not wheels:
+        fail(f"no docker-compose wheel in {where} (run through validate.sh, which downloads it)")
+        return None
+    with zipfile.ZipFile(wheels[-1]) as z:
+        return json.loads(z.read(COMPOSE_SCHEMA))
+
+
+def check_compose(facts: dict) -> None:
+    """docker-compose.yml: the Compose schema, and the broker-mode rules of the StatefulSet."""
+    import jsonschema
+    try:
+        doc = yaml.safe_load(COMPOSE.read_text())  # anchors and << merges resolved here
+    except yaml.YAMLError as e:
+        fail(f"{COMPOSE.name}: not YAML: {e}")
+        return
+    schema = compose_schema()
+    if schema is not None:
+        validator = jsonschema.Draft201909Validator(schema)
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+            path = ".".join(str(p) for p in e.path) or "(top)"
+            fail(f"{COMPOSE.name}: {path}: {e.message}")
+    services = doc.get("services") or {}
+    nodes = {name: s for name, s in services.items()
+             if (s.get("build") or {}).get("dockerfile") == "k8s/Dockerfile"}
+    if len(nodes) != 3:
+        fail(f"{COMPOSE.name}: {len(nodes)} services built from k8s/Dockerfile; expected three")
+    envs = facts.get("config_vars", set())
+    brokers, lists, secrets, host_ports, volumes_used = set(), set(), set(), [], []
+    for name, s in nodes.items():
+        env = s.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        for k in env:
+            if k.startswith("TRACKLINE_") and k not in envs:
+                fail(f"{COMPOSE.name}: {name}: {k} is not a variable of {CONFIG_RS.name}")
+        if env.get("TRACKLINE_NODE_ID") != name:
+            fail(f"{COMPOSE.name}: {name}: TRACKLINE_NODE_ID is {env.get('TRACKLINE_NODE_ID')}, "
+                 "not the service's name")
+        brokers.add(env.get("TRACKLINE_BROKER"))
+        lists.add(env.get("TRACKLINE_CLUSTER_NODES"))
+        secrets.add(env.get("TRACKLINE_SECRET"))
+        if str(s.get("user")) != f"{facts.get('uid')}:{facts.get('gid')}":
+            fail(f"{COMPOSE.name}: {name}: user {s.get('user')} is not the image's "
+                 f"{facts.get('uid')}:{facts.get('gid')}")
+        data = [v for v in s.get("volumes") or []
+                if isinstance(v, str) and v.split(":")[1:2] == [facts.get("data_dir")]]
+        if len(data) != 1:
+            fail(f"{COMPOSE.name}: {name}: no volume at {facts.get('data_dir')}")
+        else:
+            volumes_used.append(data[0].split(":")[0])
+        for p in s.get("ports") or []:
+            parts = str(p).split(":")
+            if parts[-1] != str(facts.get("listen_port")):
+                fail(f"{COMPOSE.name}: {name}: port {p} does not reach the server's "
+                     f"{facts.get('listen_port')}")
+            host_ports.append(parts[-2] if len(parts) > 1 else None)
+    if len(brokers) != 1 or None in brokers:
+        fail(f"{COMPOSE.name}: the nodes disagree on TRACKLINE_BROKER: {brokers}")
+    else:
+        m = re.match(r"nats://([^:/,]+):(\d+)$", next(iter(brokers)))
+        if not m or m.group(1) not in services:
+            fail(f"{COMPOSE.name}: TRACKLINE_BROKER {brokers} does not name a service here")
+        else:
+            deps = {n for n, s in nodes.items() if m.group(1) in (s.get("depends_on") or {})}
+            if deps != set(nodes):
+                fail(f"{COMPOSE.name}: {sorted(set(nodes) - deps)} do not wait for the broker")
+    if len(lists) != 1 or set((next(iter(lists)) or "").split(",")) != set(nodes):
+        fail(f"{COMPOSE.name}: TRACKLINE_CLUSTER_NODES {lists} is not the node services "
+             f"{sorted(nodes)}")
+    if len(secrets) != 1 or not str(next(iter(secrets))).startswith("${"):
+        fail(f"{COMPOSE.name}: the nodes need one shared TRACKLINE_SECRET from the environment")
+    if len(set(volumes_used)) != len(volumes_used):
+        fail(f"{COMPOSE.name}: nodes share a data volume: {volumes_used}")
+    if set(volumes_used) - set(doc.get("volumes") or {}):
+        fail(f"{COMPOSE.name}: volumes {sorted(set(volumes_used) - set(doc.get('volumes') or {}))}"
+             " are not declared")
+    if len(set(host_ports)) != len(host_ports):
+        fail(f"{COMPOSE.name}: nodes share a host port: {host_ports}")
+    docker = shutil.which("docker")
+    checked = "the Compose schema" if schema is not None else "no schema"
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+                              capture_output=True, text=True,
+                              env={**os.environ, "TRACKLINE_SECRET": "x" * 32})
+        if proc.returncode != 0:
+            fail(f"docker compose config: {proc.stderr.strip()}")
+        checked += " and `docker compose config`"
+    note(f"{COMPOSE.name}: {len(nodes)} nodes ({', '.join(sorted(nodes))}) + broker, own volumes, "
+         f"checked against {checked}")
+
+
 def check_dashboard(rendered: list[dict]) -> None:
     try:
         dash = json.loads(DASHBOARD.read_text())
@@ -964,7 +1069,7 @@ def main() -> int:
     vers = versions()
     files = sorted(p for p in HERE.iterdir()
                    if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
-    print(f"[1/4] manifests against the Kubernetes {', '.join(vers)} schemas "
+    print(f"[1/5] manifests against the Kubernetes {', '.join(vers)} schemas "
           f"(kubernetes-validate {kv.__version__}, strict)")
     by_file = {p.name: load_docs(p) for p in files}
     total = 0
@@ -973,7 +1078,7 @@ def main() -> int:
         total += n
         note(f"{name}: {', '.join(ident(d) for d in docs) or 'empty'}")
 
-    print("[2/4] kustomization.yaml")
+    print("[2/5] kustomization.yaml")
     kz_docs = load_docs(HERE / "kustomization.yaml")
     rendered: list[dict] = []
     if len(kz_docs) != 1 or kz_docs[0].get("kind") != "Kustomization":
@@ -992,12 +1097,15 @@ def main() -> int:
         note(f"rendered {len(rendered)} objects: {', '.join(ident(d) for d in rendered)}")
         compare_with_kubectl(rendered)
 
-    print("[3/4] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, broker mode, Dockerfile)")
+    print("[3/5] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, broker mode, Dockerfile)")
     facts = cross_checks(rendered, by_file.get("secret.yaml", []))
     check_dockerfile(facts)
 
-    print("[4/4] Grafana dashboard")
+    print("[4/5] Grafana dashboard")
     check_dashboard(rendered)
+
+    print("[5/5] docker-compose.yml (the local three-node cluster)")
+    check_compose(facts)
 
     took = time.monotonic() - started
     if errors:
