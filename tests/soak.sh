@@ -13,7 +13,9 @@
 # python3-venv (as root, from Debian) and matplotlib (PyPI, into tests/.soak-venv) when missing.
 # Output: tests/soak-out/<UTC time>/{samples.csv,soak.png,verdict.txt,bench.json,bench.log}.
 # Knobs (environment): SOAK_WARMUP_S (default a third of the run, at most 300), SOAK_SAMPLE_S
-# (30), SOAK_COURIERS (2000), SOAK_RSS_PCT (5), SOAK_DRIFT_PCT (10).
+# (30), SOAK_COURIERS (2000), SOAK_RSS_PCT (5), SOAK_DRIFT_PCT (10), SOAK_BIN_DIR (a directory
+# with trackline and trackline-bench already built: no build; the release criterion is only
+# meaningful with release binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,7 +49,12 @@ if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$requirements" "$venv/.requirement
 fi
 py="$venv/bin/python"
 
-cargo build --release --locked --bin trackline --bin trackline-bench
+if [ -n "${SOAK_BIN_DIR:-}" ]; then
+    bin="$(cd "$SOAK_BIN_DIR" && pwd)"
+else
+    cargo build --release --locked --bin trackline --bin trackline-bench
+    bin="$PWD/target/release"
+fi
 
 # --- the run --------------------------------------------------------------------------------
 out="tests/soak-out/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -59,7 +66,7 @@ out="$(cd "$out" && pwd)"
 cat > "$out/trackline" <<EOF
 #!/bin/sh
 echo \$\$ > "$out/server.pid"
-exec "$PWD/target/release/trackline" "\$@"
+exec "$bin/trackline" "\$@"
 EOF
 chmod +x "$out/trackline"
 
@@ -68,7 +75,7 @@ ulimit -n "$(ulimit -Hn)" || true
 
 echo "soak: $minutes min of the fleet load ($couriers couriers), warm-up $warmup_s s," \
      "a sample every $sample_s s, into $out"
-TRACKLINE_BIN="$out/trackline" target/release/trackline-bench fleet \
+TRACKLINE_BIN="$out/trackline" "$bin/trackline-bench" fleet \
     --peers trackline --couriers "$couriers" --seconds "$seconds" --warmup 10 \
     --long-seconds 0 --max-rate-search off --sample-every-s "$sample_s" \
     > "$out/bench.json" 2> "$out/bench.log" &
