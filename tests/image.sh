@@ -32,6 +32,7 @@ done
 missing=()
 command -v buildah >/dev/null || missing+=(buildah)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v ss >/dev/null || missing+=(iproute2)  # finds the server's pid by its port
 if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
