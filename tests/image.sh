@@ -16,7 +16,7 @@
 #
 # Installs buildah and debootstrap from Debian when missing. Takes 2-4 minutes, most of it the
 # debootstrap (DEBIAN_ROOTFS=<dir of an earlier debootstrap> skips it; DEBIAN_MIRROR picks the
-# mirror).
+# mirror). Needs about 1.5 GB free in /tmp while it runs (vfs copies every layer); leaves nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root_dir="$PWD"
