@@ -19,7 +19,12 @@ k8s/.venv. What it checks:
    its own name; TRACKLINE_BROKER names a Service here that reaches the NATS container, whose
    config file agrees with its ports and probes (and parses, with nats-server on PATH);
 4. grafana-dashboard.json parses, uses only metrics the server emits, with labels the server
-   gives them, and covers all of them; with promtool on PATH, every query also parses as PromQL.
+   gives them, and covers all of them; with promtool on PATH, every query also parses as PromQL;
+5. ../docker-compose.yml against the Compose specification's JSON schema (from the docker-compose
+   wheel validate.sh downloads; `docker compose config` too where a Compose plugin exists), and
+   the broker-mode rules: three nodes built from k8s/Dockerfile, node ids their service names and
+   exactly TRACKLINE_CLUSTER_NODES, one broker that is a service here, one shared secret from the
+   environment, a volume of its own per node at the data dir, the image's user.
 
 Exit status 0 when everything holds, 1 otherwise.
 """
@@ -392,6 +397,9 @@ def cross_checks(objs: list[dict], secret_docs: list[dict]) -> dict:
             fail(f"{data_dir} is mounted read-only")
     facts["data_dir"] = data_dir
     facts["uid"] = (pod.get("securityContext") or {}).get("runAsUser")
+    facts["gid"] = (pod.get("securityContext") or {}).get("runAsGroup")
+    facts["env"] = dict(env)
+    facts["config_vars"] = set(envs)
 
     def probe(container: dict, name: str, path: str) -> None:
         p = container.get(name)
@@ -685,21 +693,296 @@ def check_nats(workload: dict, container: dict, configmaps: dict) -> None:
              f"monitoring {monitor}")
 
 
+def dockerfile_instructions(text: str) -> list[tuple[int, str, str]]:
+    """(line, INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments out."""
+    out: list[tuple[int, str, str]] = []
+    buf, first = "", 0
+    for no, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction is not part of it
+        if not buf:
+            first = no
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        buf += stripped
+        word, _, rest = buf.partition(" ")
+        out.append((first, word.upper(), rest.strip()))
+        buf = ""
+    if buf:
+        fail(f"Dockerfile: line {first}: instruction continued past the end of the file")
+    return out
+
+
+def cargo_rust_version() -> tuple[int, ...] | None:
+    m = re.search(r'^rust-version\s*=\s*"([0-9.]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
 def check_dockerfile(facts: dict) -> None:
+    """The image against the pod and the server, and a hadolint-style lint of its own.
+
+    hadolint is neither a Debian nor a PyPI package that runs offline, so the rules that matter
+    here are checked by hand: pinned base images, apt-get hygiene, exec-form ENTRYPOINT, a
+    numeric non-root USER, no ADD of local files, absolute WORKDIR.
+    """
     text = DOCKERFILE.read_text()
-    if "--locked" not in text or "--bin trackline" not in text:
-        fail("Dockerfile: expected `cargo build --release --locked --bin trackline`")
-    m = re.search(r"^EXPOSE\s+(\d+)", text, re.M)
-    if not m or int(m.group(1)) != facts.get("listen_port"):
-        fail(f"Dockerfile: EXPOSE {m and m.group(1)} is not the pod's port {facts.get('listen_port')}")
-    m = re.search(r"^USER\s+(\d+)", text, re.M)
-    if not m or int(m.group(1)) != facts.get("uid"):
-        fail(f"Dockerfile: USER {m and m.group(1)} is not the pod's runAsUser {facts.get('uid')}")
-    m = re.search(r'^VOLUME\s+\["?([^"\]]+)', text, re.M)
+    ins = dockerfile_instructions(text)
+    args: dict[str, str] = {}
+    stages: list[dict] = []  # {"name", "base", "ins": [(line, word, rest)]}
+    for line, word, rest in ins:
+        if word == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+            continue
+        if word == "FROM":
+            m = re.match(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$", rest, re.I)
+            if not m:
+                fail(f"Dockerfile: line {line}: FROM {rest} does not parse")
+                continue
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                          lambda v: args.get(v.group(1) or v.group(2), ""), m.group(1))
+            stages.append({"name": m.group(2), "base": base, "ins": []})
+            _, tag = split_image(base)
+            if not tag or tag == ":latest":
+                fail(f"Dockerfile: line {line}: base image {base} is not pinned to a tag")
+            continue
+        if not stages:
+            fail(f"Dockerfile: line {line}: {word} before the first FROM")
+            continue
+        stages[-1]["ins"].append((line, word, rest))
+        if word == "ADD" and not re.search(r"https?://|\.tar", rest):
+            fail(f"Dockerfile: line {line}: ADD of local files; use COPY")
+        if word == "WORKDIR" and not rest.startswith("/"):
+            fail(f"Dockerfile: line {line}: WORKDIR {rest} is not absolute")
+        if word == "RUN":
+            if re.search(r"\bsudo\b", rest):
+                fail(f"Dockerfile: line {line}: sudo in RUN (the build runs as root)")
+            if "apt-get install" in rest:
+                if "apt-get update" not in rest:
+                    fail(f"Dockerfile: line {line}: apt-get install without apt-get update in "
+                         "the same RUN (a cached, stale package list)")
+                if "--no-install-recommends" not in rest:
+                    fail(f"Dockerfile: line {line}: apt-get install without "
+                         "--no-install-recommends")
+                if not re.search(r"-y\b|--yes\b|--assume-yes\b", rest):
+                    fail(f"Dockerfile: line {line}: apt-get install without -y")
+                if "rm -rf /var/lib/apt/lists" not in rest:
+                    fail(f"Dockerfile: line {line}: apt-get install without removing "
+                         "/var/lib/apt/lists in the same RUN")
+    if len(stages) < 2:
+        fail(f"Dockerfile: {len(stages)} stage(s); expected a builder and a runtime")
+        return
+    runtime = stages[-1]
+    final = {w: r for _, w, r in runtime["ins"]}  # the last of each instruction wins
+
+    # The builder: the stage the runtime copies the binaries from.
+    copies = [r for _, w, r in runtime["ins"] if w == "COPY" and r.startswith("--from=")]
+    sources = {re.match(r"--from=(\S+)", r).group(1) for r in copies}
+    builders = [s for s in stages[:-1] if s["name"] in sources]
+    if len(builders) != 1:
+        fail(f"Dockerfile: the runtime copies from {sorted(sources)}; expected one build stage")
+        return
+    build = builders[0]
+    if not build["base"].startswith("rust:"):
+        fail(f"Dockerfile: the build stage is {build['base']}, not a rust image")
+    else:
+        m = re.match(r"rust:(\d+)\.(\d+)", build["base"])
+        floor = cargo_rust_version()
+        if not m:
+            fail(f"Dockerfile: {build['base']} does not name a Rust version")
+        elif floor and (int(m.group(1)), int(m.group(2))) < floor[:2]:
+            fail(f"Dockerfile: {build['base']} is older than Cargo.toml's rust-version "
+                 f"{'.'.join(map(str, floor))}")
+    runs = [(line, r) for line, w, r in build["ins"] if w == "RUN"]
+    cargo = [(line, r) for line, r in runs if "cargo build" in r]
+    make = [line for line, r in runs if re.search(r"apt-get install[^&;|]*\bmake\b", r)]
+    if not make:
+        fail("Dockerfile: the build stage does not install make (jemalloc's build runs it)")
+    if len(cargo) != 1:
+        fail(f"Dockerfile: {len(cargo)} cargo build steps in the build stage; expected one")
+    else:
+        line, r = cargo[0]
+        if make and make[0] > line:
+            fail("Dockerfile: make is installed after cargo build")
+        for flag in ("--release", "--locked", "--bin trackline", "--bin trackctl"):
+            if not re.search(re.escape(flag) + r"(\s|$)", r):
+                fail(f"Dockerfile: line {line}: cargo build without {flag}")
+    copied = " ".join(copies)
+    for binary in ("trackline", "trackctl"):
+        if not re.search(rf"/{binary}\b", copied):
+            fail(f"Dockerfile: the runtime does not copy {binary} from the build stage")
+
+    # The runtime against the pod (k8s/statefulset.yaml) and the server's flags (config.rs).
+    m = re.fullmatch(r"(\d+)(?::(\d+))?", final.get("USER", ""))
+    if not m:
+        fail(f"Dockerfile: USER {final.get('USER')!r} is not numeric (runAsNonRoot needs a uid)")
+    else:
+        if int(m.group(1)) == 0:
+            fail("Dockerfile: USER is root")
+        if int(m.group(1)) != facts.get("uid"):
+            fail(f"Dockerfile: USER {m.group(1)} is not the pod's runAsUser {facts.get('uid')}")
+        if m.group(2) and facts.get("gid") is not None and int(m.group(2)) != facts["gid"]:
+            fail(f"Dockerfile: group {m.group(2)} is not the pod's runAsGroup {facts['gid']}")
+    image_env: dict[str, str] = {}
+    for _, w, r in runtime["ins"]:
+        if w == "ENV":
+            for k, v in re.findall(r'(\w+)=("[^"]*"|\S+)', r):
+                image_env[k] = v.strip('"')
+    pod_env = facts.get("env") or {}
+    for k, v in image_env.items():
+        if k.startswith("TRACKLINE_") and k not in facts.get("config_vars", set()):
+            fail(f"Dockerfile: ENV {k} is not a variable of {CONFIG_RS.name}")
+        if k in pod_env and pod_env[k] != v:
+            fail(f"Dockerfile: ENV {k}={v}, the pod sets {pod_env[k]}")
+    listen = image_env.get("TRACKLINE_LISTEN", "")
+    if listen.rpartition(":")[2] != str(facts.get("listen_port")):
+        fail(f"Dockerfile: TRACKLINE_LISTEN={listen} is not on the pod's port "
+             f"{facts.get('listen_port')}")
+    if image_env.get("TRACKLINE_DATA_DIR") != facts.get("data_dir"):
+        fail(f"Dockerfile: TRACKLINE_DATA_DIR={image_env.get('TRACKLINE_DATA_DIR')} is not the "
+             f"pod's data dir {facts.get('data_dir')}")
+    exposed = final.get("EXPOSE", "").split()
+    if exposed != [str(facts.get("listen_port"))]:
+        fail(f"Dockerfile: EXPOSE {' '.join(exposed)} is not the pod's port "
+             f"{facts.get('listen_port')}")
+    m = re.match(r'\["?([^"\]]+)', final.get("VOLUME", ""))
     if not m or m.group(1) != facts.get("data_dir"):
         fail(f"Dockerfile: VOLUME {m and m.group(1)} is not the data dir {facts.get('data_dir')}")
-    if not re.search(r'^ENTRYPOINT\s+\[".*trackline"\]', text, re.M):
-        fail("Dockerfile: ENTRYPOINT is not the trackline binary")
+    # The data dir must be the image user's, or the server cannot write it without fsGroup.
+    owned = [r for _, w, r in runtime["ins"] if w == "RUN"
+             and re.search(rf"install -d\b[^&;]*-o {facts.get('uid')}\b[^&;]*"
+                           rf"{re.escape(str(facts.get('data_dir')))}", r)]
+    if not owned:
+        fail(f"Dockerfile: the runtime does not create {facts.get('data_dir')} owned by uid "
+             f"{facts.get('uid')}")
+    try:
+        entry = json.loads(final.get("ENTRYPOINT", ""))
+    except json.JSONDecodeError:
+        entry = None
+    if not isinstance(entry, list) or not entry or not str(entry[0]).endswith("/trackline"):
+        fail(f"Dockerfile: ENTRYPOINT {final.get('ENTRYPOINT')} is not the trackline binary in "
+             "exec form (the server must be PID 1 to get SIGTERM)")
+    else:
+        # Flags given here would override the pod's environment; each must be a server flag.
+        for flag in (a for a in entry[1:] + json.loads(final.get("CMD", "[]")) if a.startswith("--")):
+            var = "TRACKLINE_" + flag[2:].split("=")[0].replace("-", "_").upper()
+            if var not in facts.get("config_vars", set()):
+                fail(f"Dockerfile: {flag} is not a flag of the server")
+            elif var in pod_env:
+                fail(f"Dockerfile: {flag} on the command line would override the pod's {var}")
+    for shell in ("/bin/sh", "/bin/bash"):
+        # The init containers run these in the server's image.
+        if not runtime["base"].startswith("debian:"):
+            fail(f"Dockerfile: runtime {runtime['base']} may lack {shell}, which the init "
+                 "containers run")
+            break
+    note(f"Dockerfile: {len(stages)} stages ({build['base']} -> {runtime['base']}), make, "
+         f"trackline + trackctl --release --locked, USER {final.get('USER')}, port "
+         f"{' '.join(exposed)}, {len(image_env)} ENV in step with the pod")
+
+
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = "compose/config/compose_spec.json"
+
+
+def compose_schema() -> dict | None:
+    """The Compose specification's schema, out of the docker-compose wheel validate.sh fetched."""
+    import zipfile
+    where = Path(os.environ.get("TRACKLINE_COMPOSE_WHEELS", HERE / ".venv" / "compose-spec"))
+    wheels = sorted(where.glob("docker_compose-*.whl"))
+    if not wheels:
+        fail(f"no docker-compose wheel in {where} (run through validate.sh, which downloads it)")
+        return None
+    with zipfile.ZipFile(wheels[-1]) as z:
+        return json.loads(z.read(COMPOSE_SCHEMA))
+
+
+def check_compose(facts: dict) -> None:
+    """docker-compose.yml: the Compose schema, and the broker-mode rules of the StatefulSet."""
+    import jsonschema
+    try:
+        doc = yaml.safe_load(COMPOSE.read_text())  # anchors and << merges resolved here
+    except yaml.YAMLError as e:
+        fail(f"{COMPOSE.name}: not YAML: {e}")
+        return
+    schema = compose_schema()
+    if schema is not None:
+        validator = jsonschema.Draft201909Validator(schema)
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+            path = ".".join(str(p) for p in e.path) or "(top)"
+            fail(f"{COMPOSE.name}: {path}: {e.message}")
+    services = doc.get("services") or {}
+    nodes = {name: s for name, s in services.items()
+             if (s.get("build") or {}).get("dockerfile") == "k8s/Dockerfile"}
+    if len(nodes) != 3:
+        fail(f"{COMPOSE.name}: {len(nodes)} services built from k8s/Dockerfile; expected three")
+    envs = facts.get("config_vars", set())
+    brokers, lists, secrets, host_ports, volumes_used = set(), set(), set(), [], []
+    for name, s in nodes.items():
+        env = s.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        for k in env:
+            if k.startswith("TRACKLINE_") and k not in envs:
+                fail(f"{COMPOSE.name}: {name}: {k} is not a variable of {CONFIG_RS.name}")
+        if env.get("TRACKLINE_NODE_ID") != name:
+            fail(f"{COMPOSE.name}: {name}: TRACKLINE_NODE_ID is {env.get('TRACKLINE_NODE_ID')}, "
+                 "not the service's name")
+        brokers.add(env.get("TRACKLINE_BROKER"))
+        lists.add(env.get("TRACKLINE_CLUSTER_NODES"))
+        secrets.add(env.get("TRACKLINE_SECRET"))
+        if str(s.get("user")) != f"{facts.get('uid')}:{facts.get('gid')}":
+            fail(f"{COMPOSE.name}: {name}: user {s.get('user')} is not the image's "
+                 f"{facts.get('uid')}:{facts.get('gid')}")
+        data = [v for v in s.get("volumes") or []
+                if isinstance(v, str) and v.split(":")[1:2] == [facts.get("data_dir")]]
+        if len(data) != 1:
+            fail(f"{COMPOSE.name}: {name}: no volume at {facts.get('data_dir')}")
+        else:
+            volumes_used.append(data[0].split(":")[0])
+        for p in s.get("ports") or []:
+            parts = str(p).split(":")
+            if parts[-1] != str(facts.get("listen_port")):
+                fail(f"{COMPOSE.name}: {name}: port {p} does not reach the server's "
+                     f"{facts.get('listen_port')}")
+            host_ports.append(parts[-2] if len(parts) > 1 else None)
+    if len(brokers) != 1 or None in brokers:
+        fail(f"{COMPOSE.name}: the nodes disagree on TRACKLINE_BROKER: {brokers}")
+    else:
+        m = re.match(r"nats://([^:/,]+):(\d+)$", next(iter(brokers)))
+        if not m or m.group(1) not in services:
+            fail(f"{COMPOSE.name}: TRACKLINE_BROKER {brokers} does not name a service here")
+        else:
+            deps = {n for n, s in nodes.items() if m.group(1) in (s.get("depends_on") or {})}
+            if deps != set(nodes):
+                fail(f"{COMPOSE.name}: {sorted(set(nodes) - deps)} do not wait for the broker")
+    if len(lists) != 1 or set((next(iter(lists)) or "").split(",")) != set(nodes):
+        fail(f"{COMPOSE.name}: TRACKLINE_CLUSTER_NODES {lists} is not the node services "
+             f"{sorted(nodes)}")
+    if len(secrets) != 1 or not str(next(iter(secrets))).startswith("${"):
+        fail(f"{COMPOSE.name}: the nodes need one shared TRACKLINE_SECRET from the environment")
+    if len(set(volumes_used)) != len(volumes_used):
+        fail(f"{COMPOSE.name}: nodes share a data volume: {volumes_used}")
+    if set(volumes_used) - set(doc.get("volumes") or {}):
+        fail(f"{COMPOSE.name}: volumes {sorted(set(volumes_used) - set(doc.get('volumes') or {}))}"
+             " are not declared")
+    if len(set(host_ports)) != len(host_ports):
+        fail(f"{COMPOSE.name}: nodes share a host port: {host_ports}")
+    docker = shutil.which("docker")
+    checked = "the Compose schema" if schema is not None else "no schema"
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        proc = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+                              capture_output=True, text=True,
+                              env={**os.environ, "TRACKLINE_SECRET": "x" * 32})
+        if proc.returncode != 0:
+            fail(f"docker compose config: {proc.stderr.strip()}")
+        checked += " and `docker compose config`"
+    note(f"{COMPOSE.name}: {len(nodes)} nodes ({', '.join(sorted(nodes))}) + broker, own volumes, "
+         f"checked against {checked}")
 
 
 def check_dashboard(rendered: list[dict]) -> None:
@@ -786,7 +1069,7 @@ def main() -> int:
     vers = versions()
     files = sorted(p for p in HERE.iterdir()
                    if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
-    print(f"[1/4] manifests against the Kubernetes {', '.join(vers)} schemas "
+    print(f"[1/5] manifests against the Kubernetes {', '.join(vers)} schemas "
           f"(kubernetes-validate {kv.__version__}, strict)")
     by_file = {p.name: load_docs(p) for p in files}
     total = 0
@@ -795,7 +1078,7 @@ def main() -> int:
         total += n
         note(f"{name}: {', '.join(ident(d) for d in docs) or 'empty'}")
 
-    print("[2/4] kustomization.yaml")
+    print("[2/5] kustomization.yaml")
     kz_docs = load_docs(HERE / "kustomization.yaml")
     rendered: list[dict] = []
     if len(kz_docs) != 1 or kz_docs[0].get("kind") != "Kustomization":
@@ -814,12 +1097,15 @@ def main() -> int:
         note(f"rendered {len(rendered)} objects: {', '.join(ident(d) for d in rendered)}")
         compare_with_kubectl(rendered)
 
-    print("[3/4] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, broker mode, Dockerfile)")
+    print("[3/5] the pieces agree (config.rs, ports, volume, probes, shutdown, routing, broker mode, Dockerfile)")
     facts = cross_checks(rendered, by_file.get("secret.yaml", []))
     check_dockerfile(facts)
 
-    print("[4/4] Grafana dashboard")
+    print("[4/5] Grafana dashboard")
     check_dashboard(rendered)
+
+    print("[5/5] docker-compose.yml (the local three-node cluster)")
+    check_compose(facts)
 
     took = time.monotonic() - started
     if errors:
