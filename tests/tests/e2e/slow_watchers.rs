@@ -21,7 +21,7 @@ const COURIER: &str = "courier-g";
 
 // Slow watchers
 /// Stuck watchers on one order in the slow-watcher test.
-const STUCK_WATCHERS: usize = 200;
+const STUCK_WATCHERS: usize = 1000;
 
 /// The receive buffer and segment size of a stuck watcher's socket: a phone on a mobile link (see
 /// `TestServer::watch_on_slow_link`: over loopback's defaults the kernel would absorb a whole
