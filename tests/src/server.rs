@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use trackline_core::auth::{Role, TokenKeys};
@@ -447,5 +447,36 @@ fn run_with_timeout<T: Send + 'static>(what: &str, work: impl FnOnce() -> T + Se
             panic!("{what} took longer than {LIFECYCLE_TIMEOUT:?}")
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+impl TestServer {
+    /// `/readyz`: its status code and its answer.
+    pub async fn readiness(&self) -> (u16, trackline_rest::Health) {
+        let reply = self.get("/readyz", None).await;
+        let health = serde_json::from_value(reply.body.clone())
+            .unwrap_or_else(|e| panic!("/readyz answers a Health ({e}): {}", reply.body));
+        (reply.status, health)
+    }
+
+    /// Polls `/readyz` until `wanted` (or panics after `within`), returning the answer and how
+    /// long it took.
+    pub async fn wait_readiness(
+        &self,
+        wanted: trackline_rest::HealthStatus,
+        within: Duration,
+    ) -> (u16, trackline_rest::Health, Duration) {
+        let start = Instant::now();
+        loop {
+            let (status, health) = self.readiness().await;
+            if health.status == wanted {
+                return (status, health, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < within,
+                "/readyz still {status} {health:?} after {within:?}, waiting for {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

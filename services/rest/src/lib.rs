@@ -324,6 +324,9 @@ pub enum HealthStatus {
     /// `/readyz` (503): the history store cannot write (a full disk, an I/O error); reads and
     /// watchers are still served, new fixes refused. Clears by itself once writes succeed.
     StoreFailing,
+    /// `/readyz` (503), broker mode: the node lost its broker connection, so it can neither
+    /// reach the orders other nodes own nor serve theirs. Clears once it reconnects.
+    BrokerLost,
 }
 
 /// Every failed call's body: `{"error": {"code", "message"}}`.

@@ -69,6 +69,14 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_WATCHER_QUEUE", default_value_t = 256)]
     pub watcher_queue: usize,
 
+    /// Bytes a connection's HTTP writer holds before it stops taking more from the response (a
+    /// watch stream's session then stops running, its frames wait in the mailbox as shared
+    /// pointers and its order conflates it). actix's default, 32 KiB, grows to some 90 KiB per
+    /// watcher that stopped reading; a watch frame is a few hundred bytes, so a small buffer
+    /// costs a healthy stream nothing.
+    #[arg(long, env = "TRACKLINE_WRITE_BUFFER_BYTES", default_value_t = 2048)]
+    pub write_buffer_bytes: usize,
+
     /// A watcher that stays slow this long is closed with 4008, in seconds.
     #[arg(long, env = "TRACKLINE_SLOW_WATCHER_TIMEOUT_S", default_value_t = 10)]
     pub slow_watcher_timeout_s: u64,

@@ -247,6 +247,7 @@ fn bind_http(
     let handshake_timeout_s = config.handshake_timeout_s.max(1);
     let client_timeout = config.client_timeout();
     let grace = config.shutdown_grace();
+    let write_buffer_bytes = config.write_buffer_bytes.max(512);
     let node_header = state.topology.node().map(str::to_string);
     let data = web::Data::new(state.clone());
     let cors_origins = config.cors_origins.clone();
@@ -268,6 +269,7 @@ fn bind_http(
     // head could trickle in a byte at a time for ever. Streams are one long request each, and
     // the REST calls are few, so a connection serves one request.
     .keep_alive(actix_web::http::KeepAlive::Disabled)
+    .h1_write_buffer_size(write_buffer_bytes)
     .shutdown_timeout(grace.as_secs())
     .listen(listener)?
     .run();

@@ -53,6 +53,14 @@ impl Topology {
         }
     }
 
+    /// In broker mode, whether the connection to the broker is lost (until it reconnects).
+    pub fn broker_lost(&self) -> bool {
+        match self {
+            Topology::Alone => false,
+            Topology::Broker(broker) => !broker.cluster.broker_connected(),
+        }
+    }
+
     /// The mirrors to watch `order` through, when another node owns it.
     pub fn mirrors_of(&self, order: &OrderId) -> Option<&Addr<RemoteWatches>> {
         match self {

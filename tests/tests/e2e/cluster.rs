@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use trackline_core::LatLon;
 use trackline_proto::{from_e7, v1};
+use trackline_rest::HealthStatus;
 use trackline_tests::cluster::{
     failed_start, Broker, Cluster, CourierApp, WatchFeed, BROKER_TIMEOUT_MS, NODES,
     RECOVERY_TIMEOUT,
@@ -1111,4 +1112,30 @@ async fn a_purge_on_any_node_purges_the_whole_fleet() {
     let text = reply.text.clone();
     assert_eq!(reply.expect_error(503), "owner_unavailable");
     assert!(text.contains("node-c"), "names the node missing: {text}");
+}
+
+/// A node that loses its broker answers /readyz 503 `broker_lost` (a balancer sends traffic to a
+/// node that can reach the others), and `ready` again once the broker is back on its port.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_reflects_a_lost_broker_connection_until_it_reconnects() {
+    let (mut broker, cluster) = start_cluster();
+    let node = cluster.node(0);
+    let (status, health) = node.readiness().await;
+    assert_eq!((status, health.status), (200, HealthStatus::Ready));
+
+    tokio::task::block_in_place(|| broker.kill());
+    let (status, health, _) = node
+        .wait_readiness(HealthStatus::BrokerLost, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        status, 503,
+        "a node without its broker is not ready: {health:?}"
+    );
+    assert!(health.reason.is_some(), "the 503 says why: {health:?}");
+
+    tokio::task::block_in_place(|| broker.start_again());
+    let (status, health, _) = node
+        .wait_readiness(HealthStatus::Ready, Duration::from_secs(20))
+        .await;
+    assert_eq!(status, 200, "ready again once reconnected: {health:?}");
 }

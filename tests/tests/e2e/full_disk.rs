@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use trackline_core::LatLon;
-use trackline_rest::{Health, HealthStatus};
+use trackline_rest::HealthStatus;
 use trackline_tests::{walk, NewOrder, TestServer};
 
 /// A tmpfs of its own (mounting needs root, which CI has), unmounted when dropped.
@@ -63,34 +63,6 @@ impl Drop for SmallDisk {
     }
 }
 
-async fn readiness(server: &TestServer) -> (u16, Health) {
-    let reply = server.get("/readyz", None).await;
-    let health = serde_json::from_value(reply.body.clone())
-        .unwrap_or_else(|e| panic!("/readyz answers a Health ({e}): {}", reply.body));
-    (reply.status, health)
-}
-
-/// Polls `/readyz` until `wanted` (or panics after `within`), returning the answer and how long
-/// it took.
-async fn wait_readiness(
-    server: &TestServer,
-    wanted: HealthStatus,
-    within: Duration,
-) -> (u16, Health, Duration) {
-    let start = Instant::now();
-    loop {
-        let (status, health) = readiness(server).await;
-        if health.status == wanted {
-            return (status, health, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < within,
-            "/readyz still {status} {health:?} after {within:?}, waiting for {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn stored_seqs(server: &TestServer) -> Vec<u64> {
     server
         .history("o-full")
@@ -118,7 +90,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
     let mut courier = server.courier("c-full").await;
     courier.send(&fixes[..20]).await;
     courier.wait_ack(20).await;
-    let (status, health) = readiness(&server).await;
+    let (status, health) = server.readiness().await;
     assert_eq!((status, health.status), (200, HealthStatus::Ready));
 
     disk.fill();
@@ -127,7 +99,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
     let failing_since = Instant::now();
     let mut sent = 20;
     let reason = loop {
-        let (status, health) = readiness(&server).await;
+        let (status, health) = server.readiness().await;
         if health.status == HealthStatus::StoreFailing {
             assert_eq!(status, 503);
             break health.reason.expect("a failing store says why");
@@ -152,8 +124,9 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
 
     // Room again: the store finds out by itself (no fix arrives meanwhile).
     disk.free();
-    let (status, health, took) =
-        wait_readiness(&server, HealthStatus::Ready, Duration::from_secs(10)).await;
+    let (status, health, took) = server
+        .wait_readiness(HealthStatus::Ready, Duration::from_secs(10))
+        .await;
     assert_eq!((status, health.reason), (200, None));
     eprintln!("full disk: ready again {took:?} after space was freed");
 

@@ -113,6 +113,11 @@ impl Cluster {
         &self.node
     }
 
+    /// Whether the broker connection is up (async-nats reconnects by itself; this is its state).
+    pub fn broker_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// The node that owns `order`.
     pub fn owner_of(&self, order: &OrderId) -> &str {
         &self.nodes[trackline_core::cluster::owner(order.as_str(), &self.nodes)]
@@ -165,7 +170,7 @@ impl Cluster {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<Message, CallError> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+        if !self.broker_connected() {
             // Without a broker nobody can answer: say so now rather than after the timeout.
             metrics::counter!("trackline_broker_requests_total", "kind" => kind.as_str(), "outcome" => "failed")
                 .increment(1);

@@ -1,5 +1,5 @@
 //! Liveness (`/healthz`) and readiness (`/readyz`, 503 once shutdown has begun or while the
-//! history store cannot write).
+//! history store cannot write, or in broker mode while the broker connection is lost).
 
 use actix_web::HttpResponse;
 use trackline_rest::{Health, HealthStatus};
@@ -18,6 +18,11 @@ pub async fn readyz(app: App) -> HttpResponse {
         HttpResponse::ServiceUnavailable().json(Health {
             status: HealthStatus::StoreFailing,
             reason: Some(reason),
+        })
+    } else if app.topology.broker_lost() {
+        HttpResponse::ServiceUnavailable().json(Health {
+            status: HealthStatus::BrokerLost,
+            reason: Some("the broker connection is lost; reconnecting".into()),
         })
     } else {
         HttpResponse::Ok().json(Health::of(HealthStatus::Ready))

@@ -3,6 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use trackline_core::order::OrderView;
@@ -86,7 +87,8 @@ pub struct Frame {
     pub view: OrderView,
     kind: FrameKind,
     recovered: bool,
-    json: OnceLock<String>,
+    /// A `ByteString` so that each watcher's text frame shares it rather than copying it.
+    json: OnceLock<ByteString>,
     proto: OnceLock<Bytes>,
     /// The order is delivered or cancelled: the watcher closes after this frame.
     pub is_final: bool,
@@ -108,7 +110,13 @@ impl Frame {
     }
 
     /// The `trackline.v1.json` text.
+    #[cfg(test)]
     pub fn json(&self) -> &str {
+        self.json_text()
+    }
+
+    /// The `trackline.v1.json` text as a watcher's text frame takes it: cloning it shares it.
+    pub fn json_text(&self) -> &ByteString {
         self.json.get_or_init(|| {
             let frame = JsonFrame {
                 kind: self.kind,
@@ -116,7 +124,7 @@ impl Frame {
                 recovered: self.recovered,
             };
             // unwrap: an OrderView is plain data (strings, numbers, options): serde_json cannot fail on it
-            serde_json::to_string(&frame).unwrap()
+            ByteString::from(serde_json::to_string(&frame).unwrap())
         })
     }
 

@@ -54,8 +54,18 @@ pub struct WatchSession {
     /// again (in broker mode a frame can reach a node both in a replay and live).
     written: Option<(String, u64)>,
     last_heard: Instant,
+    /// Bytes written since the session last paused its mailbox (see [`WRITE_BURST_BYTES`]).
+    burst_bytes: usize,
     _slot: ConnectionSlot,
 }
+
+/// The bytes a session writes before it lets the HTTP writer take them. The session runs only
+/// when the writer polls it, and then handles its whole mailbox in one go: a watcher whose socket
+/// stalled and then took a few bytes would get its whole queue (`--watcher-queue` frames) copied
+/// into the writer's buffer at once, which then keeps that size. Pausing after this many bytes
+/// hands the writer one small chunk; it polls again only while its buffer has room, and the rest
+/// waits in the mailbox as shared frames, where the order conflates it.
+const WRITE_BURST_BYTES: usize = 2048;
 
 impl WatchSession {
     pub fn new(
@@ -74,6 +84,7 @@ impl WatchSession {
             order: None,
             written: None,
             last_heard: Instant::now(),
+            burst_bytes: 0,
             _slot: slot,
         }
     }
@@ -86,9 +97,24 @@ impl WatchSession {
             }
         }
         self.written = Some((view.epoch.clone(), view.offset));
-        match self.format {
-            WatchFormat::Json => ctx.text(frame.json().to_owned()),
-            WatchFormat::Proto => ctx.binary(frame.proto()),
+        self.burst_bytes += match self.format {
+            WatchFormat::Json => {
+                let text = frame.json_text().clone();
+                let len = text.len();
+                ctx.text(text);
+                len
+            }
+            WatchFormat::Proto => {
+                let bytes = frame.proto();
+                let len = bytes.len();
+                ctx.binary(bytes);
+                len
+            }
+        };
+        if self.burst_bytes >= WRITE_BURST_BYTES {
+            self.burst_bytes = 0;
+            // wait() holds the mailbox until the next poll, so what was written goes out first.
+            ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
         }
         metrics::counter!("trackline_watch_frames_sent_total").increment(1);
         if frame.is_final {
