@@ -1,7 +1,7 @@
 //! What a courier frame amounts to, before anything is sent anywhere: the rate limit, the frame's
 //! size in fixes, each fix's seq against the connection's last one, the device clock's offset
-//! ([`ClockEstimator`]) and the validation of each fix. Pure: no actor, no socket, no clock of its own (the caller passes the time), so every
-//! outcome is unit-tested here.
+//! ([`ClockEstimator`]) and the validation of each fix. Pure: no actor, no socket, no clock of
+//! its own (the caller passes the time), so every outcome is unit-tested here.
 
 use std::time::Instant;
 
