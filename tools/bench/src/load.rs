@@ -2,19 +2,20 @@
 //! peer. Latency is measured end to end, from the moment a fix is handed to the courier's socket
 //! to the moment its watcher decodes it.
 //!
-//! Each fix carries a per-courier counter in its device time (`time_ms = base + counter`, one
-//! millisecond per fix, so the time always increases and stays in the past) and moves 2.2 cm
-//! north (22 m/s at one fix per millisecond: plausible for the GPS filter). The generator keeps
-//! the send instant of each counter in a ring per courier, so the watcher finds the exact send
-//! time of whatever it receives, at nanosecond resolution, with the same payload for every peer.
+//! Each fix is stamped with the wall clock at the moment it is sent, at least a millisecond after
+//! the courier's previous fix (so its time always increases and a server that corrects wrong
+//! device clocks leaves it alone), and moves 2.2 cm north (at most 22 m/s: plausible for the GPS
+//! filter). The generator keeps the send instant and the stamp of each fix in rings per courier,
+//! so the watcher finds the exact send time of whatever it receives, at nanosecond resolution,
+//! with the same payload for every peer.
 //!
-//! The fleet pace ([`Pace::Fleet`]) keeps that scheme with a courier's own period: `time_ms =
-//! base + counter * period`, stamped at the moment of sending, and positions along a course
-//! ([`crate::course`]).
+//! The fleet pace ([`Pace::Fleet`]) stamps each fix with the moment it was due instead: `time_ms
+//! = base + counter * period`, a courier's own period, so the counter follows from the time; its
+//! positions run along a course ([`crate::course`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,18 +95,26 @@ pub struct LoadResult {
 /// What a courier and its watcher share.
 struct Lane {
     sent_ns: Vec<AtomicU64>,
+    /// The device time of each fix, by counter like `sent_ns` (empty when `device` says it).
+    stamps: Vec<AtomicI64>,
+    /// The counter of the newest fix recorded.
+    last_sent: AtomicU64,
     window: Semaphore,
     /// The highest counter a watcher received: everything up to it has left the window, even
     /// updates a server conflated away.
     received: AtomicU64,
-    /// How the courier stamps its fixes, so the watcher reads the counter back.
-    device: DeviceClock,
+    /// How the courier stamps its fixes when the counter follows from the time; `None`: stamped
+    /// with the wall clock, looked up in `stamps`.
+    device: Option<DeviceClock>,
 }
 
 impl Lane {
-    fn new(ring: usize, window: usize, device: DeviceClock) -> Self {
+    fn new(ring: usize, window: usize, device: Option<DeviceClock>) -> Self {
+        let stamps = if device.is_some() { 0 } else { ring };
         Self {
             sent_ns: (0..ring).map(|_| AtomicU64::new(0)).collect(),
+            stamps: (0..stamps).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            last_sent: AtomicU64::new(0),
             window: Semaphore::new(window),
             received: AtomicU64::new(0),
             device,
@@ -116,11 +125,42 @@ impl Lane {
     fn sent(&self, counter: u64) -> &AtomicU64 {
         &self.sent_ns[counter as usize % self.sent_ns.len()]
     }
+
+    /// Notes that fix `counter`, stamped `time_ms`, leaves now (`now_ns`).
+    fn record(&self, counter: u64, time_ms: i64, now_ns: u64) {
+        self.sent(counter).store(now_ns, Ordering::Relaxed);
+        if !self.stamps.is_empty() {
+            self.stamps[counter as usize % self.stamps.len()].store(time_ms, Ordering::Relaxed);
+        }
+        self.last_sent.store(counter, Ordering::Release);
+    }
+
+    /// The counter of the fix stamped `time_ms`. A watcher receives an order's updates in order,
+    /// so the search runs forward from the counter it matched last (`cursor`) and stops at the
+    /// first later stamp: linear in the fixes sent, however many a server conflates away.
+    fn counter_of(&self, time_ms: i64, cursor: &mut u64) -> Option<u64> {
+        if let Some(device) = &self.device {
+            return device.counter_of(time_ms);
+        }
+        let len = self.stamps.len() as u64;
+        let last = self.last_sent.load(Ordering::Acquire);
+        let from = (*cursor + 1).max(last.saturating_sub(len - 1));
+        for c in from..=last {
+            let stamp = self.stamps[(c % len) as usize].load(Ordering::Relaxed);
+            if stamp == time_ms {
+                *cursor = c;
+                return Some(c);
+            }
+            if stamp > time_ms {
+                break;
+            }
+        }
+        None
+    }
 }
 
 struct Clock {
     origin: Instant,
-    base_ms: i64,
     /// The first fix may go out now; `start_wall_ms` is the same moment in wall time.
     start: Instant,
     start_wall_ms: i64,
@@ -157,11 +197,11 @@ fn start_e7(i: usize) -> (i32, i32) {
     (trackline_proto::to_e7(lat), trackline_proto::to_e7(lon))
 }
 
-fn fix_for(i: usize, counter: u64, base_ms: i64) -> Fix {
+fn fix_for(i: usize, counter: u64, time_ms: i64) -> Fix {
     let (lat, lon) = start_e7(i);
     Fix {
         seq: counter,
-        time_ms: base_ms + counter as i64,
+        time_ms,
         lat_e7: lat + (counter as i32).wrapping_mul(2),
         lon_e7: lon,
         accuracy_m: 5.0,
@@ -347,11 +387,12 @@ async fn run_watcher(
     };
     let end = tokio::time::Instant::from_std(clock.t1 + Duration::from_millis(500));
     let mut times = Vec::new();
-    let account = |times: &mut Vec<i64>, out: &mut WatchOutcome| {
+    let mut cursor = 0u64;
+    let mut account = |times: &mut Vec<i64>, out: &mut WatchOutcome| {
         let now = Instant::now();
         let now_ns = clock.ns();
         for t in times.drain(..) {
-            let Some(c) = lane.device.counter_of(t) else {
+            let Some(c) = lane.counter_of(t, &mut cursor) else {
                 continue;
             };
             let sent = lane.sent(c).load(Ordering::Relaxed);
@@ -691,6 +732,7 @@ async fn run_courier(
         Pace::Rate(_) | Pace::Fleet(_) => 1,
     };
     let mut counter = 0u64;
+    let mut last_stamp_ms = i64::MIN;
     let end = tokio::time::Instant::from_std(clock.t1);
     let mut ticker = match spec.pace {
         Pace::Rate(r) => {
@@ -753,15 +795,18 @@ async fn run_courier(
         let fixes: Vec<Fix> = (0..batch)
             .map(|_| {
                 counter += 1;
-                match course.as_mut() {
-                    Some(c) => c.next_fix(counter, lane.device.time_of(counter)),
-                    None => fix_for(i, counter, clock.base_ms),
+                match (course.as_mut(), &lane.device) {
+                    (Some(c), Some(device)) => c.next_fix(counter, device.time_of(counter)),
+                    _ => {
+                        last_stamp_ms = now_ms().max(last_stamp_ms + 1);
+                        fix_for(i, counter, last_stamp_ms)
+                    }
                 }
             })
             .collect();
         let now_ns = clock.ns();
         for f in &fixes {
-            lane.sent(f.seq).store(now_ns, Ordering::Relaxed);
+            lane.record(f.seq, f.time_ms, now_ns);
         }
         let in_window = clock.in_window(Instant::now());
         if let Err(_e) = sender.send(fixes).await {
@@ -899,7 +944,6 @@ where
     let start = now + lead;
     let clock = Arc::new(Clock {
         origin: now,
-        base_ms: wall_ms - 600_000,
         start,
         start_wall_ms: wall_ms + lead.as_millis() as i64,
         t0: start + spec.warmup,
@@ -916,16 +960,9 @@ where
                         base_ms: clock.start_wall_ms + phase - period,
                         period_ms: period,
                     };
-                    Lane::new(FLEET_RING, limit, device)
+                    Lane::new(FLEET_RING, limit, Some(device))
                 }
-                _ => Lane::new(
-                    RING,
-                    limit,
-                    DeviceClock {
-                        base_ms: clock.base_ms,
-                        period_ms: 1,
-                    },
-                ),
+                _ => Lane::new(RING, limit, None),
             })
         })
         .collect();
@@ -1015,11 +1052,26 @@ mod tests {
     fn fixes_move_plausibly_and_forward_in_time() {
         let base = 1_700_000_000_000;
         let a = fix_for(3, 10, base);
-        let b = fix_for(3, 11, base);
-        assert_eq!(b.time_ms - a.time_ms, 1);
+        let b = fix_for(3, 11, base + 1);
+        assert!(b.time_ms > a.time_ms);
         let metres = f64::from(b.lat_e7 - a.lat_e7) * 1e-7 * trackline_core::plane::M_PER_DEG;
         let speed = metres / 0.001;
         assert!(speed > 1.0 && speed < 55.0, "{speed} m/s");
+    }
+
+    #[test]
+    fn a_watcher_finds_each_stamped_fix_even_past_conflated_ones() {
+        let lane = Lane::new(8, 1, None);
+        for (c, t) in [(1, 100), (2, 101), (3, 150), (4, 151), (5, 400)] {
+            lane.record(c, t, c * 10);
+        }
+        let mut cursor = 0;
+        assert_eq!(lane.counter_of(101, &mut cursor), Some(2));
+        // 3 and 4 were conflated away; 5 is still found, and what was never sent is not.
+        assert_eq!(lane.counter_of(400, &mut cursor), Some(5));
+        assert_eq!(lane.counter_of(150, &mut cursor), None);
+        assert_eq!(lane.counter_of(401, &mut cursor), None);
+        assert_eq!(lane.sent(5).load(Ordering::Relaxed), 50);
     }
 
     #[test]
