@@ -83,6 +83,7 @@ export function watchOrder(options) {
   if (options.since !== undefined && !(Number.isSafeInteger(options.since) && options.since >= 0)) {
     throw new TypeError(`watchOrder: since must be an offset (an integer >= 0), not ${options.since}`);
   }
+  if (options.WebSocket !== undefined && typeof options.WebSocket !== 'function') throw new TypeError('watchOrder: options.WebSocket must be a WebSocket constructor');
   if (typeof Socket !== 'function') throw new TypeError('watchOrder: no global WebSocket here; pass one as options.WebSocket (in node < 22, the ws package)');
 
   const base = baseUrl(url);
