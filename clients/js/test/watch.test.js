@@ -1,10 +1,14 @@
 // The watcher module against the real server binary (target/debug/trackline, started by the
 // browser tests' harness): updates in both encodings, resume after a dropped connection, backoff
 // while the server cannot be reached, the refusals that stop it, and the end of an order.
-// The `ws` package (from tests/browser) is the WebSocket: node 20 has no global one.
+// The `ws` package (from tests/browser) is the WebSocket: node 20 has no global one; the
+// protocol docs' example runs on node's own (behind a flag in node 20).
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { createRequire } from 'node:module';
 import { test, before, after } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -152,6 +156,35 @@ for (const encoding of ['json', 'proto']) {
   });
 }
 
+test('after a server crash and restart the watcher comes back by itself, without a repeat or a gap', async () => {
+  const orderId = 'o-js-restart';
+  const token = await newOrder(orderId);
+  const seen = watch(orderId, token, { encoding: 'proto', backoff: { initialMs: 100, maxMs: 400 } });
+  await h.waitFor(() => seen.last(), 'the snapshot');
+  await sendFixes(3);
+  await reachOffset(seen, (await h.api(server.base, 'GET', `/v1/orders/${orderId}`, opsToken)).body.offset);
+  const lives = () => seen.states().filter(s => s === 'live').length;
+  courier.close();
+  await server.restart('SIGKILL');
+  await h.waitFor(() => lives() === 2 && seen.handle.state === 'live', 'the watcher to be live again');
+  courier = await h.Courier.connect(server.base, server.token('courier', COURIER));
+  await sendFixes(3);
+  const after = (await h.api(server.base, 'GET', `/v1/orders/${orderId}`, opsToken)).body;
+  await reachOffset(seen, after.offset);
+
+  assert.ok(seen.states().includes('reconnecting'));
+  const updates = seen.updates.filter(u => u.type === 'update');
+  const first = seen.updates[0].offset;
+  assert.deepEqual(updates.map(u => u.offset), updates.map((_, i) => first + 1 + i), 'every update once, in order, across the crash');
+  assert.equal(seen.last().offset, after.offset);
+  assert.equal(seen.last().epoch, seen.updates[0].epoch, 'the order keeps its epoch across a restart');
+  // Nothing changed while the server was down, so resuming from the last offset needs no replay
+  // (the replay buffer is empty after a restart) and no fresh snapshot.
+  assert.equal(seen.updates.filter(u => u.type === 'snapshot').length, 1);
+  assert.equal(seen.skipped, 0);
+  seen.handle.close();
+});
+
 test('a server that cannot be reached is retried with growing, jittered delays until close()', async () => {
   const port = await new Promise(resolve => {
     const probe = net.createServer().listen(0, '127.0.0.1', () => {
@@ -237,4 +270,41 @@ test('an expired token on a live stream stops it with 401', async () => {
   const { error } = seen.statuses.find(s => s.state === 'failed');
   assert.equal(error.status, 401);
   assert.ok(token, 'the order has a long-lived token too');
+});
+
+test("the protocol docs' watcher runs as written, on node's own WebSocket", async () => {
+  const token = await newOrder('o-js-docs');
+  const readme = fs.readFileSync(new URL('../../../proto/README.md', import.meta.url), 'utf8');
+  const snippet = /```js\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf('### A watcher in JavaScript')))[1];
+  let script = snippet;
+  for (const [from, to] of [
+    ["'@trackline/watch'", JSON.stringify(new URL('../watch.js', import.meta.url).href)],
+    ["'https://track.example.com'", JSON.stringify(server.base)],
+    ["'o-123'", "'o-js-docs'"],
+    ['watchToken', JSON.stringify(token)],
+  ]) {
+    assert.ok(script.includes(from), `the example has ${from}`);
+    script = script.replace(from, to);
+  }
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'trackline-js-')), 'example.mjs');
+  fs.writeFileSync(file, script);
+  const child = spawn(process.execPath, [...(globalThis.WebSocket ? [] : ['--experimental-websocket']), file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', d => (out += d));
+  child.stderr.on('data', d => (err += d));
+  const exited = new Promise(resolve => child.on('exit', code => resolve(code)));
+  try {
+    await h.waitFor(() => /^snapshot \d+ picked_up/m.test(out), `the example's snapshot (stdout: ${out}, stderr: ${err})`);
+    await sendFixes(2);
+    assert.equal((await h.api(server.base, 'POST', '/v1/orders/o-js-docs/status', opsToken, { status: 'delivered' })).status, 200);
+    assert.equal(await exited, 0, `the example ends by itself when the order does (stderr: ${err})`);
+  } finally {
+    child.kill();
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  }
+  assert.match(out, /^live/m);
+  assert.equal((out.match(/^update \d+ picked_up \{/gm) || []).length, 2, out);
+  assert.match(out, /^update \d+ delivered/m);
+  assert.match(out, /^ended/m);
 });
