@@ -98,7 +98,7 @@ export function watchOrder(options) {
 
   const report = (next, details = {}) => {
     state = next;
-    onStatus({ state: next, ...details });
+    callerCode(onStatus, { state: next, ...details });
   };
   const stopped = () => state === 'ended' || state === 'failed' || state === 'closed';
 
@@ -120,7 +120,14 @@ export function watchOrder(options) {
     attempt++;
     report('connecting', { attempt });
     const resumed = offset !== null && epoch !== null;
-    const ws = new Socket(watchUrl(), PROTOCOLS[encoding]);
+    let ws;
+    try {
+      ws = new Socket(watchUrl(), PROTOCOLS[encoding]);
+    } catch (e) {
+      // A URL the WebSocket refuses, or a page policy that forbids it: no retry helps.
+      fail(new WatchError('bad_url', `cannot open ${orderPath}/watch on ${base}: ${e.message}`));
+      return;
+    }
     ws.binaryType = 'arraybuffer';
     socket = ws;
     let opened = false;
@@ -186,14 +193,7 @@ export function watchOrder(options) {
     }
     offset = update.offset;
     epoch = update.epoch;
-    try {
-      onUpdate(update, { skipped });
-    } catch (e) {
-      // The caller's bug must not end the stream, nor go unseen.
-      queueMicrotask(() => {
-        throw e;
-      });
-    }
+    callerCode(onUpdate, update, { skipped });
   }
 
   async function retry(closeCode, reason, askWhy) {
@@ -269,6 +269,17 @@ export function watchOrder(options) {
       return state;
     },
   };
+}
+
+/** Runs a callback of the caller's: its bug must neither end the stream nor go unseen. */
+function callerCode(fn, ...args) {
+  try {
+    fn(...args);
+  } catch (e) {
+    queueMicrotask(() => {
+      throw e;
+    });
+  }
 }
 
 function baseUrl(url) {

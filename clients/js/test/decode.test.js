@@ -112,6 +112,23 @@ test('an unreadable frame stops the watcher with bad_frame', async () => {
   assert.deepEqual(updates, []);
 });
 
+test('a WebSocket that refuses the URL stops the watcher with bad_url, once', () => {
+  let attempts = 0;
+  class Refusing {
+    constructor() {
+      attempts++;
+      throw new SyntaxError('the URL is not allowed here');
+    }
+  }
+  const statuses = [];
+  const handle = watchOrder({ url: 'http://127.0.0.1:1', orderId: 'o', token: 't', WebSocket: Refusing, onUpdate: () => {}, onStatus: s => statuses.push(s) });
+  assert.equal(handle.state, 'failed');
+  assert.deepEqual(statuses.map(s => s.state), ['connecting', 'failed']);
+  assert.equal(statuses[1].error.code, 'bad_url');
+  assert.match(statuses[1].error.message, /not allowed here/);
+  assert.equal(attempts, 1);
+});
+
 test('bad options are refused at once', () => {
   const base = { url: 'http://127.0.0.1:1', orderId: 'o', token: 't', onUpdate: () => {}, WebSocket: class {} };
   for (const [change, message] of [
