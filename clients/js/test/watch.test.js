@@ -130,7 +130,7 @@ for (const encoding of ['json', 'proto']) {
   test(`${encoding}: a dropped connection resumes with every offset once, in order`, async () => {
     const orderId = `o-js-drop-${encoding}`;
     const token = await newOrder(orderId);
-    const seen = watch(orderId, token, { encoding, backoff: { initialMs: 400 } });
+    const seen = watch(orderId, token, { encoding, backoff: { initialMs: 600 } });
     await h.waitFor(() => seen.last(), 'the snapshot');
     await sendFixes(3);
     await reachOffset(seen, seen.updates[0].offset + 3);
@@ -138,7 +138,7 @@ for (const encoding of ['json', 'proto']) {
       const before = seen.updates.length;
       // The socket dies without a close handshake, as when the network goes away.
       seen.sockets[seen.sockets.length - 1].terminate();
-      await sendFixes(4); // sent while the watcher waits to reconnect
+      await sendFixes(4); // sent while the watcher waits to reconnect (450 ms at least)
       const target = (await h.api(server.base, 'GET', `/v1/orders/${orderId}`, opsToken)).body.offset;
       await reachOffset(seen, target);
       assert.ok(seen.updates.slice(before).some(u => u.recovered), 'the missed updates were replayed');
