@@ -2,8 +2,9 @@
 # Runs every test of the workspace on a fresh machine: installs what the tests need that cargo
 # cannot (Debian's chromium, chromium-driver, nats-server and python3-venv, and the browser tests'
 # npm packages), validates the Kubernetes manifests and docker-compose.yml, builds, runs unit,
-# end-to-end (single-node and broker mode) and browser tests, builds and runs the image with buildah
-# (tests/image.sh, which installs buildah and debootstrap), and checks formatting and clippy's lints.
+# end-to-end (single-node and broker mode), browser and JavaScript watcher (clients/js) tests,
+# builds and runs the image with buildah (tests/image.sh, which installs buildah and debootstrap),
+# and checks formatting and clippy's lints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,4 +79,6 @@ fi
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).
 (cd tests/browser && node --test --test-concurrency=1 test/) || status=$?
+# The JavaScript watcher (clients/js) against the same binaries, with the browser tests' packages.
+(cd clients/js && node --test --test-concurrency=1 test/) || status=$?
 exit "$status"
