@@ -74,6 +74,13 @@ out="$(PYTHONPATH="$work/gen" timeout 30 "$py" "$root/proto/examples/courier.py"
 echo "python-courier: $out"
 [[ "$out" == *"all 5 fixes acked"* ]] || fail "courier.py did not report its fixes acked: $out"
 
+# A token the server refuses ends the example with an error rather than retries.
+if PYTHONPATH="$work/gen" timeout 30 "$py" "$root/proto/examples/courier.py" \
+    "ws://127.0.0.1:$port" "not-a-token" <"$work/fixes.csv" >"$work/refused.log" 2>&1; then
+    fail "courier.py with a bad token exited 0: $(cat "$work/refused.log")"
+fi
+grep -q "401" "$work/refused.log" || fail "courier.py with a bad token: $(tail -n 3 "$work/refused.log")"
+
 # Stored: five fixes in order, at the positions sent, speeds as sent and unknown where unset.
 "$py" - "$base" "$ops" "$order" <<'PY' || fail "the fixes are not in the order's history"
 import json, sys, urllib.request

@@ -42,6 +42,9 @@ def main():
         try:
             asyncio.run(flush(url, token, buffer))
         except (OSError, websockets.ConnectionClosed) as e:
+            close = getattr(e, "rcvd", None)
+            if close and close.code not in (1001, 1011):  # refused, not lost: resending won't help
+                sys.exit(f"closed by the server: {close.code} {close.reason}")
             print(f"connection lost ({e}), resending {len(buffer)} fixes", file=sys.stderr)
             time.sleep(1)
     print(f"all {len(lines)} fixes acked")
