@@ -15,8 +15,8 @@ export RUST_BACKTRACE=1
 #   chromium, chromium-driver  headless Chromium for the browser tests;
 #   nats-server                the broker for the multi-process (broker mode) tests, which start
 #                              their own servers on loopback;
-#   python3-venv               k8s/validate.sh builds its venv with it (Debian's python3 lacks
-#                              ensurepip without it).
+#   python3-venv               k8s/validate.sh and tests/python-courier.sh build their venvs with
+#                              it (Debian's python3 lacks ensurepip without it).
 # Debian installs nats-server into /usr/sbin, which a regular user's PATH lacks.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 missing=()
@@ -75,6 +75,10 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
     echo "tests/run.sh: clippy is not installed; lints NOT checked" >&2
 fi
+
+# The protocol docs' Python courier (proto/examples/courier.py) against the real server binary;
+# the first run installs its pinned PyPI packages into tests/.courier-venv.
+tests/python-courier.sh || status=$?
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).

@@ -339,7 +339,6 @@ fn from_proto_update(update: v1::OrderUpdate) -> Update {
         .strip_prefix("ORDER_STATUS_")
         .unwrap_or_else(|| panic!("status name {status:?} has no ORDER_STATUS_ prefix"))
         .to_lowercase();
-    let known = |x: f32| (x >= 0.0).then_some(x);
     Update {
         kind: None,
         order_id: update.order_id,
@@ -350,9 +349,9 @@ fn from_proto_update(update: v1::OrderUpdate) -> Update {
             lat: from_e7(p.lat_e7),
             lon: from_e7(p.lon_e7),
             time_ms: p.time_ms,
-            speed_mps: known(p.speed_mps),
-            heading_deg: known(p.heading_deg),
-            accuracy_m: (p.accuracy_m > 0.0).then_some(p.accuracy_m),
+            speed_mps: p.speed_mps,
+            heading_deg: p.heading_deg,
+            accuracy_m: p.accuracy_m,
         }),
         eta: update.eta.map(|e| Eta {
             seconds: e.seconds,
