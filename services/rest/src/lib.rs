@@ -11,11 +11,31 @@ use serde::{Deserialize, Serialize};
 use trackline_core::fix::{Fix, LatLon};
 use trackline_core::order::{ClockAdjustments, OrderStatus, OrderView, StatusChange};
 use trackline_core::{CourierId, OrderId};
+use utoipa::{IntoParams, ToSchema};
+
+/// One point of a planned route in the OpenAPI document: `[lat, lon]` in degrees (the bodies
+/// carry it as `[f64; 2]`, which has no schema of its own).
+pub enum RoutePoint {}
+
+impl utoipa::PartialSchema for RoutePoint {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Number))
+            .min_items(Some(2))
+            .max_items(Some(2))
+            .into()
+    }
+}
+
+impl ToSchema for RoutePoint {}
 
 /// A position in a request body.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Point {
+    #[schema(minimum = -90, maximum = 90)]
     pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
 }
 
@@ -29,15 +49,18 @@ impl From<LatLon> for Point {
 }
 
 /// `POST /v1/orders`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    #[schema(value_type = OrderId)]
     pub order_id: String,
     pub destination: Point,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<CourierId>)]
     pub courier_id: Option<String>,
     /// The planned route, `[[lat, lon], ...]` (2 to 20,000 points).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RoutePoint>>, min_items = 2, max_items = 20_000)]
     pub route: Option<Vec<[f64; 2]>>,
     /// When the customer was promised the delivery (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +68,7 @@ pub struct CreateOrder {
 }
 
 /// The answer of `POST /v1/orders` (201): the order and how its customer watches it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderCreated {
     pub order_id: OrderId,
     pub watch_token: String,
@@ -54,14 +77,15 @@ pub struct OrderCreated {
 }
 
 /// `POST /v1/orders/{id}/assign`; the answer is the order's [`OrderView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignCourier {
+    #[schema(value_type = CourierId)]
     pub courier_id: String,
 }
 
 /// `POST /v1/orders/{id}/status`; the answer is the order's [`OrderView`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeStatus {
     pub status: OrderStatus,
@@ -69,12 +93,13 @@ pub struct ChangeStatus {
 
 /// The answer of `GET /v1/orders/{id}`: the order's state and planned route; for an ops token
 /// also its status log and the counts of its courier's refused fixes (absent for other callers).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderDetail {
     #[serde(flatten)]
     pub state: OrderView,
     /// `[[lat, lon], ...]`; null when the order has no planned route.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<RoutePoint>>)]
     pub route: Option<Vec<[f64; 2]>>,
     /// Refused fixes by reject code (they are not stored, so only counted). Ops only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,38 +126,45 @@ impl OrderDetail {
 }
 
 /// The query of `GET /v1/orders`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListOrders {
     /// `active` (default), `ended` or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^(active|ended|all)$")]
     pub status: Option<String>,
     /// At most this many (default 100, at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 10_000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/orders`: most recently updated first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderList {
     pub orders: Vec<OrderView>,
 }
 
 /// The query of `GET /v1/orders/{id}/history`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// `json` (default), `geojson` or `gpx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^(json|geojson|gpx)$")]
     pub format: Option<String>,
+    /// Only fixes at or after this device time (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_ms: Option<i64>,
+    /// Only fixes at or before this device time (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ms: Option<i64>,
 }
 
 /// The answer of `GET /v1/orders/{id}/history?format=json`: the stored fixes in time order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub order_id: OrderId,
     pub fixes: Vec<HistoryFix>,
@@ -152,7 +184,7 @@ impl History {
 }
 
 /// One stored fix; unknown accuracy, speed and heading are null.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryFix {
     pub seq: u64,
     pub time_ms: i64,
@@ -191,27 +223,32 @@ impl From<HistoryFix> for Fix {
 }
 
 /// The query of `GET /v1/couriers/nearby`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NearbyQuery {
+    #[param(minimum = -90, maximum = 90)]
     pub lat: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub lon: f64,
     /// Metres (default 1,000, at most 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(exclusive_minimum = 0, maximum = 100_000)]
     pub radius_m: Option<f64>,
     /// At most this many (default 10, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/couriers/nearby`: nearest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NearbyCouriers {
     pub couriers: Vec<NearbyCourier>,
 }
 
 /// A live courier and how far it is from the asked centre.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NearbyCourier {
     pub courier_id: CourierId,
     pub lat: f64,
@@ -222,19 +259,27 @@ pub struct NearbyCourier {
 }
 
 /// The query of `GET /v1/couriers/within`: a box; `west > east` crosses the antimeridian.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WithinQuery {
+    /// Not north of `north`.
+    #[param(minimum = -90, maximum = 90)]
     pub south: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub west: f64,
+    #[param(minimum = -90, maximum = 90)]
     pub north: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub east: f64,
+    /// At most this many (default 500, at most 5,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 5000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/couriers/within`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CouriersWithin {
     pub couriers: Vec<CourierPosition>,
     /// True when there were more couriers in the box than the limit.
@@ -242,7 +287,7 @@ pub struct CouriersWithin {
 }
 
 /// A live courier's last position.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CourierPosition {
     pub courier_id: CourierId,
     pub lat: f64,
@@ -251,25 +296,29 @@ pub struct CourierPosition {
 }
 
 /// `POST /v1/tokens`: `role` is `ops`, `courier` or `watch`; `subject` the courier or order id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    #[schema(pattern = "^(ops|courier|watch)$")]
     pub role: String,
+    /// The courier id of a courier token, the order id of a watch token; none for ops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<OrderId>)]
     pub subject: Option<String>,
     /// Lifetime in seconds (default 24 h, at most 30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_s: Option<i64>,
 }
 
 /// The answer of `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Token {
     pub token: String,
 }
 
 /// `POST /v1/admin/purge`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     /// Purge fixes older than this (unix ms); default: now minus the retention period.
@@ -278,7 +327,7 @@ pub struct PurgeRequest {
 }
 
 /// The answer of `POST /v1/admin/purge`: what went (in broker mode, on every node together).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Purged {
     pub before_ms: i64,
     pub fixes: usize,
@@ -286,16 +335,19 @@ pub struct Purged {
 }
 
 /// The resume part of the query of `GET /v1/orders/{id}/watch`: both or neither.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WatchQuery {
+    /// The offset of the last update received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// The epoch of the last update received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
 }
 
 /// The answer of `/healthz` and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: HealthStatus,
     /// Why the node is not ready, when it is for another reason than shutting down.
@@ -312,7 +364,7 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// `/healthz`: the process answers.
@@ -330,13 +382,13 @@ pub enum HealthStatus {
 }
 
 /// Every failed call's body: `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorAnswer {
     pub error: ErrorBody,
 }
 
 /// A stable machine-readable `code` (PROTOCOL.md lists them) and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod history_formats;
+pub mod openapi;
 pub mod orders;
 pub mod pages;
 pub mod streams;
@@ -55,7 +56,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
     .configure(pages::routes)
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(crate::metrics::render));
+    .route("/metrics", web::get().to(crate::metrics::render))
+    .route("/openapi.json", web::get().to(openapi::serve));
     #[cfg(feature = "conformance-echo")]
     cfg.route("/test/echo", web::get().to(crate::ws::echo::echo));
 }
