@@ -87,7 +87,7 @@ echo "openapi: schemathesis, up to $examples cases per operation"
 "$venv/bin/schemathesis" run "$work/openapi.json" --url "$base" \
     -H "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples "$examples" --workers 2 --no-color --generation-database none \
+    --max-examples "$examples" --workers 1 --no-color --output-truncate true --generation-database none \
     --report-dir "$work/report" "${seed[@]}" "${max_time[@]}" || status=$?
 
 if [ "$status" -ne 0 ]; then

@@ -19,9 +19,17 @@ pub enum RoutePoint {}
 
 impl utoipa::PartialSchema for RoutePoint {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        use utoipa::openapi::schema::{ArrayBuilder, ArrayItems, ObjectBuilder, Type};
+        let degrees = |max: f64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(-max))
+                .maximum(Some(max))
+                .build()
+        };
         ArrayBuilder::new()
-            .items(ObjectBuilder::new().schema_type(Type::Number))
+            .prefix_items([degrees(90.0), degrees(180.0)])
+            .items(ArrayItems::False)
             .min_items(Some(2))
             .max_items(Some(2))
             .into()

@@ -149,7 +149,8 @@ pub async fn config_js(app: App) -> HttpResponse {
     get,
     path = "/assets/{name}",
     tag = "pages",
-    params(("name" = String, Path, description = "the file, e.g. `track.js`, `leaflet/leaflet.css`")),
+    params(("name" = String, Path, example = "track.js",
+             description = "the file, e.g. `track.js`, `leaflet/leaflet.css`")),
     responses(
         (status = 200, description = "the file", body = String,
          content(("text/javascript"), ("text/css"), ("text/plain"))),
