@@ -17,7 +17,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::{admin, couriers, health, orders, pages, streams, tokens};
 
-/// The security scheme of `Authorization: Bearer <token>`.
+/// The security scheme of `Authorization: Bearer <token>` (the handlers' `security(...)` name it
+/// by this literal: utoipa takes no constant there).
 pub const BEARER: &str = "bearer";
 /// The security scheme of `?token=<token>`, which the WebSocket upgrades and the pages also take.
 pub const TOKEN_QUERY: &str = "token_query";
