@@ -96,8 +96,11 @@ pub struct Position {
     pub lat: f64,
     pub lon: f64,
     pub time_ms: i64,
+    #[schema(required = true)]
     pub speed_mps: Option<f32>,
+    #[schema(required = true)]
     pub heading_deg: Option<f32>,
+    #[schema(required = true)]
     pub accuracy_m: Option<f32>,
 }
 
@@ -318,9 +321,12 @@ pub fn new_epoch() -> String {
 pub struct OrderView {
     pub order_id: OrderId,
     pub status: OrderStatus,
+    #[schema(required = true)]
     pub courier_id: Option<CourierId>,
     pub destination: LatLon,
+    #[schema(required = true)]
     pub position: Option<Position>,
+    #[schema(required = true)]
     pub eta: Option<Eta>,
     pub offset: u64,
     pub epoch: String,

@@ -107,7 +107,7 @@ pub struct OrderDetail {
     pub state: OrderView,
     /// `[[lat, lon], ...]`; null when the order has no planned route.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<RoutePoint>>)]
+    #[schema(value_type = Option<Vec<RoutePoint>>, required = true)]
     pub route: Option<Vec<[f64; 2]>>,
     /// Refused fixes by reject code (they are not stored, so only counted). Ops only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,6 +191,36 @@ impl History {
     }
 }
 
+/// The answer of `GET /v1/orders/{id}/history?format=geojson` in the OpenAPI document: a
+/// FeatureCollection (RFC 7946) whose one Feature is the LineString of the fixes (`[lon, lat]`),
+/// with `times_ms` and `seqs` in its properties. The server writes it with the geojson crate.
+pub enum GeoJsonHistory {}
+
+impl utoipa::PartialSchema for GeoJsonHistory {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let named = |name: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([name]))
+        };
+        let feature = ObjectBuilder::new()
+            .property("type", named("Feature"))
+            .required("type")
+            .property("geometry", ObjectBuilder::new())
+            .required("geometry")
+            .property("properties", ObjectBuilder::new());
+        ObjectBuilder::new()
+            .property("type", named("FeatureCollection"))
+            .required("type")
+            .property("features", ArrayBuilder::new().items(feature))
+            .required("features")
+            .into()
+    }
+}
+
+impl ToSchema for GeoJsonHistory {}
+
 /// One stored fix; unknown accuracy, speed and heading are null.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryFix {
@@ -198,8 +228,11 @@ pub struct HistoryFix {
     pub time_ms: i64,
     pub lat: f64,
     pub lon: f64,
+    #[schema(required = true)]
     pub accuracy_m: Option<f32>,
+    #[schema(required = true)]
     pub speed_mps: Option<f32>,
+    #[schema(required = true)]
     pub heading_deg: Option<f32>,
 }
 

@@ -7,8 +7,8 @@ use trackline_core::fix::Fix;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
 use trackline_core::{now_ms, OrderId};
 use trackline_rest::{
-    AssignCourier, ChangeStatus, CreateOrder, ErrorAnswer, History, HistoryQuery, ListOrders,
-    OrderCreated, OrderDetail, OrderList,
+    AssignCourier, ChangeStatus, CreateOrder, ErrorAnswer, GeoJsonHistory, History, HistoryQuery,
+    ListOrders, OrderCreated, OrderDetail, OrderList,
 };
 
 use crate::http::auth::Caller;
@@ -362,7 +362,7 @@ pub async fn set_status(
                                       LineString) or GPX 1.1, as `format` asks",
          content(
              (History = "application/json"),
-             (serde_json::Value = "application/geo+json"),
+             (GeoJsonHistory = "application/geo+json"),
              (String = "application/gpx+xml"),
          )),
         (status = 400, description = "`bad_order_id`, `bad_format`, `bad_query`", body = ErrorAnswer),
