@@ -14,6 +14,7 @@
 # reproducible run; random otherwise), OPENAPI_MAX_TIME_S (a time budget for the whole run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+root="$PWD"
 
 examples="${1:-12}"
 if ! [[ "$examples" =~ ^[0-9]+$ ]] || [ "$examples" -lt 1 ]; then
@@ -90,11 +91,12 @@ judge() {
     local config=()
     [ -n "$1" ] && config=(--config-file "$1")
     shift
-    "$venv/bin/schemathesis" "${config[@]}" run "$work/openapi.json" --url "$base" \
+    # from the temporary dir: schemathesis keeps a cache of its findings in the current directory
+    (cd "$work" && "$root/$venv/bin/schemathesis" "${config[@]}" run openapi.json --url "$base" \
         -H "Authorization: Bearer $token" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
         --max-examples "$examples" --workers 1 --no-color --output-truncate true \
-        --generation-database none --report-dir "$work/report" "${seed[@]}" "${max_time[@]}" "$@"
+        --generation-database none --report-dir report "${seed[@]}" "${max_time[@]}" "$@")
 }
 echo "openapi: schemathesis, every operation, up to $examples cases each"
 judge "" || status=$?

@@ -4,6 +4,10 @@
 //! Requests refuse unknown fields (a misspelt field is a 400, not silently ignored); answers
 //! accept unknown fields, so that an older client keeps working with a newer server. Optional
 //! request fields are left out when unset, as a hand-written request would.
+//!
+//! Each type also describes itself to the server's OpenAPI document (`GET /openapi.json`):
+//! bodies and answers as schemas, queries as parameters, with the ranges the server enforces, so
+//! the document is derived from the very types the server answers with.
 
 use std::collections::BTreeMap;
 
