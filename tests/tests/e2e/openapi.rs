@@ -1,6 +1,6 @@
 //! `GET /openapi.json` from a running server: an OpenAPI 3.1 document that needs no token, names
 //! the auth schemes and the error shape, covers every route proto/README.md documents, and whose
-//! every operation is served with one of the statuses it lists.
+//! every operation is served with one of the statuses and content types it lists.
 
 use std::collections::BTreeSet;
 
@@ -118,6 +118,11 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
         }
         let answer = request.send().await.unwrap();
         let status = answer.status().as_u16();
+        let media_type = answer
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
         let body: Value = answer.json().await.unwrap_or(Value::Null);
         // the fallback of a path no route serves, or a method its resource lacks
         assert!(
@@ -132,6 +137,14 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
             operation["responses"].get(status.to_string()).is_some(),
             "{method} {path} answered {status}, which the document does not list: {body}"
         );
+        let documented = &operation["responses"][status.to_string()]["content"];
+        if let (Some(documented), Some(media_type)) = (documented.as_object(), &media_type) {
+            assert!(
+                documented.contains_key(media_type),
+                "{method} {path}: {status} came as {media_type}, documented as {:?}",
+                documented.keys().collect::<Vec<_>>()
+            );
+        }
         if status >= 400 {
             assert!(
                 body["error"]["code"].is_string(),
