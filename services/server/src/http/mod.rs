@@ -20,7 +20,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::cluster::forward;
 use crate::http::error::{ApiError, ApiResult};
 
-/// Every route; `cors_origins` may call the reads of a watcher's page from their own pages.
+/// Every route; `cors_origins` may call the reads of a watcher's page from their own pages. Each
+/// one is also listed in the OpenAPI document ([`openapi::ApiDoc`]).
 pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
     cfg.service(
         web::scope("/v1")

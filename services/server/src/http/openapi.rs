@@ -23,6 +23,9 @@ pub const BEARER: &str = "bearer";
 /// The security scheme of `?token=<token>`, which the WebSocket upgrades and the pages also take.
 pub const TOKEN_QUERY: &str = "token_query";
 
+/// The document: every route the server registers (`http::routes`), with the REST types'
+/// schemas. A route added there is added here too; the end-to-end tests check each documented
+/// operation is served and that every route of proto/README.md is documented.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -115,6 +118,7 @@ impl Modify for SharedAnswers {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let order_call = path.starts_with("/v1/orders");
+            // the only methods the server routes
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
                 add_shared_answers(operation, order_call);
             }
@@ -167,7 +171,7 @@ fn add_shared_answers(operation: &mut Operation, order_call: bool) {
 }
 
 /// An error answer: `{"error": {"code", "message"}}` with `description` saying which codes.
-pub fn error_answer(description: &str) -> RefOr<Response> {
+fn error_answer(description: &str) -> RefOr<Response> {
     ResponseBuilder::new()
         .description(description)
         .content(
