@@ -2,9 +2,10 @@
 # Runs every test of the workspace on a fresh machine: installs what the tests need that cargo
 # cannot (Debian's chromium, chromium-driver, nats-server and python3-venv, and the browser tests'
 # npm packages), validates the Kubernetes manifests and docker-compose.yml, builds, runs unit,
-# end-to-end (single-node and broker mode), browser and JavaScript watcher (clients/js) tests,
-# builds and runs the image with buildah (tests/image.sh, which installs buildah and debootstrap),
-# and checks formatting and clippy's lints.
+# end-to-end (single-node and broker mode), browser and JavaScript watcher (clients/js) tests and
+# the Python courier example, builds and runs the image with buildah (tests/image.sh, which
+# installs buildah and debootstrap), judges GET /openapi.json with openapi-spec-validator and
+# schemathesis (tests/openapi/check.sh), and checks formatting and clippy's lints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,14 +16,17 @@ export RUST_BACKTRACE=1
 #   chromium, chromium-driver  headless Chromium for the browser tests;
 #   nats-server                the broker for the multi-process (broker mode) tests, which start
 #                              their own servers on loopback;
-#   python3-venv               k8s/validate.sh and tests/python-courier.sh build their venvs with
-#                              it (Debian's python3 lacks ensurepip without it).
+#   python3-venv               k8s/validate.sh, tests/python-courier.sh and tests/openapi/check.sh
+#                              build their venvs with it (Debian's python3 lacks ensurepip
+#                              without it);
+#   curl                       tests/openapi/check.sh talks to the server it starts with it.
 # Debian installs nats-server into /usr/sbin, which a regular user's PATH lacks.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v nats-server >/dev/null || missing+=(nats-server)
+command -v curl >/dev/null || missing+=(curl)
 if ! command -v python3 >/dev/null; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip' 2>/dev/null; then
@@ -52,6 +56,10 @@ df -h . | sed 's/^/disk before build: /'
 cargo build --workspace --all-targets --locked
 df -h . | sed 's/^/disk after build: /'
 cargo test --workspace --locked --no-fail-fast || status=$?
+# GET /openapi.json judged by independent tools against the debug server just built: the OpenAPI
+# 3.1 validator, then a short schemathesis run (no 5xx, every status, content type and body as
+# documented). The first run installs both from PyPI into tests/openapi/.venv.
+tests/openapi/check.sh || status=$?
 
 # The image: k8s/Dockerfile built daemonless with buildah on locally made bases, then run (the
 # server as uid 10001, trackctl; tests/image.sh says what is and is not covered). It needs root

@@ -6,7 +6,7 @@ use trackline_proto::v1;
 use trackline_proto::{from_e7, to_e7, Measurements};
 
 /// A point on the WGS84 ellipsoid, in degrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LatLon {
     pub lat: f64,
     pub lon: f64,

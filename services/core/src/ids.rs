@@ -35,6 +35,17 @@ fn check(raw: &str) -> Result<(), IdError> {
     }
 }
 
+/// The schema of every id: what [`check`] accepts, so generated clients and property-based tests
+/// send ids the server takes.
+fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .pattern(Some("^[A-Za-z0-9_.-]+$"))
+        .into()
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -69,6 +80,15 @@ macro_rules! id_type {
                 id.0.to_string()
             }
         }
+
+        /// In the OpenAPI document: a string of the id alphabet, as [`check`] enforces.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -7,7 +7,7 @@ use crate::fix::{Fix, LatLon};
 use crate::ids::{CourierId, OrderId};
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Created,
@@ -91,13 +91,16 @@ impl std::fmt::Display for OrderStatus {
 }
 
 /// The live position shown for an order (JSON as in the protocol; unknowns are null).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Position {
     pub lat: f64,
     pub lon: f64,
     pub time_ms: i64,
+    #[schema(required = true)]
     pub speed_mps: Option<f32>,
+    #[schema(required = true)]
     pub heading_deg: Option<f32>,
+    #[schema(required = true)]
     pub accuracy_m: Option<f32>,
 }
 
@@ -131,7 +134,7 @@ impl Position {
 }
 
 /// The published estimate of arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Eta {
     pub seconds: i64,
     pub arrive_at_ms: i64,
@@ -185,7 +188,7 @@ pub struct OrderRecord {
 /// seq on: the stored time of fix `seq` is its device time plus the offset of the last entry
 /// whose `from_seq` is at most `seq`, so the device time is kept without changing how fixes
 /// are stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClockAdjustments {
     /// Fixes stored with a corrected time.
     pub fixes: u64,
@@ -195,7 +198,7 @@ pub struct ClockAdjustments {
 }
 
 /// From fix `from_seq` on, `offset_ms` was added to the device time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClockOffset {
     pub from_seq: u64,
     pub offset_ms: i64,
@@ -302,7 +305,7 @@ impl OrderRecord {
 }
 
 /// One entry of an order's status log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusChange {
     pub status: OrderStatus,
     pub at_ms: i64,
@@ -314,13 +317,16 @@ pub fn new_epoch() -> String {
 }
 
 /// The protocol's order state, as JSON and as the protobuf `OrderUpdate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub order_id: OrderId,
     pub status: OrderStatus,
+    #[schema(required = true)]
     pub courier_id: Option<CourierId>,
     pub destination: LatLon,
+    #[schema(required = true)]
     pub position: Option<Position>,
+    #[schema(required = true)]
     pub eta: Option<Eta>,
     pub offset: u64,
     pub epoch: String,

@@ -4,6 +4,10 @@
 //! Requests refuse unknown fields (a misspelt field is a 400, not silently ignored); answers
 //! accept unknown fields, so that an older client keeps working with a newer server. Optional
 //! request fields are left out when unset, as a hand-written request would.
+//!
+//! Each type also describes itself to the server's OpenAPI document (`GET /openapi.json`):
+//! bodies and answers as schemas, queries as parameters, with the ranges the server enforces, so
+//! the document is derived from the very types the server answers with.
 
 use std::collections::BTreeMap;
 
@@ -11,11 +15,39 @@ use serde::{Deserialize, Serialize};
 use trackline_core::fix::{Fix, LatLon};
 use trackline_core::order::{ClockAdjustments, OrderStatus, OrderView, StatusChange};
 use trackline_core::{CourierId, OrderId};
+use utoipa::{IntoParams, ToSchema};
+
+/// One point of a planned route in the OpenAPI document: `[lat, lon]` in degrees (the bodies
+/// carry it as `[f64; 2]`, which has no schema of its own).
+pub enum RoutePoint {}
+
+impl utoipa::PartialSchema for RoutePoint {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ArrayItems, ObjectBuilder, Type};
+        let degrees = |max: f64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(-max))
+                .maximum(Some(max))
+                .build()
+        };
+        ArrayBuilder::new()
+            .prefix_items([degrees(90.0), degrees(180.0)])
+            .items(ArrayItems::False)
+            .min_items(Some(2))
+            .max_items(Some(2))
+            .into()
+    }
+}
+
+impl ToSchema for RoutePoint {}
 
 /// A position in a request body.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Point {
+    #[schema(minimum = -90, maximum = 90)]
     pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
 }
 
@@ -29,15 +61,18 @@ impl From<LatLon> for Point {
 }
 
 /// `POST /v1/orders`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    #[schema(value_type = OrderId)]
     pub order_id: String,
     pub destination: Point,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<CourierId>)]
     pub courier_id: Option<String>,
     /// The planned route, `[[lat, lon], ...]` (2 to 20,000 points).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RoutePoint>>, min_items = 2, max_items = 20_000)]
     pub route: Option<Vec<[f64; 2]>>,
     /// When the customer was promised the delivery (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +80,7 @@ pub struct CreateOrder {
 }
 
 /// The answer of `POST /v1/orders` (201): the order and how its customer watches it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderCreated {
     pub order_id: OrderId,
     pub watch_token: String,
@@ -54,14 +89,15 @@ pub struct OrderCreated {
 }
 
 /// `POST /v1/orders/{id}/assign`; the answer is the order's [`OrderView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignCourier {
+    #[schema(value_type = CourierId)]
     pub courier_id: String,
 }
 
 /// `POST /v1/orders/{id}/status`; the answer is the order's [`OrderView`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeStatus {
     pub status: OrderStatus,
@@ -69,12 +105,13 @@ pub struct ChangeStatus {
 
 /// The answer of `GET /v1/orders/{id}`: the order's state and planned route; for an ops token
 /// also its status log and the counts of its courier's refused fixes (absent for other callers).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderDetail {
     #[serde(flatten)]
     pub state: OrderView,
     /// `[[lat, lon], ...]`; null when the order has no planned route.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<RoutePoint>>, required = true)]
     pub route: Option<Vec<[f64; 2]>>,
     /// Refused fixes by reject code (they are not stored, so only counted). Ops only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,38 +138,45 @@ impl OrderDetail {
 }
 
 /// The query of `GET /v1/orders`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListOrders {
     /// `active` (default), `ended` or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^(active|ended|all)$")]
     pub status: Option<String>,
     /// At most this many (default 100, at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 10_000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/orders`: most recently updated first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderList {
     pub orders: Vec<OrderView>,
 }
 
 /// The query of `GET /v1/orders/{id}/history`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// `json` (default), `geojson` or `gpx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^(json|geojson|gpx)$")]
     pub format: Option<String>,
+    /// Only fixes at or after this device time (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_ms: Option<i64>,
+    /// Only fixes at or before this device time (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_ms: Option<i64>,
 }
 
 /// The answer of `GET /v1/orders/{id}/history?format=json`: the stored fixes in time order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub order_id: OrderId,
     pub fixes: Vec<HistoryFix>,
@@ -151,15 +195,48 @@ impl History {
     }
 }
 
+/// The answer of `GET /v1/orders/{id}/history?format=geojson` in the OpenAPI document: a
+/// FeatureCollection (RFC 7946) whose one Feature is the LineString of the fixes (`[lon, lat]`),
+/// with `times_ms` and `seqs` in its properties. The server writes it with the geojson crate.
+pub enum GeoJsonHistory {}
+
+impl utoipa::PartialSchema for GeoJsonHistory {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let named = |name: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([name]))
+        };
+        let feature = ObjectBuilder::new()
+            .property("type", named("Feature"))
+            .required("type")
+            .property("geometry", ObjectBuilder::new())
+            .required("geometry")
+            .property("properties", ObjectBuilder::new());
+        ObjectBuilder::new()
+            .property("type", named("FeatureCollection"))
+            .required("type")
+            .property("features", ArrayBuilder::new().items(feature))
+            .required("features")
+            .into()
+    }
+}
+
+impl ToSchema for GeoJsonHistory {}
+
 /// One stored fix; unknown accuracy, speed and heading are null.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryFix {
     pub seq: u64,
     pub time_ms: i64,
     pub lat: f64,
     pub lon: f64,
+    #[schema(required = true)]
     pub accuracy_m: Option<f32>,
+    #[schema(required = true)]
     pub speed_mps: Option<f32>,
+    #[schema(required = true)]
     pub heading_deg: Option<f32>,
 }
 
@@ -191,27 +268,32 @@ impl From<HistoryFix> for Fix {
 }
 
 /// The query of `GET /v1/couriers/nearby`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NearbyQuery {
+    #[param(minimum = -90, maximum = 90)]
     pub lat: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub lon: f64,
     /// Metres (default 1,000, at most 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(exclusive_minimum = 0, maximum = 100_000)]
     pub radius_m: Option<f64>,
     /// At most this many (default 10, at most 1,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/couriers/nearby`: nearest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NearbyCouriers {
     pub couriers: Vec<NearbyCourier>,
 }
 
 /// A live courier and how far it is from the asked centre.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NearbyCourier {
     pub courier_id: CourierId,
     pub lat: f64,
@@ -222,19 +304,27 @@ pub struct NearbyCourier {
 }
 
 /// The query of `GET /v1/couriers/within`: a box; `west > east` crosses the antimeridian.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WithinQuery {
+    /// Not north of `north`.
+    #[param(minimum = -90, maximum = 90)]
     pub south: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub west: f64,
+    #[param(minimum = -90, maximum = 90)]
     pub north: f64,
+    #[param(minimum = -180, maximum = 180)]
     pub east: f64,
+    /// At most this many (default 500, at most 5,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(minimum = 1, maximum = 5000)]
     pub limit: Option<usize>,
 }
 
 /// The answer of `GET /v1/couriers/within`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CouriersWithin {
     pub couriers: Vec<CourierPosition>,
     /// True when there were more couriers in the box than the limit.
@@ -242,7 +332,7 @@ pub struct CouriersWithin {
 }
 
 /// A live courier's last position.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CourierPosition {
     pub courier_id: CourierId,
     pub lat: f64,
@@ -251,25 +341,29 @@ pub struct CourierPosition {
 }
 
 /// `POST /v1/tokens`: `role` is `ops`, `courier` or `watch`; `subject` the courier or order id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    #[schema(pattern = "^(ops|courier|watch)$")]
     pub role: String,
+    /// The courier id of a courier token, the order id of a watch token; none for ops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<OrderId>)]
     pub subject: Option<String>,
     /// Lifetime in seconds (default 24 h, at most 30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 2_592_000)]
     pub ttl_s: Option<i64>,
 }
 
 /// The answer of `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Token {
     pub token: String,
 }
 
 /// `POST /v1/admin/purge`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeRequest {
     /// Purge fixes older than this (unix ms); default: now minus the retention period.
@@ -278,7 +372,7 @@ pub struct PurgeRequest {
 }
 
 /// The answer of `POST /v1/admin/purge`: what went (in broker mode, on every node together).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Purged {
     pub before_ms: i64,
     pub fixes: usize,
@@ -286,16 +380,19 @@ pub struct Purged {
 }
 
 /// The resume part of the query of `GET /v1/orders/{id}/watch`: both or neither.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WatchQuery {
+    /// The offset of the last update received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// The epoch of the last update received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
 }
 
 /// The answer of `/healthz` and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: HealthStatus,
     /// Why the node is not ready, when it is for another reason than shutting down.
@@ -312,7 +409,7 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// `/healthz`: the process answers.
@@ -330,13 +427,13 @@ pub enum HealthStatus {
 }
 
 /// Every failed call's body: `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorAnswer {
     pub error: ErrorBody,
 }
 
 /// A stable machine-readable `code` (PROTOCOL.md lists them) and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,

@@ -55,6 +55,14 @@ fn record_commit(stats: CommitStats) {
 }
 
 /// `GET /metrics`: the Prometheus text format.
+/// `GET /metrics`: the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "every metric", body = String,
+               content_type = "text/plain")),
+)]
 pub async fn render(app: App) -> HttpResponse {
     // Read at every scrape rather than set by the writer: the core knows nothing of metrics, and
     // the state matters exactly when someone looks.

@@ -14,6 +14,7 @@ mod full_disk;
 mod heartbeats;
 mod hostile_clients;
 mod limits;
+mod openapi;
 mod orders_rest;
 mod presence;
 mod resume;

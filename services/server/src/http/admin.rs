@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use trackline_core::now_ms;
-use trackline_rest::{PurgeRequest, Purged};
+use trackline_rest::{ErrorAnswer, PurgeRequest, Purged};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
@@ -13,6 +13,21 @@ use crate::http::extract::App;
 /// broker mode on every node, with one cutoff: the node asked purges its store and has every
 /// other node purge with the same `before_ms`, and answers the totals. When a node does not
 /// answer the call fails (503) although the others purged: purging again is harmless.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/purge",
+    tag = "admin",
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, description = "what was removed", body = Purged),
+        (status = 400, description = "`bad_purge` (no before_ms and no retention period), \
+                                      `bad_json`, `bad_content_type`",
+         body = ErrorAnswer),
+        (status = 503, description = "`owner_unavailable` (broker mode): a node did not answer",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn purge(
     caller: Caller,
     app: App,

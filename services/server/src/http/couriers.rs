@@ -1,7 +1,7 @@
 //! `/v1/couriers/nearby`: the live couriers nearest a point.
 
 use actix_web::{web, HttpResponse};
-use trackline_rest::{NearbyCourier, NearbyCouriers};
+use trackline_rest::{ErrorAnswer, NearbyCourier, NearbyCouriers};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
@@ -12,6 +12,19 @@ use crate::live::NearbyQuery;
 const MAX_NEARBY_RADIUS_M: f64 = 100_000.0;
 const MAX_NEARBY_LIMIT: usize = 1000;
 
+/// The live couriers within `radius_m` of a point, nearest first.
+#[utoipa::path(
+    get,
+    path = "/v1/couriers/nearby",
+    tag = "couriers",
+    params(trackline_rest::NearbyQuery),
+    responses(
+        (status = 200, description = "nearest first", body = NearbyCouriers),
+        (status = 400, description = "`bad_coordinates`, `bad_radius`, `bad_limit`, `bad_query`",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn nearby(
     caller: Caller,
     app: App,

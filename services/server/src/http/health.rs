@@ -6,10 +6,28 @@ use trackline_rest::{Health, HealthStatus};
 
 use crate::http::extract::App;
 
+/// Liveness: 200 while the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "alive", body = Health)),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health::of(HealthStatus::Ok))
 }
 
+/// Readiness: whether a balancer should send traffic here.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Health),
+        (status = 503, description = "`shutting_down`, `store_failing` or `broker_lost`",
+         body = Health),
+    ),
+)]
 pub async fn readyz(app: App) -> HttpResponse {
     if *app.shutdown.borrow() {
         HttpResponse::ServiceUnavailable().json(Health::of(HealthStatus::ShuttingDown))

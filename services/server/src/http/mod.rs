@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod history_formats;
+pub mod openapi;
 pub mod orders;
 pub mod pages;
 pub mod streams;
@@ -19,7 +20,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::cluster::forward;
 use crate::http::error::{ApiError, ApiResult};
 
-/// Every route; `cors_origins` may call the reads of a watcher's page from their own pages.
+/// Every route; `cors_origins` may call the reads of a watcher's page from their own pages. Each
+/// one is also listed in the OpenAPI document ([`openapi::ApiDoc`]).
 pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
     cfg.service(
         web::scope("/v1")
@@ -55,7 +57,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
     .configure(pages::routes)
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(crate::metrics::render));
+    .route("/metrics", web::get().to(crate::metrics::render))
+    .route("/openapi.json", web::get().to(openapi::serve));
     #[cfg(feature = "conformance-echo")]
     cfg.route("/test/echo", web::get().to(crate::ws::echo::echo));
 }

@@ -7,8 +7,8 @@ use trackline_core::fix::Fix;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
 use trackline_core::{now_ms, OrderId};
 use trackline_rest::{
-    AssignCourier, ChangeStatus, CreateOrder, HistoryQuery, ListOrders, OrderCreated, OrderDetail,
-    OrderList,
+    AssignCourier, ChangeStatus, CreateOrder, ErrorAnswer, GeoJsonHistory, History, HistoryQuery,
+    ListOrders, OrderCreated, OrderDetail, OrderList,
 };
 
 use crate::http::auth::Caller;
@@ -22,6 +22,22 @@ use crate::state::AppState;
 
 /// The most points a planned route may have.
 const MAX_ROUTE_POINTS: usize = 20_000;
+
+/// Creates an order; the answer carries the watch token of its customer.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    request_body = CreateOrder,
+    responses(
+        (status = 201, description = "created", body = OrderCreated),
+        (status = 400, description = "`bad_order_id`, `bad_courier_id`, `bad_coordinates`, \
+                                      `bad_route`, `bad_json`, `bad_content_type`",
+         body = ErrorAnswer),
+        (status = 409, description = "`order_exists`", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_order(
     caller: Caller,
     app: App,
@@ -113,6 +129,19 @@ pub fn for_caller(mut view: OrderView, caller: &Caller) -> OrderView {
     view
 }
 
+/// The order's state and planned route; for ops also its status log, refused fixes and clock.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    params(("id" = OrderId, Path, description = "the order id")),
+    responses(
+        (status = 200, description = "the order", body = OrderDetail),
+        (status = 400, description = "`bad_order_id`", body = ErrorAnswer),
+        (status = 404, description = "`not_found`: no such order", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_order(
     caller: Caller,
     app: App,
@@ -151,6 +180,19 @@ const MAX_LIST_LIMIT: usize = 10_000;
 /// orders it owns, so the node asked gathers the lists of all (the same query on each) and
 /// merges them; a node that does not answer makes the call fail (503) rather than the list
 /// silently short.
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    params(ListOrders),
+    responses(
+        (status = 200, description = "the orders", body = OrderList),
+        (status = 400, description = "`bad_query`, `bad_limit`", body = ErrorAnswer),
+        (status = 503, description = "`owner_unavailable` (broker mode): a node did not answer",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_orders(
     caller: Caller,
     app: App,
@@ -216,6 +258,23 @@ async fn active_order(
     .into())
 }
 
+/// Assigns (or reassigns) the order's courier.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/assign",
+    tag = "orders",
+    params(("id" = OrderId, Path, description = "the order id")),
+    request_body = AssignCourier,
+    responses(
+        (status = 200, description = "the order's new state", body = OrderView),
+        (status = 400, description = "`bad_order_id`, `bad_courier_id`, `bad_json`, \
+                                      `bad_content_type`",
+         body = ErrorAnswer),
+        (status = 404, description = "`not_found`: no such order", body = ErrorAnswer),
+        (status = 409, description = "`order_closed`: delivered or cancelled", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn assign(
     caller: Caller,
     app: App,
@@ -231,6 +290,22 @@ pub async fn assign(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// Moves the order on (ops, or the courier it is assigned to).
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/status",
+    tag = "orders",
+    params(("id" = OrderId, Path, description = "the order id")),
+    request_body = ChangeStatus,
+    responses(
+        (status = 200, description = "the order's new state", body = OrderView),
+        (status = 400, description = "`bad_order_id`, `bad_json`, `bad_content_type`",
+         body = ErrorAnswer),
+        (status = 404, description = "`not_found`: no such order", body = ErrorAnswer),
+        (status = 409, description = "`illegal_transition`, `order_closed`", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_status(
     caller: Caller,
     app: App,
@@ -276,6 +351,25 @@ pub async fn set_status(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// Every stored fix of the order in `[from_ms, to_ms]`, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/history",
+    tag = "orders",
+    params(("id" = OrderId, Path, description = "the order id"), HistoryQuery),
+    responses(
+        (status = 200, description = "the fixes: JSON, GeoJSON (a FeatureCollection of one \
+                                      LineString) or GPX 1.1, as `format` asks",
+         content(
+             (History = "application/json"),
+             (GeoJsonHistory = "application/geo+json"),
+             (String = "application/gpx+xml"),
+         )),
+        (status = 400, description = "`bad_order_id`, `bad_format`, `bad_query`", body = ErrorAnswer),
+        (status = 404, description = "`not_found`: no such order", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn history(
     caller: Caller,
     app: App,

@@ -14,7 +14,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use trackline_core::OrderId;
-use trackline_rest::{CourierPosition, CouriersWithin, WithinQuery};
+use trackline_rest::{CourierPosition, CouriersWithin, ErrorAnswer, WithinQuery};
 
 use crate::http::auth::{authenticate, Caller, TokenSource};
 use crate::http::error::{ApiError, ApiResult};
@@ -94,6 +94,17 @@ fn page(html: &'static str) -> HttpResponse {
 }
 
 /// `GET /track/{id}?token=`: the live page for one order (watch token for it, or ops).
+#[utoipa::path(
+    get,
+    path = "/track/{id}",
+    tag = "pages",
+    params(("id" = OrderId, Path, description = "the order id")),
+    responses(
+        (status = 200, description = "the page", body = String, content_type = "text/html"),
+        (status = 400, description = "`bad_order_id`", body = ErrorAnswer),
+    ),
+    security(("token_query" = []), ("bearer" = [])),
+)]
 pub async fn track_page(
     req: HttpRequest,
     app: App,
@@ -107,13 +118,27 @@ pub async fn track_page(
 }
 
 /// `GET /ops/map?token=`: every live courier in the viewport (ops token).
+#[utoipa::path(
+    get,
+    path = "/ops/map",
+    tag = "pages",
+    responses((status = 200, description = "the page", body = String, content_type = "text/html")),
+    security(("token_query" = []), ("bearer" = [])),
+)]
 pub async fn ops_map_page(req: HttpRequest, app: App) -> ApiResult<HttpResponse> {
     authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?.require_ops()?;
     Ok(page(include_str!("../../assets/ops.html")))
 }
 
 /// `GET /assets/config.js`: what the pages need from the server's flags.
-async fn config_js(app: App) -> HttpResponse {
+#[utoipa::path(
+    get,
+    path = "/assets/config.js",
+    tag = "pages",
+    responses((status = 200, description = "the script", body = String,
+               content_type = "text/javascript")),
+)]
+pub async fn config_js(app: App) -> HttpResponse {
     let tile_url = app
         .config
         .tile_url
@@ -128,7 +153,19 @@ async fn config_js(app: App) -> HttpResponse {
 }
 
 /// `GET /assets/{name}`: an embedded file.
-async fn asset(path: web::Path<String>) -> ApiResult<HttpResponse> {
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    tag = "pages",
+    params(("name" = String, Path, example = "track.js",
+             description = "the file, e.g. `track.js`, `leaflet/leaflet.css`")),
+    responses(
+        (status = 200, description = "the file", body = String,
+         content(("text/javascript"), ("text/css"), ("text/plain"))),
+        (status = 404, description = "`not_found`: no such file", body = ErrorAnswer),
+    ),
+)]
+pub async fn asset(path: web::Path<String>) -> ApiResult<HttpResponse> {
     let name = path.into_inner();
     let found = ASSETS
         .iter()
@@ -188,6 +225,17 @@ fn within_box(p: &WithinQuery) -> ApiResult<WithinBox> {
 /// `GET /v1/couriers/within?south=&west=&north=&east=&limit=` (ops): the live couriers in a box,
 /// nearest to its centre first, at most `limit` (default 500, max 5000); `truncated` says more
 /// were there. `west > east` is a box across the antimeridian.
+#[utoipa::path(
+    get,
+    path = "/v1/couriers/within",
+    tag = "couriers",
+    params(WithinQuery),
+    responses(
+        (status = 200, description = "the couriers in the box", body = CouriersWithin),
+        (status = 400, description = "`bad_bbox`, `bad_limit`, `bad_query`", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn couriers_within(
     caller: Caller,
     app: App,

@@ -3,7 +3,8 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use trackline_core::OrderId;
+use trackline_rest::ErrorAnswer;
 
 use crate::cluster::remote_watch::{Open, Opened};
 use crate::http::auth::{authenticate, TokenSource};
@@ -17,6 +18,20 @@ use crate::ws::courier::CourierSession;
 use crate::ws::session::ConnectionSlot;
 use crate::ws::watch::{Source, WatchSession};
 
+/// Opens a courier's stream: binary protobuf frames both ways (proto/README.md).
+#[utoipa::path(
+    get,
+    path = "/v1/courier/ws",
+    tag = "streams",
+    responses(
+        (status = 101, description = "upgraded to the WebSocket"),
+        (status = 400, description = "`bad_upgrade`: not a WebSocket upgrade request",
+         body = ErrorAnswer),
+        (status = 503, description = "`unavailable`: the server holds its most connections",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = []), ("token_query" = [])),
+)]
 pub async fn courier_stream(
     req: HttpRequest,
     app: App,
@@ -32,12 +47,23 @@ pub async fn courier_stream(
         .map_err(|e| ApiError::BadRequest("bad_upgrade", e.to_string()))
 }
 
-#[derive(Deserialize)]
-pub struct WatchQuery {
-    since: Option<u64>,
-    epoch: Option<String>,
-}
-
+/// Opens the watch stream of one order (subprotocol `trackline.v1.json` or `trackline.v1.proto`).
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}/watch",
+    tag = "streams",
+    params(("id" = OrderId, Path, description = "the order id"), trackline_rest::WatchQuery),
+    responses(
+        (status = 101, description = "upgraded to the WebSocket"),
+        (status = 400, description = "`bad_order_id`, `bad_query`, `bad_resume`, \
+                                      `bad_subprotocol`, `bad_upgrade`",
+         body = ErrorAnswer),
+        (status = 404, description = "`not_found`: no such order", body = ErrorAnswer),
+        (status = 503, description = "`unavailable`: the server holds its most connections",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = []), ("token_query" = [])),
+)]
 pub async fn watch(
     req: HttpRequest,
     app: App,
@@ -48,7 +74,7 @@ pub async fn watch(
     let caller = authenticate(&req, &app.keys, TokenSource::HeaderOrQuery)?;
     let order = order_id(&path)?;
     caller.require_reader_of(&order)?;
-    let query = web::Query::<WatchQuery>::from_query(req.query_string())
+    let query = web::Query::<trackline_rest::WatchQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest("bad_query", format!("since/epoch: {e}")))?;
     let resume = match (query.since, query.epoch.clone()) {
         (Some(since), Some(epoch)) => Some(Resume { since, epoch }),

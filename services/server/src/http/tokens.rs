@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use trackline_core::auth::{Role, DEFAULT_TTL_S};
-use trackline_rest::{Token, TokenRequest};
+use trackline_rest::{ErrorAnswer, Token, TokenRequest};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
@@ -11,6 +11,20 @@ use crate::http::extract::App;
 /// The longest lifetime `POST /v1/tokens` grants (30 days).
 const MAX_TOKEN_TTL_S: i64 = 30 * 24 * 3600;
 
+/// A new token of any role.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "the token", body = Token),
+        (status = 400, description = "`bad_role` (an unknown role, a subject missing or \
+                                      malformed), `bad_ttl`, `bad_json`, `bad_content_type`",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn mint_token(
     caller: Caller,
     app: App,
