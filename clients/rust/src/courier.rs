@@ -56,7 +56,8 @@ pub struct CourierOptions {
     pub outbox_file: Option<PathBuf>,
     /// Send a frame once this many fixes wait (1: each fix as it comes)...
     pub batch: usize,
-    /// ...or once the oldest waiting fix has waited this long.
+    /// ...or once the oldest waiting fix has waited this long (`Duration::MAX`: only full
+    /// batches, until a reconnect or [`Courier::flush`] sends the rest).
     pub linger: Duration,
     /// Most fixes in one frame (the server allows 2000 and 256 KiB; a fix is about 30 bytes).
     /// Halved whenever the server closes with 1009.
@@ -87,7 +88,8 @@ impl Default for CourierOptions {
             batch: 1,
             linger: Duration::ZERO,
             max_frame_fixes: 500,
-            max_frames_per_s: 10.0,
+            // three quarters of the server's 20, for timer jitter
+            max_frames_per_s: 15.0,
             max_unanswered_frames: 8,
             token_in: TokenIn::Header,
             connect_timeout: Duration::from_secs(10),
@@ -180,6 +182,7 @@ pub struct Courier {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
     when_full: WhenFull,
+    on_event: Option<OnEvent>,
 }
 
 struct Shared {
@@ -253,6 +256,7 @@ impl Courier {
         });
         let (stop, stopped) = watch::channel(false);
         let when_full = options.when_full;
+        let on_event = options.on_event.clone();
         let link = Link {
             shared: shared.clone(),
             url: url.to_string(),
@@ -266,6 +270,7 @@ impl Courier {
             stop,
             task: Some(task),
             when_full,
+            on_event,
         })
     }
 
@@ -305,8 +310,7 @@ impl Courier {
         if state.outbox.is_full() && self.when_full != WhenFull::DropOldest {
             return Err(Error::OutboxFull(state.outbox.len()));
         }
-        let dropped_before = state.outbox.dropped();
-        state.outbox.push(fix).map_err(|failed| match failed {
+        let dropped = state.outbox.push(fix).map_err(|failed| match failed {
             PushFailed::Seq(e) => Error::SeqNotIncreasing {
                 seq: e.seq,
                 last: e.last,
@@ -314,10 +318,13 @@ impl Courier {
             PushFailed::Io(e) => Error::OutboxFile(Arc::new(e)),
         })?;
         state.stats.pushed += 1;
-        state.stats.dropped += state.outbox.dropped() - dropped_before;
+        state.stats.dropped += u64::from(dropped.is_some());
         state.unsent_since.get_or_insert_with(Instant::now);
         drop(state);
         self.shared.wake.notify_one();
+        if let (Some(seq), Some(on_event)) = (dropped, &self.on_event) {
+            on_event(&CourierEvent::Dropped { seq });
+        }
         Ok(())
     }
 
@@ -485,6 +492,10 @@ impl Link {
                 state.stats.connections += 1;
                 state.outbox.len()
             };
+            if unacked == 0 {
+                // nothing waits for an ack, so nothing is failing
+                failing = None;
+            }
             self.emit(CourierEvent::Connected {
                 reconnect: connections > 1,
                 unacked,
@@ -632,11 +643,10 @@ impl Link {
         if backlog || state.flush || unsent >= self.options.batch.max(1) {
             return Some(now);
         }
-        Some(
-            state
-                .unsent_since
-                .map_or(now, |since| since + self.options.linger),
-        )
+        // a linger too long to add (Duration::MAX) waits for a full batch or a flush
+        state
+            .unsent_since
+            .map_or(Some(now), |since| since.checked_add(self.options.linger))
     }
 
     /// The next frame's fixes, how many are resends, and whether nothing is left unsent after it.

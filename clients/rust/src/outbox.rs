@@ -24,7 +24,6 @@ pub(crate) struct Outbox {
     /// The last seq pushed, which outlives its fix: seqs must keep increasing after an ack.
     last_seq: Option<u64>,
     capacity: usize,
-    dropped: u64,
     /// The file every change is appended to, for a persistent outbox.
     journal: Option<Journal>,
 }
@@ -53,7 +52,6 @@ impl Outbox {
             max_sent_seq: 0,
             last_seq: None,
             capacity: capacity.max(1),
-            dropped: 0,
             journal: None,
         }
     }
@@ -82,12 +80,12 @@ impl Outbox {
         self.fixes.len() >= self.capacity
     }
 
-    /// Adds a new fix.
+    /// Adds a new fix; the seq of the oldest one, when a full buffer dropped it to make room.
     ///
     /// # Errors
     /// When its seq is not above the last one buffered (the protocol needs strictly increasing
     /// seqs), or the outbox's file cannot be written.
-    pub(crate) fn push(&mut self, fix: v1::Fix) -> Result<(), PushFailed> {
+    pub(crate) fn push(&mut self, fix: v1::Fix) -> Result<Option<u64>, PushFailed> {
         if let Some(last) = self.last_seq {
             if fix.seq <= last {
                 return Err(PushFailed::Seq(SeqNotIncreasing { seq: fix.seq, last }));
@@ -97,15 +95,16 @@ impl Outbox {
             journal.pushed(&fix).map_err(PushFailed::Io)?;
         }
         self.last_seq = Some(fix.seq);
+        let mut dropped = None;
         if self.fixes.len() >= self.capacity {
             if let Some(oldest) = self.fixes.pop_front() {
                 self.journal_write(|journal| journal.acked(oldest.seq));
+                dropped = Some(oldest.seq);
             }
             self.sent = self.sent.saturating_sub(1);
-            self.dropped += 1;
         }
         self.fixes.push_back(fix);
-        Ok(())
+        Ok(dropped)
     }
 
     /// Records a departure in the file. A failure is only logged: the worst it causes is that a
@@ -135,11 +134,6 @@ impl Outbox {
     /// Fixes not sent on the current connection.
     pub(crate) fn unsent_len(&self) -> usize {
         self.fixes.len() - self.sent
-    }
-
-    /// Fixes dropped because the buffer was full.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
     }
 
     /// Up to `max` of the oldest unsent fixes, now counted as sent, and how many of them are resends.
@@ -285,8 +279,7 @@ mod tests {
             buffer.push(fix(seq)).unwrap();
         }
         buffer.take_unsent(2);
-        buffer.push(fix(4)).unwrap();
-        assert_eq!(buffer.dropped(), 1);
+        assert_eq!(buffer.push(fix(4)).unwrap(), Some(1));
         assert_eq!(buffer.unsent_len(), 2);
         assert_eq!(seqs(&buffer.take_unsent(10).0), [3, 4]);
     }

@@ -64,7 +64,7 @@ async fn every_fix_is_stored_once_across_cut_connections() {
     .unwrap();
     let fixes = trip_fixes(&jog_points(60), courier.next_seq());
     for (i, fix) in fixes.iter().enumerate() {
-        courier.push(fix.clone()).await.unwrap();
+        courier.push(*fix).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         if i % 15 == 14 {
             proxy.cut();
@@ -96,14 +96,14 @@ async fn the_outbox_file_keeps_unacked_fixes_across_an_app_restart() {
     let courier = Courier::connect(&url, &token, options.clone()).unwrap();
     let fixes = trip_fixes(&jog_points(40), courier.next_seq());
     for fix in &fixes[..10] {
-        courier.push(fix.clone()).await.unwrap();
+        courier.push(*fix).await.unwrap();
     }
     courier.flush(TIMEOUT).await.unwrap();
     // the server goes out of reach, the app keeps recording, then it is killed
     proxy.refuse(true);
     proxy.cut();
     for fix in &fixes[10..30] {
-        courier.push(fix.clone()).await.unwrap();
+        courier.push(*fix).await.unwrap();
     }
     assert_eq!(courier.unacked(), 20);
     drop(courier);
@@ -121,7 +121,7 @@ async fn the_outbox_file_keeps_unacked_fixes_across_an_app_restart() {
     );
     proxy.refuse(false);
     for fix in &fixes[30..] {
-        courier.push(fix.clone()).await.unwrap();
+        courier.push(*fix).await.unwrap();
     }
     courier.flush(TIMEOUT).await.unwrap();
     assert_eq!(stored_seqs(&server, "o-lib-file").await, seqs(&fixes));
@@ -149,7 +149,7 @@ async fn rejected_fixes_reach_the_app_and_leave_the_outbox() {
     .unwrap();
     let good = trip_fixes(&jog_points(2), courier.next_seq());
     let bad = fix_at(good[1].seq + 1, good[1].time_ms, 95.0, 2.35);
-    for fix in [good[0].clone(), good[1].clone(), bad.clone()] {
+    for fix in [good[0], good[1], bad] {
         courier.push(fix).await.unwrap();
     }
     courier.flush(TIMEOUT).await.unwrap();
