@@ -2,8 +2,9 @@
 # Runs every test of the workspace on a fresh machine: installs what the tests need that cargo
 # cannot (Debian's chromium, chromium-driver, nats-server and python3-venv, and the browser tests'
 # npm packages), validates the Kubernetes manifests and docker-compose.yml, builds, runs unit,
-# end-to-end (single-node and broker mode) and browser tests, builds and runs the image with buildah
-# (tests/image.sh, which installs buildah and debootstrap), and checks formatting and clippy's lints.
+# end-to-end (single-node and broker mode), browser and JavaScript watcher (clients/js) tests,
+# builds and runs the image with buildah (tests/image.sh, which installs buildah and debootstrap),
+# and checks formatting and clippy's lints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,8 @@ export RUST_BACKTRACE=1
 #   chromium, chromium-driver  headless Chromium for the browser tests;
 #   nats-server                the broker for the multi-process (broker mode) tests, which start
 #                              their own servers on loopback;
-#   python3-venv               k8s/validate.sh builds its venv with it (Debian's python3 lacks
-#                              ensurepip without it).
+#   python3-venv               k8s/validate.sh and tests/python-courier.sh build their venvs with
+#                              it (Debian's python3 lacks ensurepip without it).
 # Debian installs nats-server into /usr/sbin, which a regular user's PATH lacks.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 missing=()
@@ -75,7 +76,13 @@ else
     echo "tests/run.sh: clippy is not installed; lints NOT checked" >&2
 fi
 
+# The protocol docs' Python courier (proto/examples/courier.py) against the real server binary;
+# the first run installs its pinned PyPI packages into tests/.courier-venv.
+tests/python-courier.sh || status=$?
+
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).
 (cd tests/browser && node --test --test-concurrency=1 test/) || status=$?
+# The JavaScript watcher (clients/js) against the same binaries, with the browser tests' packages.
+(cd clients/js && node --test --test-concurrency=1 test/) || status=$?
 exit "$status"

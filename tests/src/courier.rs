@@ -167,16 +167,16 @@ impl CourierClient {
     }
 }
 
-/// A hand-made fix with an accuracy of 5 m and no speed or heading (the app sends -1 for those).
+/// A hand-made fix with an accuracy of 5 m and no speed or heading (left unset: unknown).
 pub fn fix(seq: u64, time_ms: i64, pos: LatLon) -> v1::Fix {
     v1::Fix {
         seq,
         time_ms,
         lat_e7: to_e7(pos.lat),
         lon_e7: to_e7(pos.lon),
-        accuracy_m: 5.0,
-        speed_mps: -1.0,
-        heading_deg: -1.0,
+        accuracy_m: Some(5.0),
+        speed_mps: None,
+        heading_deg: None,
     }
 }
 

@@ -405,9 +405,9 @@ pub fn fix_at(seq: u64, time_ms: i64, lat: f64, lon: f64) -> v1::Fix {
         time_ms,
         lat_e7: to_e7(lat),
         lon_e7: to_e7(lon),
-        accuracy_m: 0.0,
-        speed_mps: -1.0,
-        heading_deg: -1.0,
+        accuracy_m: None,
+        speed_mps: None,
+        heading_deg: None,
     }
 }
 

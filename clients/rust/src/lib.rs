@@ -30,6 +30,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The snippets of the protocol docs, compiled with the crate's doc tests so they stay right.
+#[cfg(doctest)]
+#[doc = include_str!("../../../proto/README.md")]
+struct ProtocolDocs;
+
 pub mod connect;
 mod courier;
 mod journal;

@@ -158,16 +158,16 @@ impl Update {
     }
 }
 
-/// The protobuf stream marks unknown speed and heading negative and an unknown accuracy 0.
+/// An unknown speed, heading or accuracy is unset; servers before those fields were `optional`
+/// sent -1, -1 and 0 for unknown, which read as unknown too.
 fn position_from_proto(p: v1::Position) -> Position {
-    let known = |x: f32| (x >= 0.0).then_some(x);
     Position {
         lat: from_e7(p.lat_e7),
         lon: from_e7(p.lon_e7),
         time_ms: p.time_ms,
-        speed_mps: known(p.speed_mps),
-        heading_deg: known(p.heading_deg),
-        accuracy_m: (p.accuracy_m > 0.0).then_some(p.accuracy_m),
+        speed_mps: p.speed_mps.filter(|speed| *speed >= 0.0),
+        heading_deg: p.heading_deg.filter(|heading| *heading >= 0.0),
+        accuracy_m: p.accuracy_m.filter(|accuracy| *accuracy > 0.0),
     }
 }
 
@@ -192,9 +192,9 @@ mod tests {
                 time_ms: 1000,
                 lat_e7: to_e7(62.5),
                 lon_e7: to_e7(29.75),
-                speed_mps: -1.0,
-                heading_deg: 90.0,
-                accuracy_m: 0.0,
+                speed_mps: None,
+                heading_deg: Some(90.0),
+                accuracy_m: None,
             }),
             eta: Some(v1::Eta {
                 seconds: 60,

@@ -3,7 +3,7 @@
 use geo::{Distance, Haversine, Point};
 use serde::{Deserialize, Serialize};
 use trackline_proto::v1;
-use trackline_proto::{from_e7, to_e7};
+use trackline_proto::{from_e7, to_e7, Measurements};
 
 /// A point on the WGS84 ellipsoid, in degrees.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -60,9 +60,9 @@ impl Fix {
             time_ms: self.time_ms,
             lat_e7: to_e7(self.pos.lat),
             lon_e7: to_e7(self.pos.lon),
-            accuracy_m: self.accuracy_m.unwrap_or(0.0),
-            speed_mps: self.speed_mps.unwrap_or(-1.0),
-            heading_deg: self.heading_deg.unwrap_or(-1.0),
+            accuracy_m: self.accuracy_m,
+            speed_mps: self.speed_mps,
+            heading_deg: self.heading_deg,
         }
     }
 }
@@ -140,7 +140,8 @@ const MAX_ACCURACY_M: f32 = 10_000.0;
 
 /// Checks one wire fix on its own (no history needed) and converts it.
 ///
-/// Unknown speed and heading are sent as negative numbers and accuracy as 0; they become `None`.
+/// Unknown accuracy, speed and heading (unset, or the values older apps send for unknown, see
+/// [`v1::Fix::measurements`]) become `None`.
 ///
 /// # Errors
 /// A [`Rejection`] naming the first field that is out of range.
@@ -158,36 +159,29 @@ pub fn validate(raw: &v1::Fix, now_ms: i64, bounds: TimeBounds) -> Result<Fix, R
             format!("longitude {} is outside [-180, 180]", pos.lon),
         ));
     }
-    let accuracy_m = match raw.accuracy_m {
-        a if !a.is_finite() || !(0.0..=MAX_ACCURACY_M).contains(&a) => {
-            return Err(Rejection::new(
-                RejectCode::BadAccuracy,
-                format!("accuracy {a} m is not in [0, {MAX_ACCURACY_M}]"),
-            ));
-        }
-        0.0 => None,
-        a => Some(a),
-    };
-    let speed_mps = match raw.speed_mps {
-        s if s.is_nan() || s > MAX_REPORTED_SPEED_MPS || s == f32::NEG_INFINITY => {
-            return Err(Rejection::new(
-                RejectCode::BadSpeed,
-                format!("speed {s} m/s is not a ground speed (negative means unknown)"),
-            ));
-        }
-        s if s < 0.0 => None,
-        s => Some(s),
-    };
-    let heading_deg = match raw.heading_deg {
-        h if h.is_nan() || h >= 360.0 || h == f32::NEG_INFINITY => {
-            return Err(Rejection::new(
-                RejectCode::BadHeading,
-                format!("heading {h} is not in [0, 360) (negative means unknown)"),
-            ));
-        }
-        h if h < 0.0 => None,
-        h => Some(h),
-    };
+    let Measurements {
+        accuracy_m,
+        speed_mps,
+        heading_deg,
+    } = raw.measurements();
+    if let Some(a) = accuracy_m.filter(|a| !(0.0..=MAX_ACCURACY_M).contains(a)) {
+        return Err(Rejection::new(
+            RejectCode::BadAccuracy,
+            format!("accuracy {a} m is not in (0, {MAX_ACCURACY_M}] (unset means unknown)"),
+        ));
+    }
+    if let Some(s) = speed_mps.filter(|s| !(0.0..=MAX_REPORTED_SPEED_MPS).contains(s)) {
+        return Err(Rejection::new(
+            RejectCode::BadSpeed,
+            format!("speed {s} m/s is not a ground speed (unset means unknown)"),
+        ));
+    }
+    if let Some(h) = heading_deg.filter(|h| !(0.0..360.0).contains(h)) {
+        return Err(Rejection::new(
+            RejectCode::BadHeading,
+            format!("heading {h} is not in [0, 360) (unset means unknown)"),
+        ));
+    }
     if raw.time_ms > now_ms.saturating_add(bounds.max_future_ms) {
         return Err(Rejection::new(
             RejectCode::InFuture,
@@ -230,9 +224,9 @@ mod tests {
             time_ms: NOW,
             lat_e7: to_e7(62.59),
             lon_e7: to_e7(29.74),
-            accuracy_m: 8.0,
-            speed_mps: 4.0,
-            heading_deg: 90.0,
+            accuracy_m: Some(8.0),
+            speed_mps: Some(4.0),
+            heading_deg: Some(90.0),
         }
     }
 
@@ -242,22 +236,28 @@ mod tests {
 
     #[test]
     fn a_good_fix_converts_with_unknowns_as_none() {
-        let fix = validate(
-            &v1::Fix {
-                accuracy_m: 0.0,
-                speed_mps: -1.0,
-                heading_deg: -1.0,
-                ..wire()
-            },
-            NOW,
-            TimeBounds::default(),
-        )
-        .unwrap();
-        assert!((fix.pos.lat - 62.59).abs() < 1e-7);
-        assert_eq!(
-            (fix.accuracy_m, fix.speed_mps, fix.heading_deg),
-            (None, None, None)
-        );
+        let unset = v1::Fix {
+            accuracy_m: None,
+            speed_mps: None,
+            heading_deg: None,
+            ..wire()
+        };
+        let old_sentinels = v1::Fix {
+            accuracy_m: Some(0.0),
+            speed_mps: Some(-1.0),
+            heading_deg: Some(-1.0),
+            ..wire()
+        };
+        for raw in [&unset, &old_sentinels] {
+            let fix = validate(raw, NOW, TimeBounds::default()).unwrap();
+            assert!((fix.pos.lat - 62.59).abs() < 1e-7);
+            assert_eq!(
+                (fix.accuracy_m, fix.speed_mps, fix.heading_deg),
+                (None, None, None)
+            );
+            // Unknowns go back on the wire unset, never as a sentinel.
+            assert_eq!(fix.to_proto(), unset);
+        }
         let fix = validate(&wire(), NOW, TimeBounds::default()).unwrap();
         assert_eq!(
             (fix.accuracy_m, fix.speed_mps, fix.heading_deg),
@@ -284,49 +284,49 @@ mod tests {
         );
         assert_eq!(
             code(v1::Fix {
-                accuracy_m: -1.0,
+                accuracy_m: Some(-1.0),
                 ..wire()
             }),
             RejectCode::BadAccuracy
         );
         assert_eq!(
             code(v1::Fix {
-                accuracy_m: f32::NAN,
+                accuracy_m: Some(f32::NAN),
                 ..wire()
             }),
             RejectCode::BadAccuracy
         );
         assert_eq!(
             code(v1::Fix {
-                accuracy_m: f32::INFINITY,
+                accuracy_m: Some(f32::INFINITY),
                 ..wire()
             }),
             RejectCode::BadAccuracy
         );
         assert_eq!(
             code(v1::Fix {
-                speed_mps: f32::NAN,
+                speed_mps: Some(f32::NAN),
                 ..wire()
             }),
             RejectCode::BadSpeed
         );
         assert_eq!(
             code(v1::Fix {
-                speed_mps: 1000.0,
+                speed_mps: Some(1000.0),
                 ..wire()
             }),
             RejectCode::BadSpeed
         );
         assert_eq!(
             code(v1::Fix {
-                heading_deg: 360.0,
+                heading_deg: Some(360.0),
                 ..wire()
             }),
             RejectCode::BadHeading
         );
         assert_eq!(
             code(v1::Fix {
-                heading_deg: f32::INFINITY,
+                heading_deg: Some(f32::INFINITY),
                 ..wire()
             }),
             RejectCode::BadHeading

@@ -123,9 +123,9 @@ impl Position {
             time_ms: self.time_ms,
             lat_e7: trackline_proto::to_e7(self.lat),
             lon_e7: trackline_proto::to_e7(self.lon),
-            speed_mps: self.speed_mps.unwrap_or(-1.0),
-            heading_deg: self.heading_deg.unwrap_or(-1.0),
-            accuracy_m: self.accuracy_m.unwrap_or(0.0),
+            speed_mps: self.speed_mps,
+            heading_deg: self.heading_deg,
+            accuracy_m: self.accuracy_m,
         }
     }
 }

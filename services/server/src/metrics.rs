@@ -60,6 +60,9 @@ pub async fn render(app: App) -> HttpResponse {
     // the state matters exactly when someone looks.
     let failing = app.store.write_failure().is_some();
     metrics::gauge!("trackline_store_write_failing").set(if failing { 1.0 } else { 0.0 });
+    if let Some(connected) = app.topology.broker_connected() {
+        metrics::gauge!("trackline_broker_connected").set(if connected { 1.0 } else { 0.0 });
+    }
     let body = HANDLE
         .get()
         .and_then(|h| h.as_ref())

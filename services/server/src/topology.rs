@@ -55,9 +55,14 @@ impl Topology {
 
     /// In broker mode, whether the connection to the broker is lost (until it reconnects).
     pub fn broker_lost(&self) -> bool {
+        self.broker_connected() == Some(false)
+    }
+
+    /// In broker mode, whether the node is connected to the broker; `None` alone.
+    pub fn broker_connected(&self) -> Option<bool> {
         match self {
-            Topology::Alone => false,
-            Topology::Broker(broker) => !broker.cluster.broker_connected(),
+            Topology::Alone => None,
+            Topology::Broker(broker) => Some(broker.cluster.broker_connected()),
         }
     }
 

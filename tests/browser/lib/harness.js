@@ -43,20 +43,18 @@ function binary(name) {
   return file;
 }
 
-/** A running `trackline` on 127.0.0.1 (a free port) over a fresh temporary data dir. */
-async function startServer(extraArgs = []) {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'trackline-browser-'));
-  const secret = crypto.randomBytes(24).toString('hex');
-  const proc = spawn(binary('trackline'), ['--listen', '127.0.0.1:0', '--data-dir', path.join(dataDir, 'data'), '--log-format', 'json', ...extraArgs], {
+/** Starts `trackline` on `listen` over `dataDir`; resolves once it logs that it is ready, with
+ * the process, the address it listens on, and whether it has exited. */
+async function launch({ listen, dataDir, secret, log, extraArgs }) {
+  const proc = spawn(binary('trackline'), ['--listen', listen, '--data-dir', path.join(dataDir, 'data'), '--log-format', 'json', ...extraArgs], {
     env: { ...process.env, TRACKLINE_SECRET: secret, RUST_LOG: 'info' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
-  const log = [];
-  let exited = null;
+  const run = { proc, exited: null, addr: null };
   proc.on('exit', (code, signal) => {
-    exited = { code, signal };
+    run.exited = { code, signal };
   });
-  const listen = new Promise((resolve, reject) => {
+  run.addr = await new Promise((resolve, reject) => {
     let buffered = '';
     proc.stderr.on('data', chunk => {
       buffered += chunk;
@@ -76,21 +74,39 @@ async function startServer(extraArgs = []) {
     proc.on('exit', () => reject(new Error('trackline exited before it was ready:\n' + log.join('\n'))));
     setTimeout(() => reject(new Error('trackline not ready in time:\n' + log.join('\n'))), 30000).unref();
   });
-  const addr = await listen;
-  const base = `http://${addr}`;
+  return run;
+}
+
+/** Ends a launched server: SIGTERM (graceful), or SIGKILL when `signal` says so or it lingers. */
+async function halt(run, signal = 'SIGTERM') {
+  if (run.exited) return;
+  run.proc.kill(signal);
+  const deadline = Date.now() + 15000;
+  while (!run.exited && Date.now() < deadline) await sleep(50);
+  if (!run.exited) run.proc.kill('SIGKILL');
+  while (!run.exited) await sleep(20);
+}
+
+/** A running `trackline` on 127.0.0.1 (a free port) over a fresh temporary data dir. */
+async function startServer(extraArgs = []) {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'trackline-browser-'));
+  const secret = crypto.randomBytes(24).toString('hex');
+  const log = [];
+  let run = await launch({ listen: '127.0.0.1:0', dataDir, secret, log, extraArgs });
   const server = {
-    base,
+    base: `http://${run.addr}`,
     secret,
     log,
     token: (...args) =>
       execFileSync(binary('trackctl'), ['token', ...args], { env: { ...process.env, TRACKLINE_SECRET: secret }, encoding: 'utf8' }).trim(),
+    /** Stops the server (`signal`: SIGTERM, or SIGKILL for a crash) and starts it again on the
+     * same address and data. */
+    async restart(signal = 'SIGTERM') {
+      await halt(run, signal);
+      run = await launch({ listen: run.addr, dataDir, secret, log, extraArgs });
+    },
     async stop() {
-      if (!exited) {
-        proc.kill('SIGTERM');
-        const deadline = Date.now() + 15000;
-        while (!exited && Date.now() < deadline) await sleep(50);
-        if (!exited) proc.kill('SIGKILL');
-      }
+      await halt(run);
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };

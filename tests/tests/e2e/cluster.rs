@@ -1122,6 +1122,7 @@ async fn readiness_reflects_a_lost_broker_connection_until_it_reconnects() {
     let node = cluster.node(0);
     let (status, health) = node.readiness().await;
     assert_eq!((status, health.status), (200, HealthStatus::Ready));
+    assert_eq!(node.metric("trackline_broker_connected").await, 1.0);
 
     tokio::task::block_in_place(|| broker.kill());
     let (status, health, _) = node
@@ -1132,10 +1133,12 @@ async fn readiness_reflects_a_lost_broker_connection_until_it_reconnects() {
         "a node without its broker is not ready: {health:?}"
     );
     assert!(health.reason.is_some(), "the 503 says why: {health:?}");
+    assert_eq!(node.metric("trackline_broker_connected").await, 0.0);
 
     tokio::task::block_in_place(|| broker.start_again());
     let (status, health, _) = node
         .wait_readiness(HealthStatus::Ready, Duration::from_secs(20))
         .await;
     assert_eq!(status, 200, "ready again once reconnected: {health:?}");
+    assert_eq!(node.metric("trackline_broker_connected").await, 1.0);
 }

@@ -102,13 +102,13 @@ fn fix(courier: usize, i: u64, t0_ms: i64) -> v1::Fix {
         time_ms: t0_ms + i as i64 * FIX_SPACING_MS,
         lat_e7: to_e7(pos.lat),
         lon_e7: to_e7(pos.lon),
-        accuracy_m: 5.0,
-        speed_mps: SPEED_MPS as f32,
-        heading_deg: if heading >= 360.0 {
+        accuracy_m: Some(5.0),
+        speed_mps: Some(SPEED_MPS as f32),
+        heading_deg: Some(if heading >= 360.0 {
             0.0
         } else {
             heading as f32
-        },
+        }),
     }
 }
 

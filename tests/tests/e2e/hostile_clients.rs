@@ -587,9 +587,9 @@ async fn extreme_but_valid_fixes_seqs_and_times_get_their_rejections() {
         .enumerate()
         .map(|(i, (lat, lon))| v1::Fix {
             // the worst accuracy accepted (history only) and a good one, in turn
-            accuracy_m: if i % 2 == 0 { 10_000.0 } else { 3.0 },
-            speed_mps: 85.0,
-            heading_deg: 359.99,
+            accuracy_m: Some(if i % 2 == 0 { 10_000.0 } else { 3.0 }),
+            speed_mps: Some(85.0),
+            heading_deg: Some(359.99),
             ..fix(
                 i as u64 + 1,
                 now - 60_000 + i as i64,

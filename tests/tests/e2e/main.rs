@@ -16,6 +16,7 @@ mod heartbeats;
 mod hostile_clients;
 mod limits;
 mod orders_rest;
+mod presence;
 mod resume;
 mod retention;
 mod shutdown;

@@ -103,21 +103,17 @@ async fn history_returns_every_accepted_fix_oldest_first() {
             "{stored:?} vs {sent:?}"
         );
         assert_eq!(stored.accuracy_m, Some(TRIP_ACCURACY_M), "{stored:?}");
-        if sent.speed_mps >= 0.0 {
+        if let (Some(speed), Some(heading)) = (sent.speed_mps, sent.heading_deg) {
             assert!(
-                stored.speed_mps.is_some_and(|s| approx(
-                    f64::from(s),
-                    f64::from(sent.speed_mps),
-                    1e-3
-                )),
+                stored
+                    .speed_mps
+                    .is_some_and(|s| approx(f64::from(s), f64::from(speed), 1e-3)),
                 "{stored:?} vs {sent:?}"
             );
             assert!(
-                stored.heading_deg.is_some_and(|h| approx(
-                    f64::from(h),
-                    f64::from(sent.heading_deg),
-                    1e-3
-                )),
+                stored
+                    .heading_deg
+                    .is_some_and(|h| approx(f64::from(h), f64::from(heading), 1e-3)),
                 "{stored:?} vs {sent:?}"
             );
         }
@@ -162,9 +158,9 @@ async fn nearby_returns_live_couriers_nearest_first_with_their_distance() {
             time_ms: now - 3000 + i as i64 * 1000,
             lat_e7: to_e7(c2_pos.lat + i as f64 * 1e-5),
             lon_e7: to_e7(c2_pos.lon),
-            accuracy_m: 5.0,
-            speed_mps: 1.1,
-            heading_deg: 0.0,
+            accuracy_m: Some(5.0),
+            speed_mps: Some(1.1),
+            heading_deg: Some(0.0),
         })
         .collect();
     let c2_fix = *c2_fixes.last().unwrap();

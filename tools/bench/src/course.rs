@@ -159,10 +159,10 @@ impl Course {
             time_ms,
             lat_e7: trackline_proto::to_e7(reported.lat),
             lon_e7: trackline_proto::to_e7(reported.lon),
-            accuracy_m: self.rng.random_range(ACCURACY_M.0..=ACCURACY_M.1),
-            speed_mps: speed.max(0.0) as f32,
+            accuracy_m: Some(self.rng.random_range(ACCURACY_M.0..=ACCURACY_M.1)),
+            speed_mps: Some(speed.max(0.0) as f32),
             // f32 rounding may turn 359.99997 into 360.0, which is out of range.
-            heading_deg: (heading as f32).min(359.99),
+            heading_deg: Some((heading as f32).min(359.99)),
         };
         self.advance();
         fix
@@ -283,9 +283,14 @@ mod tests {
                 assert_eq!(f.seq, k);
                 // The reported position is the true one within the noise.
                 assert!(metres(prev, e7(&f)) <= NOISE_M * 1.5, "{k}");
-                assert!((ACCURACY_M.0..=ACCURACY_M.1).contains(&f.accuracy_m));
-                assert!(f.speed_mps >= 4.5 && f.speed_mps <= 15.5, "{}", f.speed_mps);
-                assert!((0.0..360.0).contains(&f.heading_deg));
+                let (accuracy, speed, heading) = (
+                    f.accuracy_m.unwrap(),
+                    f.speed_mps.unwrap(),
+                    f.heading_deg.unwrap(),
+                );
+                assert!((ACCURACY_M.0..=ACCURACY_M.1).contains(&accuracy));
+                assert!((4.5..=15.5).contains(&speed), "{speed}");
+                assert!((0.0..360.0).contains(&heading));
                 let now = course.position();
                 let v = metres(prev, now) / dt;
                 assert!(
@@ -308,7 +313,7 @@ mod tests {
         let fa = a.next_fix(1, 0);
         let fb = b.next_fix(1, 0);
         assert_ne!(fa.speed_mps, fb.speed_mps);
-        assert_ne!(fa.speed_mps.fract(), 0.0);
+        assert_ne!(fa.speed_mps.unwrap().fract(), 0.0);
         // Reproducible: the same courier in another run sends the same fixes.
         let mut again = ONE_S.course(0, (45.0, 13.0));
         assert_eq!(again.next_fix(1, 0), fa);

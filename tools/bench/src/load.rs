@@ -204,9 +204,9 @@ fn fix_for(i: usize, counter: u64, time_ms: i64) -> Fix {
         time_ms,
         lat_e7: lat + (counter as i32).wrapping_mul(2),
         lon_e7: lon,
-        accuracy_m: 5.0,
-        speed_mps: 22.0,
-        heading_deg: 0.0,
+        accuracy_m: Some(5.0),
+        speed_mps: Some(22.0),
+        heading_deg: Some(0.0),
     }
 }
 

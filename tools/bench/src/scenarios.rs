@@ -183,9 +183,9 @@ pub async fn populate_live(addr: SocketAddr, n: usize, seed: u64) -> Result<(usi
                 time_ms: t,
                 lat_e7: trackline_proto::to_e7(lat),
                 lon_e7: trackline_proto::to_e7(lon),
-                accuracy_m: 5.0,
-                speed_mps: 5.0,
-                heading_deg: 90.0,
+                accuracy_m: Some(5.0),
+                speed_mps: Some(5.0),
+                heading_deg: Some(90.0),
             };
             send_fixes(addr, &token, vec![vec![fix]]).await.ok()
         });
@@ -379,9 +379,9 @@ pub async fn record_trip(addr: SocketAddr, order: &str, courier: &str, fixes: us
             // 10 m/s north: 1e-7 deg is 1.11 cm, so 900 units per second.
             lat_e7: trackline_proto::to_e7(45.0) + k as i32 * 900,
             lon_e7: trackline_proto::to_e7(13.0),
-            accuracy_m: 5.0,
-            speed_mps: 10.0,
-            heading_deg: 0.0,
+            accuracy_m: Some(5.0),
+            speed_mps: Some(10.0),
+            heading_deg: Some(0.0),
         })
         .collect();
     let frames: Vec<Vec<Fix>> = all.chunks(100).map(<[Fix]>::to_vec).collect();

@@ -347,10 +347,10 @@ pub fn wire_fix(planned: &PlannedFix, seq: u64) -> v1::Fix {
         time_ms: planned.time_ms,
         lat_e7: to_e7(planned.pos.lat),
         lon_e7: to_e7(planned.pos.lon),
-        // the recorded trips carry no accuracy (0 means unknown) and no speed (negative: unknown)
-        accuracy_m: 0.0,
-        speed_mps: -1.0,
-        heading_deg: planned.heading_deg,
+        // the recorded trips carry no accuracy and no speed: left unset, which means unknown
+        accuracy_m: None,
+        speed_mps: None,
+        heading_deg: (planned.heading_deg >= 0.0).then_some(planned.heading_deg),
     }
 }
 
@@ -374,8 +374,16 @@ mod tests {
         );
         assert_eq!(
             (fix.speed_mps, fix.heading_deg, fix.accuracy_m),
-            (-1.0, 90.0, 0.0)
+            (None, Some(90.0), None)
         );
+        let standing = wire_fix(
+            &PlannedFix {
+                heading_deg: -1.0,
+                ..planned
+            },
+            43,
+        );
+        assert_eq!(standing.heading_deg, None);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! yet.
 
 use prost::Message;
-use trackline_proto::v1;
 
 use super::codec::{fix_key, order_prefix};
 use super::trees::{corrupt, decode_pack, sort_unique};
@@ -12,29 +11,75 @@ use crate::fix::{Fix, LatLon};
 use crate::ids::OrderId;
 use crate::order::OrderRecord;
 
-fn from_proto(raw: &v1::Fix) -> Fix {
-    let to_opt = |v: f32, known: bool| known.then_some(v);
-    Fix {
-        seq: raw.seq,
-        time_ms: raw.time_ms,
-        pos: LatLon::new(
-            trackline_proto::from_e7(raw.lat_e7),
-            trackline_proto::from_e7(raw.lon_e7),
-        ),
-        accuracy_m: to_opt(raw.accuracy_m, raw.accuracy_m > 0.0),
-        speed_mps: to_opt(raw.speed_mps, raw.speed_mps >= 0.0),
-        heading_deg: to_opt(raw.heading_deg, raw.heading_deg >= 0.0),
+/// A fix as older versions stored it: the v1 `Fix` of the time, when accuracy, speed and heading
+/// were plain floats with 0 and negative values for unknown. Decoded with `v1::Fix`, whose fields
+/// now have presence, a stored speed or heading of 0 (left off the wire then) would read as
+/// unknown rather than as standing still or north.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct StoredFix {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(int64, tag = "2")]
+    time_ms: i64,
+    #[prost(sint32, tag = "3")]
+    lat_e7: i32,
+    #[prost(sint32, tag = "4")]
+    lon_e7: i32,
+    #[prost(float, tag = "5")]
+    accuracy_m: f32,
+    #[prost(float, tag = "6")]
+    speed_mps: f32,
+    #[prost(float, tag = "7")]
+    heading_deg: f32,
+}
+
+/// A block of the older protobuf layout: a `CourierFrame` of [`StoredFix`]es.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct StoredBlock {
+    #[prost(message, repeated, tag = "1")]
+    pub(super) fixes: Vec<StoredFix>,
+}
+
+impl StoredFix {
+    fn to_fix(&self) -> Fix {
+        Fix {
+            seq: self.seq,
+            time_ms: self.time_ms,
+            pos: LatLon::new(
+                trackline_proto::from_e7(self.lat_e7),
+                trackline_proto::from_e7(self.lon_e7),
+            ),
+            accuracy_m: (self.accuracy_m > 0.0).then_some(self.accuracy_m),
+            speed_mps: (self.speed_mps >= 0.0).then_some(self.speed_mps),
+            heading_deg: (self.heading_deg >= 0.0).then_some(self.heading_deg),
+        }
+    }
+}
+
+/// The older versions' encoding, to write their layouts in tests.
+#[cfg(test)]
+impl From<&Fix> for StoredFix {
+    fn from(fix: &Fix) -> Self {
+        Self {
+            seq: fix.seq,
+            time_ms: fix.time_ms,
+            lat_e7: trackline_proto::to_e7(fix.pos.lat),
+            lon_e7: trackline_proto::to_e7(fix.pos.lon),
+            accuracy_m: fix.accuracy_m.unwrap_or(0.0),
+            speed_mps: fix.speed_mps.unwrap_or(-1.0),
+            heading_deg: fix.heading_deg.unwrap_or(-1.0),
+        }
     }
 }
 
 fn decode_fix(key: &[u8], value: &[u8]) -> Result<Fix> {
-    let raw = v1::Fix::decode(value).map_err(|e| corrupt(key, e))?;
-    Ok(from_proto(&raw))
+    let raw = StoredFix::decode(value).map_err(|e| corrupt(key, e))?;
+    Ok(raw.to_fix())
 }
 
 fn decode_proto_block(key: &[u8], value: &[u8]) -> Result<Vec<Fix>> {
-    let raw = v1::CourierFrame::decode(value).map_err(|e| corrupt(key, e))?;
-    Ok(raw.fixes.iter().map(from_proto).collect())
+    let raw = StoredBlock::decode(value).map_err(|e| corrupt(key, e))?;
+    Ok(raw.fixes.iter().map(StoredFix::to_fix).collect())
 }
 
 /// Decodes a stored block (key, value) of one of the layouts.
@@ -136,5 +181,35 @@ impl HistoryStore {
             .filter_map(|order| self.fixes(order, i64::MIN, i64::MAX).ok())
             .map(|fixes| fixes.len())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_older_layout_keeps_a_stored_zero_speed_and_north() {
+        let stored = StoredFix {
+            seq: 4,
+            time_ms: 1_700_000_000_000,
+            lat_e7: 626_000_000,
+            lon_e7: 297_000_000,
+            accuracy_m: 0.0,
+            speed_mps: 0.0,
+            heading_deg: 0.0,
+        };
+        let fix = decode_fix(b"key", &stored.encode_to_vec()).unwrap();
+        assert_eq!(
+            (fix.accuracy_m, fix.speed_mps, fix.heading_deg),
+            (None, Some(0.0), Some(0.0))
+        );
+        let unknown = StoredFix {
+            speed_mps: -1.0,
+            heading_deg: -1.0,
+            ..stored
+        };
+        let fix = decode_fix(b"key", &unknown.encode_to_vec()).unwrap();
+        assert_eq!((fix.speed_mps, fix.heading_deg), (None, None));
     }
 }

@@ -1,8 +1,8 @@
 //! The store's behaviour through its public interface: durability, reads across layouts and
 //! the log, compaction, purging, recovery.
 
+use super::read::{StoredBlock, StoredFix};
 use prost::Message;
-use trackline_proto::v1;
 
 use super::codec::{block_key, fix_key};
 use super::trees::decode_order;
@@ -277,7 +277,10 @@ fn purge_cuts_a_block_that_straddles_the_cutoff_and_reads_the_per_fix_layout() {
         store
             .trees
             .fixes
-            .insert(fix_key(&id, f.time_ms, f.seq), f.to_proto().encode_to_vec())
+            .insert(
+                fix_key(&id, f.time_ms, f.seq),
+                StoredFix::from(&f).encode_to_vec(),
+            )
             .unwrap();
     }
     let fixes = [(1, 50), (2, 90), (3, 120), (4, 600)]
@@ -444,8 +447,8 @@ fn blocks_of_the_older_protobuf_layout_are_read_merged_and_purged() {
     let id = a.order_id.clone();
     // A block as the version before the log wrote it: a protobuf CourierFrame.
     let old = [fix(1, 10), fix(2, 20), fix(3, 300)];
-    let frame = v1::CourierFrame {
-        fixes: old.iter().map(Fix::to_proto).collect(),
+    let frame = StoredBlock {
+        fixes: old.iter().map(StoredFix::from).collect(),
     };
     store
         .trees

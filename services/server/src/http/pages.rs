@@ -1,6 +1,7 @@
 //! The live pages, embedded in the binary: the customer's map of one order (`/track/{id}`), the
-//! ops map of every live courier (`/ops/map`), their scripts and the vendored Leaflet under
-//! `/assets/`, and the bbox query the ops map polls (`GET /v1/couriers/within`).
+//! ops map of every live courier (`/ops/map`), their scripts, the watcher module of `clients/js`
+//! and the vendored Leaflet under `/assets/`, and the bbox query the ops map polls
+//! (`GET /v1/couriers/within`).
 //!
 //! Pages take the token as `?token=` (a browser cannot set a header on a page load) and pass it
 //! on as a bearer header to the API and as `?token=` to the watch stream. They are served with a
@@ -58,6 +59,13 @@ const CSS: &str = "text/css; charset=utf-8";
 /// (tests/browser: `npm run vendor-leaflet`), with its licence.
 const ASSETS: &[Asset] = &[
     asset!("track.js", JS, "track.js"),
+    // The track page imports the project's JavaScript watcher as it is published, so the page
+    // and every other JavaScript client follow the stream with the same code.
+    Asset {
+        name: "watch.js",
+        content_type: JS,
+        body: include_bytes!("../../../../clients/js/watch.js"),
+    },
     asset!("ops.js", JS, "ops.js"),
     asset!("pages.css", CSS, "pages.css"),
     asset!("leaflet/leaflet.js", JS, "vendor/leaflet/leaflet.js"),

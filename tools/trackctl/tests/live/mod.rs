@@ -122,9 +122,9 @@ impl Live {
                 time_ms: *time_ms,
                 lat_e7: trackline_proto::to_e7(pos.lat),
                 lon_e7: trackline_proto::to_e7(pos.lon),
-                accuracy_m: 0.0,
-                speed_mps: -1.0,
-                heading_deg: -1.0,
+                accuracy_m: None,
+                speed_mps: None,
+                heading_deg: None,
             })
             .collect();
         let rejected = self.runtime.block_on(async {

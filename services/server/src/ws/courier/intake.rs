@@ -207,9 +207,9 @@ mod tests {
             time_ms: NOW_MS - 1000,
             lat_e7: 488_500_000,
             lon_e7: 23_500_000,
-            accuracy_m: 5.0,
-            speed_mps: 8.0,
-            heading_deg: 34.0,
+            accuracy_m: Some(5.0),
+            speed_mps: Some(8.0),
+            heading_deg: Some(34.0),
         }
     }
 
@@ -307,7 +307,7 @@ mod tests {
     fn a_refused_fix_still_moves_the_connections_seq() {
         let mut intake = FrameIntake::new(limits(), Instant::now());
         let mut bad = raw(3);
-        bad.heading_deg = 400.0;
+        bad.heading_deg = Some(400.0);
         let taken = intake.take(frame(vec![bad]), NOW_MS).unwrap();
         assert_eq!(codes(&taken), [(3, "bad_heading")]);
         let again = intake.take(frame(vec![raw(3)]), NOW_MS).unwrap();
