@@ -467,7 +467,12 @@ impl Link {
             }
             let request = upgrade_request(&self.url, &self.token, self.options.token_in, None)
                 .map_err(Error::Refused)?;
-            let mut ws = match open(request, self.options.connect_timeout).await {
+            let opened = tokio::select! {
+                opened = open(request, self.options.connect_timeout) => opened,
+                // a close does not wait for a slow connect
+                _ = self.stop.changed() => continue,
+            };
+            let mut ws = match opened {
                 Ok(ws) => ws,
                 Err(ConnectError::Refused { status: 401, .. })
                     if self.may_renew(&mut renewed_at) =>
@@ -530,9 +535,6 @@ impl Link {
                 .get_or_insert_with(|| (Instant::now(), String::new()))
                 .1 = reason;
             reconnect_at = Instant::now() + backoff.next_delay();
-            if *self.stop.borrow() {
-                close_politely(&mut ws).await;
-            }
         }
     }
 
@@ -546,7 +548,7 @@ impl Link {
     }
 
     async fn renew_token(&mut self) -> Result<(), Error> {
-        // unwrap-free: only called after may_renew saw a renewer
+        // only called after may_renew saw a renewer
         let Some(renew) = self.options.renew_token.clone() else {
             return Ok(());
         };
@@ -586,7 +588,7 @@ impl Link {
                     continue;
                 };
                 let count = fixes.len();
-                // unwrap-free: take_frame never answers an empty frame
+                // take_frame never answers an empty frame, so the default is never used
                 let last = fixes.last().map_or(0, |f| f.seq);
                 let frame = v1::CourierFrame { fixes }.encode_to_vec();
                 if let Err(err) = ws.send(Message::binary(frame)).await {
