@@ -751,3 +751,92 @@ impl Link {
 async fn close_politely(ws: &mut Ws) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A courier whose server cannot be reached, so nothing ever leaves its outbox.
+    fn offline(capacity: usize, when_full: WhenFull) -> Courier {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/v1/courier/ws", listener.local_addr().unwrap());
+        drop(listener);
+        let options = CourierOptions {
+            outbox_capacity: capacity,
+            when_full,
+            ..CourierOptions::default()
+        };
+        Courier::connect(&url, "token", options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_refuses_waits_or_drops_the_oldest_as_asked() {
+        let refusing = offline(2, WhenFull::Refuse);
+        for seq in 1..=2 {
+            refusing.push(fix_at(seq, 0, 1.0, 1.0)).await.unwrap();
+        }
+        let refused = refusing.try_push(fix_at(3, 0, 1.0, 1.0));
+        assert!(matches!(refused, Err(Error::OutboxFull(2))), "{refused:?}");
+
+        let waiting = offline(2, WhenFull::Wait);
+        for seq in 1..=2 {
+            waiting.push(fix_at(seq, 0, 1.0, 1.0)).await.unwrap();
+        }
+        let blocked = tokio::time::timeout(
+            Duration::from_millis(100),
+            waiting.push(fix_at(3, 0, 1.0, 1.0)),
+        );
+        assert!(blocked.await.is_err(), "a push into a full outbox waits");
+        assert!(matches!(
+            waiting.try_push(fix_at(3, 0, 1.0, 1.0)),
+            Err(Error::OutboxFull(2))
+        ));
+
+        let dropping = offline(2, WhenFull::DropOldest);
+        for seq in 1..=3 {
+            dropping.push(fix_at(seq, 0, 1.0, 1.0)).await.unwrap();
+        }
+        assert_eq!(dropping.unacked(), 2);
+        assert_eq!(dropping.stats().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn seqs_must_increase_and_next_seq_follows_the_last() {
+        let courier = offline(10, WhenFull::Refuse);
+        let first = courier.next_seq();
+        assert!(first > 1_000_000_000_000_000, "clock-based: {first}");
+        courier.push(fix_at(first, 0, 1.0, 1.0)).await.unwrap();
+        assert_eq!(courier.next_seq(), first + 1);
+        let again = courier.push(fix_at(first, 0, 1.0, 1.0)).await;
+        assert!(
+            matches!(again, Err(Error::SeqNotIncreasing { .. })),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn giving_up_on_an_unreachable_server_ends_the_courier() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/v1/courier/ws", listener.local_addr().unwrap());
+        drop(listener);
+        let options = CourierOptions {
+            give_up_after: Some(Duration::from_millis(300)),
+            backoff_first: Duration::from_millis(20),
+            ..CourierOptions::default()
+        };
+        let courier = Courier::connect(&url, "token", options).unwrap();
+        courier.push(fix_at(1, 0, 1.0, 1.0)).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), courier.ended())
+            .await
+            .expect("gives up");
+        assert!(matches!(ended, Error::Unreachable(..)), "{ended:?}");
+        assert_eq!(
+            courier
+                .close()
+                .await
+                .map_err(|e| e.to_string())
+                .unwrap_err(),
+            ended.to_string()
+        );
+    }
+}
