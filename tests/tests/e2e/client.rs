@@ -184,6 +184,31 @@ async fn a_refused_token_ends_the_courier_instead_of_retrying() {
     }
 }
 
+#[tokio::test]
+async fn a_refused_token_is_renewed_when_the_app_can_renew_it() {
+    let server = server_with_order("o-lib-renew").await;
+    let fresh = server.courier_token(COURIER);
+    let renewals = Arc::new(Mutex::new(0));
+    let counted = renewals.clone();
+    let options = CourierOptions {
+        renew_token: Some(Arc::new(move || {
+            *counted.lock().unwrap() += 1;
+            let fresh = fresh.clone();
+            Box::pin(async move { Ok(fresh) })
+        })),
+        ..quick_courier()
+    };
+    let courier =
+        Courier::connect(&server.ws_url("/v1/courier/ws"), "expired-token", options).unwrap();
+    let fixes = trip_fixes(&jog_points(3), courier.next_seq());
+    for fix in &fixes {
+        courier.push(*fix).await.unwrap();
+    }
+    courier.flush(TIMEOUT).await.unwrap();
+    assert_eq!(*renewals.lock().unwrap(), 1);
+    assert_eq!(stored_seqs(&server, "o-lib-renew").await, seqs(&fixes));
+}
+
 /// Streams the jog through a courier while the watcher's connection is cut every few updates;
 /// the watcher must hand out every offset once, in order, then the final state.
 async fn watcher_resumes_across_cuts(encoding: Encoding, order: &str) {
@@ -206,7 +231,7 @@ async fn watcher_resumes_across_cuts(encoding: Encoding, order: &str) {
     let sending = tokio::spawn(async move {
         for fix in fixes {
             courier.push(fix).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         courier.flush(TIMEOUT).await.unwrap();
     });
@@ -239,6 +264,8 @@ async fn watcher_resumes_across_cuts(encoding: Encoding, order: &str) {
         recovered += usize::from(update.recovered);
         if offsets.len() % 8 == 0 {
             proxy.cut();
+            // updates go on meanwhile: the reconnect must replay them
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
     sending.await.unwrap();
