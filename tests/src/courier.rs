@@ -32,7 +32,9 @@ impl TestServer {
     }
 }
 
-/// A courier app: sends `CourierFrame`s, reads `ServerFrame`s.
+/// A courier app at the frame level: sends `CourierFrame`s, reads `ServerFrame`s. Tests of the
+/// protocol itself need each frame and each ack in their hands (and frames no app would send);
+/// tests of an app's behaviour (outbox, resends, reconnects) use `trackline_client::Courier`.
 pub struct CourierClient {
     ws: Ws,
     /// The highest acked seq so far.

@@ -6,13 +6,15 @@
 //! for tests, where a panic is the failure report.
 //!
 //! One module per concept: the server's lifecycle, REST, each stream, the recorded trips, the
-//! scenarios several test modules share, raw byte-level clients and broker mode.
+//! scenarios several test modules share, raw byte-level clients, a proxy that cuts connections,
+//! and broker mode.
 
 use std::time::Duration;
 
 pub mod cluster;
 pub mod courier;
 pub mod http;
+pub mod proxy;
 pub mod raw;
 pub mod scenarios;
 pub mod server;
@@ -22,6 +24,7 @@ pub mod ws;
 
 pub use courier::{encode_frame, fix, walk, CourierClient};
 pub use http::{NewOrder, Reply};
+pub use proxy::Proxy;
 pub use server::{free_port, proc_status_kib, server_binary, TestServer};
 pub use trackline_rest::{HistoryFix, NearbyCourier};
 pub use trips::{

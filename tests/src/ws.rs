@@ -3,16 +3,12 @@
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::{
-    HeaderValue, AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL,
-};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::TIMEOUT;
 
-/// A client WebSocket of the harness.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client WebSocket of the harness: the client crate's.
+pub use trackline_client::connect::Ws;
 
 /// Where a WebSocket upgrade carries its token.
 #[derive(Debug, Clone, Copy)]
@@ -52,24 +48,18 @@ pub(crate) fn ws_request(
     token: TokenIn<'_>,
     subprotocol: Option<&str>,
 ) -> anyhow::Result<tungstenite::handshake::client::Request> {
-    let url = match token {
-        TokenIn::Query(token) if url.contains('?') => format!("{url}&token={token}"),
-        TokenIn::Query(token) => format!("{url}?token={token}"),
-        _ => url.to_string(),
+    // the client crate builds the request; the harness adds only the "no token at all" case
+    let (token, token_in) = match token {
+        TokenIn::None => ("", trackline_client::TokenIn::Header),
+        TokenIn::Header(token) => (token, trackline_client::TokenIn::Header),
+        TokenIn::Query(token) => (token, trackline_client::TokenIn::Query),
     };
-    let mut request = url.as_str().into_client_request()?;
-    if let TokenIn::Header(token) = token {
-        request.headers_mut().insert(
-            AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-    }
-    if let Some(protocol) = subprotocol {
-        request
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocol)?);
-    }
-    Ok(request)
+    Ok(trackline_client::connect::upgrade_request(
+        url,
+        token,
+        token_in,
+        subprotocol,
+    )?)
 }
 
 /// Sets `TCP_MAXSEG` on a socket before it connects (so it is announced in the SYN).

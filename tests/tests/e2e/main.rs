@@ -4,6 +4,7 @@
 //! read a counter exactly run the server binary, which has its own).
 
 mod access;
+mod client;
 mod clock_offset;
 mod cluster;
 mod cors;

@@ -12,6 +12,11 @@
 //! The fleet pace ([`Pace::Fleet`]) stamps each fix with the moment it was due instead: `time_ms
 //! = base + counter * period`, a courier's own period, so the counter follows from the time; its
 //! positions run along a course ([`crate::course`]).
+//!
+//! The couriers and watchers here speak the streams directly instead of through
+//! `trackline-client`: a measurement wants one frame per fix handed to the socket at a known
+//! instant, on sockets from many source addresses, for every peer alike, and no outbox, batching
+//! or pacing between the clock and the wire, which is exactly what the client adds for apps.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,30 +1,25 @@
-//! One simulated courier app: rides its schedule, keeps an outbox of unacknowledged fixes, and
-//! keeps a WebSocket to `/v1/courier/ws` open, reconnecting with backoff and resending what the
-//! server has not acknowledged, with the same seqs.
+//! One simulated courier app: rides its schedule and pushes its fixes into the client crate's
+//! courier, which keeps the outbox of unacknowledged fixes and the WebSocket to
+//! `/v1/courier/ws` open, reconnecting with backoff and resending with the same seqs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use anyhow::{anyhow, Context};
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
+use trackline_client::{
+    ConnectError, Courier, CourierEvent, CourierOptions, Error, OnEvent, RenewToken,
+};
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
-use trackline_proto::v1::{self, server_frame::Kind};
-use trackline_proto::{to_e7, Message as _};
+use trackline_proto::{to_e7, v1};
+
+pub use trackline_client::first_seq;
 
 use crate::api::Api;
-use crate::buffer::UnackedBuffer;
 use crate::schedule::{PlannedFix, Schedule};
 use crate::trip::Trip;
 
@@ -32,16 +27,6 @@ use crate::trip::Trip;
 const MAX_UNACKED: usize = 100_000;
 /// Fixes per frame when flushing a backlog: about 20 KB of protobuf, well under any frame limit.
 const MAX_FRAME_FIXES: usize = 500;
-/// A TCP connect plus WebSocket handshake slower than this is a failed attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reconnect delays double from the first to the last (with jitter so couriers spread out).
-const BACKOFF_FIRST: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A refused token is renewed at most this often, so a server that refuses every token is an error,
-/// not a loop.
-const TOKEN_RENEW_MIN_INTERVAL: Duration = Duration::from_secs(30);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What one courier rides.
 #[derive(Debug, Clone)]
@@ -171,17 +156,9 @@ pub struct CourierReport {
     pub completed: bool,
 }
 
-/// The first seq of a run: microseconds-ish since the epoch, so a rerun for the same courier id
-/// always starts above anything an earlier run sent (unless that run sent over 1000 fixes per
-/// millisecond). Stays below 2^53, so JSON readers keep it exact.
-pub fn first_seq() -> u64 {
-    u64::try_from(trackline_core::now_ms())
-        .unwrap_or(0)
-        .saturating_mul(1000)
-}
-
 /// Rides `plan` until its trip ends and everything is acknowledged, the drain timeout passes, or
-/// `stop` says so.
+/// `stop` says so. The stream itself (outbox, acks, resends, reconnects) is the client crate's
+/// [`Courier`]; this drives it with the schedule and counts what it reports.
 ///
 /// # Errors
 /// When the server refuses the courier token (401/403), or cannot be reached for `retry_for`.
@@ -192,44 +169,116 @@ pub async fn run_courier(
     stats: Arc<Stats>,
     stop: watch::Receiver<Stop>,
 ) -> anyhow::Result<CourierReport> {
-    // owned here, so that what is left is counted and closed however the ride ends
-    let mut outbox = UnackedBuffer::new(MAX_UNACKED);
-    let mut ws: Option<Ws> = None;
-    let ridden = ride(
-        &plan,
-        &settings,
-        &tokens,
-        &stats,
-        stop,
-        &mut outbox,
-        &mut ws,
-    )
-    .await;
-    if let Some(mut conn) = ws.take() {
-        stats.connected.fetch_sub(1, Ordering::Relaxed);
-        // a polite goodbye; the server treats a vanished socket the same way, so do not wait long
-        let _ = timeout(Duration::from_secs(1), conn.close(None)).await;
-    }
-    Stats::add(&stats.unacked, outbox.len());
+    let id = plan.courier_id.clone();
+    let token = tokens
+        .courier_token(&id)
+        .await
+        .with_context(|| format!("courier {id}: getting a token"))?;
+    let options = CourierOptions {
+        outbox_capacity: MAX_UNACKED,
+        max_frame_fixes: MAX_FRAME_FIXES,
+        batch: settings.batch.max(1),
+        // while riding only whole batches go out; a reconnect or the drain sends the rest
+        linger: Duration::MAX,
+        // the batch is chosen to stay under the server's limit (simulate's batch_for); pacing at
+        // the limit itself only guards against a burst, as when a reconnect flushes a backlog
+        max_frames_per_s: crate::simulate::SERVER_MAX_FRAMES_PER_S,
+        give_up_after: Some(settings.retry_for),
+        renew_token: tokens
+            .renewable()
+            .then(|| renewer(tokens.clone(), id.clone())),
+        on_event: Some(counter(stats.clone(), id.clone())),
+        ..CourierOptions::default()
+    };
+    let courier = Courier::connect(&settings.ws_url, &token, options)
+        .with_context(|| format!("courier {id}: starting its stream"))?;
+    let ridden = ride(&plan, &settings, &courier, &stats, stop).await;
+    let unacked = courier.unacked();
+    let closed = courier.close().await;
+    Stats::add(&stats.unacked, unacked);
     let completed = ridden?;
+    if let Err(err) = closed {
+        return Err(explain(&id, &settings.ws_url, err));
+    }
     Ok(CourierReport {
         courier_id: plan.courier_id,
-        unacked: outbox.len(),
+        unacked,
         completed,
     })
 }
 
-/// The courier's loop; returns whether the whole trip was ridden.
+/// Fresh courier tokens for the stream when the one in use is refused or expires.
+fn renewer(tokens: Arc<TokenSource>, id: String) -> RenewToken {
+    Arc::new(move || {
+        let (tokens, id) = (tokens.clone(), id.clone());
+        Box::pin(async move {
+            tokens
+                .courier_token(&id)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    })
+}
+
+/// The run's counters, kept from what the stream reports.
+fn counter(stats: Arc<Stats>, id: String) -> OnEvent {
+    Arc::new(move |event: &CourierEvent| match event {
+        CourierEvent::Connected { reconnect, unacked } => {
+            info!(courier = %id, unacked, "connected");
+            stats.connected.fetch_add(1, Ordering::Relaxed);
+            if *reconnect {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        CourierEvent::Disconnected { reason, unacked } => {
+            info!(courier = %id, unacked, why = %reason, "disconnected");
+            stats.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        CourierEvent::Sent { fixes, resent } => {
+            Stats::add(&stats.sent, *fixes);
+            Stats::add(&stats.resent, *resent);
+            stats.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        CourierEvent::Acked { fixes, .. } => Stats::add(&stats.acked, *fixes),
+        CourierEvent::Rejected(rejected) => {
+            debug!(courier = %id, seq = rejected.seq, code = %rejected.code, reason = %rejected.reason, "fix rejected");
+            stats.reject(&rejected.code);
+        }
+        CourierEvent::Dropped { .. } => Stats::add(&stats.dropped, 1),
+    })
+}
+
+/// The courier's end as the CLI tells it: what went wrong and what to do about it.
+fn explain(id: &str, url: &str, err: Error) -> anyhow::Error {
+    match err {
+        Error::Unreachable(limit, why) => anyhow!(
+            "courier {id}: no acknowledgement from the server for {}s (last problem: {why}); \
+             is the server running at {url}?",
+            limit.as_secs()
+        ),
+        Error::Refused(ConnectError::Refused { status, body }) => {
+            let hint = match status {
+                401 => "the token is expired or signed with another secret: pass the server's --secret, or a fresh token",
+                403 => "the token is not a courier token: pass --secret, or an ops token or a courier token with --token",
+                _ => "",
+            };
+            anyhow!(
+                "courier {id}: the server refused the courier stream with {status}: {body}; {hint}"
+            )
+        }
+        other => anyhow!("courier {id}: {other}"),
+    }
+}
+
+/// The schedule's loop; returns whether the whole trip was ridden.
 async fn ride(
     plan: &CourierPlan,
     settings: &CourierSettings,
-    tokens: &TokenSource,
+    courier: &Courier,
     stats: &Stats,
     mut stop: watch::Receiver<Stop>,
-    outbox: &mut UnackedBuffer,
-    ws: &mut Option<Ws>,
 ) -> anyhow::Result<bool> {
-    let id = plan.courier_id.clone();
+    let id = &plan.courier_id;
     let start = Instant::now() + plan.start_delay;
     let start_ms =
         trackline_core::now_ms() + i64::try_from(plan.start_delay.as_millis()).unwrap_or(0);
@@ -240,181 +289,55 @@ async fn ride(
         settings.looping,
     )
     .peekable();
-    let mut next_seq = first_seq();
-    let mut token = tokens
-        .courier_token(&id)
-        .await
-        .with_context(|| format!("courier {id}: getting a token"))?;
-    let mut token_renewed_at: Option<Instant> = None;
-
-    let mut ever_connected = false;
-    // a fresh connection flushes the whole outbox at once, whatever the batch size
-    let mut flush_all = false;
-    let mut backoff = Backoff::default();
-    let mut reconnect_at = Instant::now();
-    // since when nothing has worked, and why: set by a failure, cleared by an ack
-    let mut failing: Option<(Instant, String)> = None;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut frame_limit = MAX_FRAME_FIXES;
-
+    let mut next_seq = courier.next_seq();
     loop {
-        let wanted = *stop.borrow();
-        if wanted == Stop::Abort {
+        match *stop.borrow() {
+            Stop::Abort => return Ok(false),
+            Stop::Drain => break,
+            Stop::Run => {}
+        }
+        let Some(due) = schedule.peek().map(|fix| start + fix.due) else {
             break;
-        }
-        let riding = wanted == Stop::Run && schedule.peek().is_some();
-        if !riding {
-            if outbox.is_empty() {
-                break;
-            }
-            let deadline =
-                *drain_deadline.get_or_insert_with(|| Instant::now() + settings.drain_timeout);
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        if let Some((since, why)) = &failing {
-            if since.elapsed() >= settings.retry_for {
-                bail!(
-                    "courier {id}: no acknowledgement from the server for {}s (last problem: {why}); \
-                     is the server running at {}?",
-                    settings.retry_for.as_secs(),
-                    settings.ws_url
-                );
-            }
-        }
-
-        if let Some(conn) = ws.as_mut() {
-            let sent = send_ready(
-                conn,
-                outbox,
-                settings,
-                frame_limit,
-                flush_all || !riding,
-                stats,
-            )
-            .await;
-            match sent {
-                Ok(()) => flush_all = false,
-                Err(err) => {
-                    let why = format!("sending: {err}");
-                    lose(
-                        ws,
-                        outbox,
-                        stats,
-                        &mut backoff,
-                        &mut reconnect_at,
-                        &mut failing,
-                        &id,
-                        why,
-                    );
-                    continue;
-                }
-            }
-        }
-
-        let next_due = riding
-            .then(|| schedule.peek().map(|fix| start + fix.due))
-            .flatten();
+        };
         tokio::select! {
-            () = sleep_until(next_due.unwrap_or(start)), if next_due.is_some() => {
-                // every fix that is due, several at once when we were held up (e.g. connecting)
+            () = sleep_until(due) => {
+                // every fix that is due, several at once when we were held up
                 let now = Instant::now();
                 while let Some(planned) = schedule.next_if(|fix| start + fix.due <= now) {
-                    let dropped_before = outbox.dropped();
-                    outbox.push(wire_fix(&planned, next_seq)).map_err(|e| anyhow!("courier {id}: seq {} after {}", e.seq, e.last))?;
+                    courier.push(wire_fix(&planned, next_seq)).await.map_err(|err| explain(id, &settings.ws_url, err))?;
                     next_seq += 1;
                     stats.generated.fetch_add(1, Ordering::Relaxed);
-                    Stats::add(&stats.dropped, usize::try_from(outbox.dropped() - dropped_before).unwrap_or(0));
                 }
             }
-            message = next_message(ws) => match message {
-                Some(Ok(Message::Binary(bytes))) => match v1::ServerFrame::decode(bytes.as_ref()) {
-                    Ok(v1::ServerFrame { kind: Some(Kind::Ack(ack)) }) => {
-                        Stats::add(&stats.acked, outbox.ack(ack.seq));
-                        backoff.reset();
-                        failing = None;
-                    }
-                    Ok(v1::ServerFrame { kind: Some(Kind::Rejected(rejected)) }) => {
-                        debug!(courier = %id, seq = rejected.seq, code = %rejected.code, reason = %rejected.reason, "fix rejected");
-                        if outbox.reject(rejected.seq) {
-                            stats.reject(&rejected.code);
-                        }
-                    }
-                    Ok(_) => debug!(courier = %id, "empty server frame"),
-                    Err(err) => debug!(courier = %id, %err, "undecodable server frame"),
-                },
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((None, String::new()), |f| (Some(f.code), f.reason.to_string()));
-                    match code {
-                        // too big: send smaller frames from now on
-                        Some(CloseCode::Size) => frame_limit = (frame_limit / 2).max(1),
-                        // token expired (or rate limited): a fresh token does not hurt either way
-                        Some(CloseCode::Policy) if tokens.renewable() => {
-                            token = tokens.courier_token(&id).await.with_context(|| format!("courier {id}: renewing its token"))?;
-                        }
-                        _ => {}
-                    }
-                    let why = format!("server closed the connection ({}) {reason}", code.map_or(0, u16::from));
-                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
-                }
-                // pings are answered by tungstenite itself; text frames mean nothing to a courier
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    let why = format!("connection broke: {err}");
-                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
-                }
-                None => {
-                    let why = "connection ended".to_string();
-                    lose(ws, outbox, stats, &mut backoff, &mut reconnect_at, &mut failing, &id, why);
-                }
-            },
-            () = sleep_until(reconnect_at), if ws.is_none() => match connect(&settings.ws_url, &token).await {
-                Ok(conn) => {
-                    info!(courier = %id, unacked = outbox.len(), "connected");
-                    *ws = Some(conn);
-                    flush_all = true;
-                    stats.connected.fetch_add(1, Ordering::Relaxed);
-                    if ever_connected {
-                        stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ever_connected = true;
-                    if outbox.is_empty() {
-                        // nothing to be acknowledged, so nothing is failing
-                        failing = None;
-                    }
-                }
-                Err(ConnectError::Refused { status, body }) => {
-                    let can_renew = tokens.renewable() && token_renewed_at.is_none_or(|at| at.elapsed() >= TOKEN_RENEW_MIN_INTERVAL);
-                    if status == 401 && can_renew {
-                        token = tokens.courier_token(&id).await.with_context(|| format!("courier {id}: renewing its token"))?;
-                        token_renewed_at = Some(Instant::now());
-                        continue;
-                    }
-                    let hint = match status {
-                        401 => "the token is expired or signed with another secret: pass the server's --secret, or a fresh token",
-                        403 => "the token is not a courier token: pass --secret, or an ops token or a courier token with --token",
-                        _ => "",
-                    };
-                    bail!("courier {id}: the server refused the courier stream with {status}: {body}; {hint}");
-                }
-                Err(ConnectError::Failed(why)) => {
-                    debug!(courier = %id, %why, "connect failed");
-                    failing.get_or_insert_with(|| (Instant::now(), String::new())).1 = why;
-                    reconnect_at = Instant::now() + backoff.next_delay();
-                }
-            },
+            err = courier.ended() => return Err(explain(id, &settings.ws_url, err)),
             changed = stop.changed() => {
                 if changed.is_err() {
                     // the run is gone: nobody is left to wait for us
-                    break;
+                    return Ok(false);
                 }
             }
-            () = sleep_until(drain_deadline.unwrap_or(start)), if drain_deadline.is_some() => {}
         }
     }
+    let completed = schedule.peek().is_none();
+    // drain: what is left goes out now, and the acks are awaited up to the drain timeout (an
+    // abort cuts the wait short)
+    tokio::select! {
+        drained = courier.flush(settings.drain_timeout) => match drained {
+            Ok(()) | Err(Error::Timeout(..)) => {}
+            Err(err) => return Err(explain(id, &settings.ws_url, err)),
+        },
+        () = aborted(stop) => {}
+    }
+    Ok(completed)
+}
 
-    Ok(schedule.peek().is_none())
+/// Resolves once the run asks to stop at once (or is gone).
+async fn aborted(mut stop: watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() != Stop::Abort {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The wire form of a planned fix.
@@ -431,151 +354,10 @@ pub fn wire_fix(planned: &PlannedFix, seq: u64) -> v1::Fix {
     }
 }
 
-/// Writes the outbox's unsent fixes: whole batches while riding, everything when `flush` is set.
-async fn send_ready(
-    conn: &mut Ws,
-    outbox: &mut UnackedBuffer,
-    settings: &CourierSettings,
-    frame_limit: usize,
-    flush: bool,
-    stats: &Stats,
-) -> Result<(), tungstenite::Error> {
-    loop {
-        let unsent = outbox.unsent_len();
-        let size = if flush && unsent > 0 {
-            unsent.min(frame_limit)
-        } else if unsent >= settings.batch {
-            settings.batch.min(frame_limit)
-        } else {
-            return Ok(());
-        };
-        let (fixes, resent) = outbox.take_unsent(size);
-        let count = fixes.len();
-        let frame = v1::CourierFrame { fixes }.encode_to_vec();
-        conn.send(Message::Binary(frame.into())).await?;
-        Stats::add(&stats.sent, count);
-        Stats::add(&stats.resent, resent);
-        stats.frames.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The connection is gone: everything unacked goes out again on the next one, after a backoff.
-#[allow(clippy::too_many_arguments)] // the courier loop's state, passed piecewise to keep borrows apart
-fn lose(
-    ws: &mut Option<Ws>,
-    outbox: &mut UnackedBuffer,
-    stats: &Stats,
-    backoff: &mut Backoff,
-    reconnect_at: &mut Instant,
-    failing: &mut Option<(Instant, String)>,
-    id: &str,
-    why: String,
-) {
-    info!(courier = %id, unacked = outbox.len(), %why, "disconnected");
-    if ws.take().is_some() {
-        stats.connected.fetch_sub(1, Ordering::Relaxed);
-    }
-    outbox.connection_lost();
-    *reconnect_at = Instant::now() + backoff.next_delay();
-    failing
-        .get_or_insert_with(|| (Instant::now(), String::new()))
-        .1 = why;
-}
-
-async fn next_message(ws: &mut Option<Ws>) -> Option<Result<Message, tungstenite::Error>> {
-    match ws {
-        Some(conn) => conn.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-enum ConnectError {
-    /// The server answered the upgrade with 401 or 403: retrying the same token is pointless.
-    Refused { status: u16, body: String },
-    /// Anything else (refused connection, timeout, 5xx): worth retrying.
-    Failed(String),
-}
-
-async fn connect(url: &str, token: &str) -> Result<Ws, ConnectError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| ConnectError::Failed(format!("bad URL {url}: {e}")))?;
-    let bearer =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ConnectError::Refused {
-            status: 401,
-            body: "the token has characters a header cannot carry".into(),
-        })?;
-    request.headers_mut().insert(AUTHORIZATION, bearer);
-    // Nagle would hold small frames back for tens of milliseconds: fixes are latency-sensitive
-    match timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, None, true),
-    )
-    .await
-    {
-        Err(_) => Err(ConnectError::Failed(format!(
-            "no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
-        Ok(Ok((conn, _response))) => Ok(conn),
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            let status = response.status().as_u16();
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            if matches!(status, 401 | 403) {
-                Err(ConnectError::Refused { status, body })
-            } else {
-                Err(ConnectError::Failed(format!(
-                    "upgrade answered {status} {body}"
-                )))
-            }
-        }
-        Ok(Err(err)) => Err(ConnectError::Failed(err.to_string())),
-    }
-}
-
-/// Exponential reconnect delays with jitter.
-#[derive(Debug, Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let base = BACKOFF_FIRST
-            .saturating_mul(1 << self.attempt.min(8))
-            .min(BACKOFF_MAX);
-        self.attempt = self.attempt.saturating_add(1);
-        // +-25% so a fleet that lost the server together does not come back together
-        base.mul_f64(rand::random_range(0.75..1.25))
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use trackline_core::LatLon;
-
-    #[test]
-    fn backoff_grows_to_a_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let first = backoff.next_delay();
-        assert!(first >= BACKOFF_FIRST.mul_f64(0.75) && first <= BACKOFF_FIRST.mul_f64(1.25));
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= BACKOFF_MAX.mul_f64(1.25));
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= BACKOFF_FIRST.mul_f64(1.25));
-    }
 
     #[test]
     fn planned_fixes_go_on_the_wire_in_e7() {

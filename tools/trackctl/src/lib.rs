@@ -3,7 +3,6 @@
 //! and so are the route-history pieces ([`history`], [`track`], [`replay`], [`export`], [`stats`]).
 
 pub mod api;
-pub mod buffer;
 pub mod cli;
 pub mod commands;
 pub mod courier;

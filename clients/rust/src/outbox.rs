@@ -1,9 +1,13 @@
-//! The courier app's outbox: fixes not yet acknowledged, which of them went out on the current
-//! connection, and what to resend after a reconnect.
+//! The courier's outbox: fixes not yet acknowledged, which of them went out on the current
+//! connection, and what to resend after a reconnect; optionally mirrored in a file
+//! ([`crate::journal`]) so an app restart loses nothing.
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use trackline_proto::v1;
+
+use crate::journal::Journal;
 
 /// Fixes waiting for an `Ack`, oldest first, with strictly increasing `seq`.
 ///
@@ -11,7 +15,7 @@ use trackline_proto::v1;
 /// (the server will never take it, so resending is pointless). After a reconnect everything left
 /// is sent again with the same seqs; the server de-duplicates.
 #[derive(Debug)]
-pub struct UnackedBuffer {
+pub(crate) struct Outbox {
     fixes: VecDeque<v1::Fix>,
     /// How many fixes at the front were sent on the current connection.
     sent: usize,
@@ -20,71 +24,120 @@ pub struct UnackedBuffer {
     /// The last seq pushed, which outlives its fix: seqs must keep increasing after an ack.
     last_seq: Option<u64>,
     capacity: usize,
-    dropped: u64,
+    /// The file every change is appended to, for a persistent outbox.
+    journal: Option<Journal>,
 }
 
-/// What [`UnackedBuffer::push`] refuses.
+/// A seq that is not above the last one pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqNotIncreasing {
     pub seq: u64,
     pub last: u64,
 }
 
-impl UnackedBuffer {
+/// What [`Outbox::push`] refuses.
+#[derive(Debug)]
+pub(crate) enum PushFailed {
+    Seq(SeqNotIncreasing),
+    Io(std::io::Error),
+}
+
+impl Outbox {
     /// A buffer that keeps at most `capacity` fixes; beyond that the oldest are dropped, as a phone
     /// that has been offline too long gives up on its oldest positions rather than on the newest.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             fixes: VecDeque::new(),
             sent: 0,
             max_sent_seq: 0,
             last_seq: None,
             capacity: capacity.max(1),
-            dropped: 0,
+            journal: None,
         }
     }
 
-    /// Adds a new fix.
+    /// An outbox kept in the file at `path` as well: what an earlier run left unacknowledged is
+    /// in it again, and its seqs keep increasing from there.
     ///
     /// # Errors
-    /// When its seq is not above the last one buffered: the protocol needs strictly increasing seqs.
-    pub fn push(&mut self, fix: v1::Fix) -> Result<(), SeqNotIncreasing> {
+    /// When the file cannot be read or created.
+    pub(crate) fn open(path: &Path, capacity: usize) -> std::io::Result<Self> {
+        let (journal, recovered) = Journal::open(path)?;
+        let mut outbox = Self::new(capacity);
+        outbox.fixes = recovered.fixes.into();
+        outbox.last_seq = recovered.last_seq;
+        outbox.journal = Some(journal);
+        Ok(outbox)
+    }
+
+    /// The last seq pushed, in this run or an earlier one of a persistent outbox.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Whether another push would drop the oldest fix.
+    pub(crate) fn is_full(&self) -> bool {
+        self.fixes.len() >= self.capacity
+    }
+
+    /// Adds a new fix; the seq of the oldest one, when a full buffer dropped it to make room.
+    ///
+    /// # Errors
+    /// When its seq is not above the last one buffered (the protocol needs strictly increasing
+    /// seqs), or the outbox's file cannot be written.
+    pub(crate) fn push(&mut self, fix: v1::Fix) -> Result<Option<u64>, PushFailed> {
         if let Some(last) = self.last_seq {
             if fix.seq <= last {
-                return Err(SeqNotIncreasing { seq: fix.seq, last });
+                return Err(PushFailed::Seq(SeqNotIncreasing { seq: fix.seq, last }));
             }
         }
+        if let Some(journal) = &mut self.journal {
+            journal.pushed(&fix).map_err(PushFailed::Io)?;
+        }
         self.last_seq = Some(fix.seq);
-        if self.fixes.len() == self.capacity {
-            self.fixes.pop_front();
+        let mut dropped = None;
+        if self.fixes.len() >= self.capacity {
+            if let Some(oldest) = self.fixes.pop_front() {
+                self.journal_write(|journal| journal.acked(oldest.seq));
+                dropped = Some(oldest.seq);
+            }
             self.sent = self.sent.saturating_sub(1);
-            self.dropped += 1;
         }
         self.fixes.push_back(fix);
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// Records a departure in the file. A failure is only logged: the worst it causes is that a
+    /// restarted app resends a fix the server already holds, which the server ignores.
+    fn journal_write(&mut self, write: impl FnOnce(&mut Journal) -> std::io::Result<()>) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        let mut written = write(journal);
+        if written.is_ok() && journal.wants_compaction(self.fixes.len()) {
+            written = journal.compact(self.fixes.iter(), self.last_seq);
+        }
+        if let Err(err) = written {
+            tracing::warn!(%err, "could not update the outbox file");
+        }
     }
 
     /// Fixes not acknowledged yet.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.fixes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fixes.is_empty()
     }
 
     /// Fixes not sent on the current connection.
-    pub fn unsent_len(&self) -> usize {
+    pub(crate) fn unsent_len(&self) -> usize {
         self.fixes.len() - self.sent
     }
 
-    /// Fixes dropped because the buffer was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
     /// Up to `max` of the oldest unsent fixes, now counted as sent, and how many of them are resends.
-    pub fn take_unsent(&mut self, max: usize) -> (Vec<v1::Fix>, usize) {
+    pub(crate) fn take_unsent(&mut self, max: usize) -> (Vec<v1::Fix>, usize) {
         let end = self.fixes.len().min(self.sent + max);
         let batch: Vec<v1::Fix> = self.fixes.range(self.sent..end).cloned().collect();
         self.sent = end;
@@ -96,21 +149,24 @@ impl UnackedBuffer {
     }
 
     /// The connection is gone: everything still buffered must go out again on the next one.
-    pub fn connection_lost(&mut self) {
+    pub(crate) fn connection_lost(&mut self) {
         self.sent = 0;
     }
 
     /// `Ack { seq }`: every fix up to `seq` is durable. Returns how many left the buffer.
-    pub fn ack(&mut self, seq: u64) -> usize {
+    pub(crate) fn ack(&mut self, seq: u64) -> usize {
         let acked = self.fixes.partition_point(|f| f.seq <= seq);
         self.fixes.drain(..acked);
         self.sent = self.sent.saturating_sub(acked);
+        if acked > 0 {
+            self.journal_write(|journal| journal.acked(seq));
+        }
         acked
     }
 
     /// `Rejected { seq }`: that fix will never be taken. Returns false when it was not buffered
     /// (already acknowledged, or never sent by us).
-    pub fn reject(&mut self, seq: u64) -> bool {
+    pub(crate) fn reject(&mut self, seq: u64) -> bool {
         let Ok(index) = self.fixes.binary_search_by_key(&seq, |f| f.seq) else {
             return false;
         };
@@ -118,6 +174,7 @@ impl UnackedBuffer {
         if index < self.sent {
             self.sent -= 1;
         }
+        self.journal_write(|journal| journal.rejected(seq));
         true
     }
 }
@@ -138,8 +195,8 @@ mod tests {
         fixes.iter().map(|f| f.seq).collect()
     }
 
-    fn buffer_with(range: std::ops::RangeInclusive<u64>) -> UnackedBuffer {
-        let mut buffer = UnackedBuffer::new(100);
+    fn buffer_with(range: std::ops::RangeInclusive<u64>) -> Outbox {
+        let mut buffer = Outbox::new(100);
         for seq in range {
             buffer.push(fix(seq)).unwrap();
         }
@@ -202,29 +259,47 @@ mod tests {
     #[test]
     fn seqs_must_increase() {
         let mut buffer = buffer_with(1..=3);
-        assert_eq!(
+        assert!(matches!(
             buffer.push(fix(3)),
-            Err(SeqNotIncreasing { seq: 3, last: 3 })
-        );
+            Err(PushFailed::Seq(SeqNotIncreasing { seq: 3, last: 3 }))
+        ));
         // even when everything before was acknowledged
         buffer.ack(3);
-        assert_eq!(
+        assert!(matches!(
             buffer.push(fix(2)),
-            Err(SeqNotIncreasing { seq: 2, last: 3 })
-        );
+            Err(PushFailed::Seq(SeqNotIncreasing { seq: 2, last: 3 }))
+        ));
         assert!(buffer.push(fix(4)).is_ok());
     }
 
     #[test]
     fn a_full_buffer_drops_the_oldest() {
-        let mut buffer = UnackedBuffer::new(3);
+        let mut buffer = Outbox::new(3);
         for seq in 1..=3 {
             buffer.push(fix(seq)).unwrap();
         }
         buffer.take_unsent(2);
-        buffer.push(fix(4)).unwrap();
-        assert_eq!(buffer.dropped(), 1);
+        assert_eq!(buffer.push(fix(4)).unwrap(), Some(1));
         assert_eq!(buffer.unsent_len(), 2);
         assert_eq!(seqs(&buffer.take_unsent(10).0), [3, 4]);
+    }
+
+    #[test]
+    fn a_persistent_outbox_comes_back_with_its_unacked_fixes_and_last_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox");
+        let mut outbox = Outbox::open(&path, 100).unwrap();
+        for seq in 1..=5 {
+            outbox.push(fix(seq)).unwrap();
+        }
+        outbox.take_unsent(5);
+        outbox.ack(2);
+        outbox.reject(4);
+        drop(outbox);
+        let mut outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.last_seq(), Some(5));
+        // nothing of it went out on this run's connection yet
+        assert_eq!(seqs(&outbox.take_unsent(10).0), [3, 5]);
+        assert!(outbox.push(fix(5)).is_err());
     }
 }
