@@ -8,18 +8,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/tests/.courier-venv"
 requirements="$root/proto/examples/requirements.txt"
-python="${PYTHON:-python3}"
 bin="$root/target/debug"
 
-# (Re)install when the venv is missing or was made from other pins.
-if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$requirements" "$venv/.requirements.txt"; then
-    echo "python-courier: installing $(grep -c '==' "$requirements") packages into $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        -r "$requirements"
-    cp "$requirements" "$venv/.requirements.txt"
-fi
+# shellcheck source=tests/lib/venv.sh
+. "$root/tests/lib/venv.sh"
+ensure_venv "$venv" "$requirements"
 py="$venv/bin/python"
 
 work="$(mktemp -d)"

@@ -30,13 +30,9 @@ done
 
 venv=tests/openapi/.venv
 requirements=tests/openapi/requirements.txt
-if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$requirements" "$venv/.requirements.txt"; then
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        -r "$requirements"
-    cp "$requirements" "$venv/.requirements.txt"
-fi
+# shellcheck source=tests/lib/venv.sh
+. tests/lib/venv.sh
+ensure_venv "$venv" "$requirements"
 
 work="$(mktemp -d)"
 server_pid=""
