@@ -29,6 +29,12 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_COMMIT_WINDOW_MS", default_value_t = 2.0)]
     pub commit_window_ms: f64,
 
+    /// MiB of history pages the store keeps in memory (sled's page cache): reads of recent
+    /// history come from memory up to this much, and the process's RSS grows towards it as
+    /// history is written.
+    #[arg(long, env = "TRACKLINE_STORE_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub store_cache_mib: u64,
+
     /// Secret that signs and verifies tokens. Without one a random development secret is used.
     #[arg(long, env = "TRACKLINE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,

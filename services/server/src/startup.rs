@@ -302,6 +302,7 @@ fn open_store(config: &Config) -> anyhow::Result<(HistoryStore, WriterGuard)> {
     let store_options = StoreOptions {
         compact_every: Duration::from_secs_f64(config.compact_every_s.clamp(0.01, 86_400.0)),
         commit_window: Duration::from_secs_f64(config.commit_window_ms.clamp(0.0, 1000.0) / 1e3),
+        cache_bytes: config.store_cache_mib * 1024 * 1024,
         ..Default::default()
     };
     HistoryStore::open_with(&config.data_dir, store_options)
