@@ -40,13 +40,9 @@ if ! python3 -c 'import ensurepip' 2>/dev/null; then
 fi
 venv=tests/.soak-venv
 requirements=tests/soak-requirements.txt
-if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$requirements" "$venv/.requirements.txt"; then
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-        -r "$requirements"
-    cp "$requirements" "$venv/.requirements.txt"
-fi
+# shellcheck source=tests/lib/venv.sh
+. tests/lib/venv.sh
+ensure_venv "$venv" "$requirements"
 py="$venv/bin/python"
 
 if [ -n "${SOAK_BIN_DIR:-}" ]; then
