@@ -46,16 +46,6 @@ impl TestServer {
         Self::start_on(temp_data_dir(), configure)
     }
 
-    /// As [`TestServer::start_with`], with the data dir in `parent` (e.g. a small filesystem a
-    /// test fills up).
-    pub fn start_in(parent: &Path, configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("trackline-e2e-")
-            .tempdir_in(parent)
-            .expect("creating a temporary data dir");
-        Self::start_on(dir, configure)
-    }
-
     fn start_on(dir: TempDir, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::for_tests(dir.path(), SECRET);
         configure(&mut config);
@@ -71,7 +61,20 @@ impl TestServer {
     /// and `args` (more flags, e.g. `["--shutdown-grace-s", "5"]`). Its log goes to `server.log`
     /// next to the data dir (see [`TestServer::log_tail`]). Returns once `/readyz` answers 200.
     pub fn start_binary(args: &[&str]) -> Self {
-        let dir = temp_data_dir();
+        Self::start_binary_on(temp_data_dir(), args)
+    }
+
+    /// As [`TestServer::start_binary`], with the temporary dir (store and log) in `parent` (e.g.
+    /// a small filesystem a test fills up).
+    pub fn start_binary_in(parent: &Path, args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("trackline-e2e-")
+            .tempdir_in(parent)
+            .expect("creating a temporary data dir");
+        Self::start_binary_on(dir, args)
+    }
+
+    fn start_binary_on(dir: TempDir, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let child = ServerProcess::spawn(&binary_data_dir(dir.path()), &args);
         let addr = child.addr;

@@ -16,9 +16,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn init_logging(format: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // A log line that cannot be written (its disk is full) is lost quietly: by default the
+    // subscriber reports the failure on stderr, and printing to a failing stderr panics, which
+    // took the whole server down with its log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if format == "json" {
         builder.json().init();
     } else {

@@ -81,7 +81,10 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
             return;
         }
     };
-    let server = TestServer::start_in(disk.path(), |_| {});
+    // The real binary: its metrics are its own (in-process servers share one recorder), and its
+    // log is on the same full disk, as a log file on the data volume would be: a log line that
+    // cannot be written is lost, not the server.
+    let server = TestServer::start_binary_in(disk.path(), &[]);
     let start = LatLon::new(48.8466, 2.4350);
     let order = NewOrder::new("o-full", LatLon::new(48.85, 2.44)).courier("c-full");
     server.create_order(&order).await;
@@ -92,6 +95,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
     courier.wait_ack(20).await;
     let (status, health) = server.readiness().await;
     assert_eq!((status, health.status), (200, HealthStatus::Ready));
+    assert_eq!(server.metric("trackline_store_write_failing").await, 0.0);
 
     disk.fill();
     // A log segment's last page may still take a few groups; then a write fails. Fixes the
@@ -113,6 +117,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(reason.contains("history log"), "{reason}");
+    assert_eq!(server.metric("trackline_store_write_failing").await, 1.0);
     eprintln!(
         "full disk: not ready {:?} after the disk filled ({} fixes sent since): {reason}",
         failing_since.elapsed(),
@@ -128,6 +133,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
         .wait_readiness(HealthStatus::Ready, Duration::from_secs(10))
         .await;
     assert_eq!((status, health.reason), (200, None));
+    assert_eq!(server.metric("trackline_store_write_failing").await, 0.0);
     eprintln!("full disk: ready again {took:?} after space was freed");
 
     // The courier resends everything after the last ack it read (what the server acked
