@@ -209,18 +209,7 @@ fn read_record(bytes: &[u8]) -> Option<(usize, Record)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fix(seq: u64) -> v1::Fix {
-        v1::Fix {
-            seq,
-            time_ms: 1_700_000_000_000 + seq as i64,
-            ..Default::default()
-        }
-    }
-
-    fn seqs(fixes: &[v1::Fix]) -> Vec<u64> {
-        fixes.iter().map(|f| f.seq).collect()
-    }
+    use crate::outbox::tests::{fix, seqs};
 
     #[test]
     fn reopening_gives_back_what_was_not_acked_or_rejected() {

@@ -180,10 +180,11 @@ impl Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fix(seq: u64) -> v1::Fix {
+    /// A fix with only a seq and a time: what the outbox and its journal look at.
+    pub(crate) fn fix(seq: u64) -> v1::Fix {
         v1::Fix {
             seq,
             time_ms: 1_700_000_000_000 + seq as i64,
@@ -191,7 +192,7 @@ mod tests {
         }
     }
 
-    fn seqs(fixes: &[v1::Fix]) -> Vec<u64> {
+    pub(crate) fn seqs(fixes: &[v1::Fix]) -> Vec<u64> {
         fixes.iter().map(|f| f.seq).collect()
     }
 
