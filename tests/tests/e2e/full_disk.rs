@@ -84,7 +84,7 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
     // The real binary: its metrics are its own (in-process servers share one recorder), and its
     // log is on the same full disk, as a log file on the data volume would be: a log line that
     // cannot be written is lost, not the server.
-    let server = TestServer::start_binary_in(disk.path(), &[]);
+    let mut server = TestServer::start_binary_in(disk.path(), &[]);
     let start = LatLon::new(48.8466, 2.4350);
     let order = NewOrder::new("o-full", LatLon::new(48.85, 2.44)).courier("c-full");
     server.create_order(&order).await;
@@ -146,4 +146,14 @@ async fn a_full_disk_makes_the_node_unready_until_its_store_can_write_again() {
     courier.wait_ack(total).await;
     let all: Vec<u64> = (1..=total).collect();
     assert_eq!(stored_seqs(&server).await, all, "every fix stored once");
+    drop(courier);
+
+    // And a restart on the same store, after the log segments that failed: it opens and
+    // recovers everything.
+    server.restart();
+    assert_eq!(
+        stored_seqs(&server).await,
+        all,
+        "every fix there after a restart"
+    );
 }
