@@ -5,7 +5,8 @@
 # end-to-end (single-node and broker mode), browser and JavaScript watcher (clients/js) tests and
 # the Python courier example, builds and runs the image with buildah (tests/image.sh, which
 # installs buildah and debootstrap), judges GET /openapi.json with openapi-spec-validator and
-# schemathesis (tests/openapi/check.sh), and checks formatting and clippy's lints.
+# schemathesis (tests/openapi/check.sh), and checks formatting, clippy's lints and the
+# dependencies' licences and sources (cargo-deny, deny.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +83,16 @@ if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --workspace --all-targets --locked -- -D warnings || status=$?
 else
     echo "tests/run.sh: clippy is not installed; lints NOT checked" >&2
+fi
+
+# The dependencies' licences, banned crates and sources against deny.toml (which says why each
+# licence is allowed), with cargo-deny from crates.io, built once into target/tools.
+cargo_deny=target/tools/bin/cargo-deny
+if [ ! -x "$cargo_deny" ]; then
+    cargo install --locked --quiet cargo-deny@0.20.2 --root target/tools || status=$?
+fi
+if [ -x "$cargo_deny" ]; then
+    "$cargo_deny" check licenses bans sources || status=$?
 fi
 
 # The protocol docs' Python courier (proto/examples/courier.py) against the real server binary;
