@@ -21,6 +21,7 @@ pub(crate) struct Trees {
     pub orders: sled::Tree,
     pub progress: sled::Tree,
     pub routes: sled::Tree,
+    pub webhooks: crate::webhooks::WebhookStore,
     pub log_dir: PathBuf,
     pub pending: Arc<Mutex<Pending>>,
     /// Held while a compaction runs (the compactor's, or a purge's own).
@@ -82,6 +83,9 @@ impl Trees {
     /// seals the current I/O buffer twice and cannot span more than one.)
     pub(super) fn fold(&self, changes: &Changes) -> Result<()> {
         for (order, change) in changes {
+            // Only a log read back at recovery still holds events (the writer files them in
+            // sled after each sync and keeps them out of what it hands to compaction).
+            self.webhooks.store_events(&change.events)?;
             if !change.fixes.is_empty() {
                 let mut fixes = change.fixes.clone();
                 sort_unique(&mut fixes);

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::ids::OrderId;
 use crate::order::OrderRecord;
+use crate::webhooks::{EventType, WebhookEvent};
 
 /// How often a store whose writes fail tries again while no write comes.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -28,6 +29,7 @@ mod part {
     pub const RECORD: u8 = 1;
     pub const PROGRESS: u8 = 1 << 1;
     pub const FIXES: u8 = 1 << 2;
+    pub const EVENTS: u8 = 1 << 3;
 }
 
 /// One group as a log record: per order its id, then what it has of record (JSON), progress
@@ -47,6 +49,9 @@ fn encode_group(changes: &Changes) -> Vec<u8> {
         if !change.fixes.is_empty() {
             parts |= part::FIXES;
         }
+        if !change.events.is_empty() {
+            parts |= part::EVENTS;
+        }
         buf.push(parts);
         if let Some(record) = &change.record {
             put_bytes(&mut buf, &encode_order(record));
@@ -56,6 +61,10 @@ fn encode_group(changes: &Changes) -> Vec<u8> {
         }
         if !change.fixes.is_empty() {
             put_bytes(&mut buf, &encode_block(&change.fixes));
+        }
+        if !change.events.is_empty() {
+            // unwrap: events are plain data (strings, numbers, options)
+            put_bytes(&mut buf, &serde_json::to_vec(&change.events).unwrap());
         }
     }
     buf
@@ -79,6 +88,10 @@ fn decode_group(bytes: &[u8], into: &mut Changes) -> Result<(), DecodeError> {
         }
         if parts & part::FIXES != 0 {
             change.fixes = decode_block(r.bytes()?)?;
+        }
+        if parts & part::EVENTS != 0 {
+            change.events =
+                serde_json::from_slice(r.bytes()?).map_err(|e| DecodeError(e.to_string()))?;
         }
         into.entry(order).or_default().merge(change);
     }
@@ -267,6 +280,20 @@ impl Writer {
             Ok(()) => self.gaps.written(&filling),
             Err(_) => self.gaps.failed(&changes),
         }
+        if durable.is_ok() {
+            // Durable in the log already; in sled for the dispatchers to find. Should sled fail
+            // here, the next start files them from the log.
+            let events = changes
+                .values_mut()
+                .flat_map(|c| std::mem::take(&mut c.events));
+            if let Err(error) = self
+                .trees
+                .webhooks
+                .store_events(&events.collect::<Vec<_>>())
+            {
+                tracing::error!(%error, "filing webhook events failed; the log keeps them");
+            }
+        }
         if durable.is_ok() && !changes.is_empty() {
             let mut pending = self.trees.lock_pending();
             for (order, change) in changes {
@@ -389,6 +416,10 @@ fn add_batch(changes: &mut Changes, batch: super::WriteBatch) {
         };
         changes.entry(order).or_default().merge(change);
     }
+    for event in batch.events {
+        let order = event.order_id().clone();
+        changes.entry(order).or_default().events.push(event);
+    }
 }
 
 /// Stores a new order and its route unless the id exists (flushed with the group).
@@ -409,6 +440,9 @@ fn create(trees: &Trees, record: &OrderRecord) -> Result<bool> {
             .insert(key, serde_json::to_vec(route).unwrap())?,
         None => trees.routes.remove(key)?,
     };
+    // Flushed with the order, before anyone hears it was created.
+    let created = WebhookEvent::of(record, EventType::OrderCreated, 1, record.created_at_ms);
+    trees.webhooks.store_events([&created])?;
     Ok(true)
 }
 
@@ -438,6 +472,12 @@ mod tests {
                 fixes: vec![fix],
                 record: Some(record.clone()),
                 progress: Some(Progress::of(&record)),
+                events: vec![crate::webhooks::WebhookEvent::of(
+                    &record,
+                    crate::webhooks::EventType::OrderEta,
+                    2,
+                    5,
+                )],
             },
         );
         changes.insert(OrderId::new("o-2").unwrap(), OrderChanges::default());
@@ -447,6 +487,7 @@ mod tests {
         assert_eq!(got.fixes, [fix]);
         assert_eq!(got.record.as_ref(), Some(&record));
         assert_eq!(got.progress, Some(Progress::of(&record)));
+        assert_eq!(got.events, changes[&order].events);
         assert_eq!(back.len(), 2);
         let bytes = encode_group(&changes);
         assert!(decode_group(&bytes[..bytes.len() - 1], &mut Changes::new()).is_err());
