@@ -7,8 +7,8 @@ mod store;
 
 pub use events::{EventTracker, TrackerSettings};
 pub use store::{
-    DeliveryState, DeliveryStatus, Endpoint, OrderHookState, PendingHead, WebhookStore,
-    MAX_ENDPOINTS,
+    DeliveryState, DeliveryStatus, Endpoint, OrderHookState, PendingHead, WebhookResult,
+    WebhookStore, MAX_ENDPOINTS,
 };
 
 use serde::{Deserialize, Serialize};

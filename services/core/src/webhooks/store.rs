@@ -103,7 +103,9 @@ pub struct WebhookStore {
     wake: Arc<tokio::sync::Notify>,
 }
 
-type Result<T> = std::result::Result<T, sled::Error>;
+/// What the webhook tree can fail with: sled's errors (a record that does not decode among them).
+pub type WebhookResult<T> = std::result::Result<T, sled::Error>;
+type Result<T> = WebhookResult<T>;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> sled::Error {
     sled::Error::Unsupported(format!("corrupt webhook {what}: {e}"))
