@@ -23,6 +23,9 @@ const HEADS_PER_PASS: usize = 10_000;
 /// The longest sleep between passes when nothing is due (new events wake it earlier).
 const IDLE_PASS: Duration = Duration::from_secs(5);
 
+/// How often failed deliveries past their keeping are purged.
+const PURGE_FAILED_EVERY: Duration = Duration::from_secs(600);
+
 /// How deliveries are made and retried.
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchSettings {
@@ -108,7 +111,16 @@ async fn run(
     let wake = store.wake();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut in_flight: HashSet<Done> = HashSet::new();
+    let mut purged_at = std::time::Instant::now();
     loop {
+        if purged_at.elapsed() >= PURGE_FAILED_EVERY {
+            purged_at = std::time::Instant::now();
+            // Given up after the maximum age, then kept for as long again for ops to redeliver.
+            let cutoff = now_ms() - 2 * settings.max_age.as_millis() as i64;
+            if let Err(error) = store.purge_failed_before(cutoff) {
+                tracing::error!(%error, "purging failed webhook deliveries failed");
+            }
+        }
         while let Ok(done) = done_rx.try_recv() {
             in_flight.remove(&done);
         }
