@@ -514,3 +514,48 @@ async fn webhook_requests_are_checked_with_the_api_error_shapes() {
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_eta_once_known_and_a_silent_courier_going_offline_and_back_are_events() {
+    let server = TestServer::start_with(|config| {
+        config.courier_offline_s = 1.0;
+        config.webhook_retry_min_ms = 50;
+    });
+    let receiver = Receiver::start(SECRET, Faults::default()).await;
+    let events = ["order.eta", "courier.offline", "courier.online"];
+    server
+        .ops_post(
+            "/v1/webhooks",
+            &json!({"url": receiver.url(), "secret": SECRET, "events": events}),
+            201,
+        )
+        .await;
+    let start = LatLon::new(52.5, 13.4);
+    server
+        .create_order(&NewOrder::new("hook-eta", LatLon::new(52.51, 13.4)).courier("c-eta"))
+        .await;
+    let mut courier = server.courier("c-eta").await;
+    courier.stream(&trackline_tests::walk(start, 1, 5), 5).await;
+    let kinds = |got: &[Received]| -> Vec<String> {
+        got.iter()
+            .map(|r| r.body["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The first ETA is an event; the courier then stays silent past --courier-offline-s.
+    let got = receiver
+        .wait_for(Duration::from_secs(20), |got| {
+            kinds(got).contains(&"courier.offline".to_string())
+        })
+        .await;
+    assert_eq!(kinds(&got), ["order.eta", "courier.offline"]);
+    let eta = &got[0].body["data"]["eta"];
+    assert!(eta["arrive_at_ms"].as_i64().is_some(), "{}", got[0].body);
+    assert!(got[1].body["data"]["position"]["lat"].as_f64().is_some());
+    // Heard from again: online (and, the arrival barely moving, no new ETA event).
+    courier.stream(&trackline_tests::walk(start, 6, 1), 1).await;
+    let got = receiver
+        .wait_for(Duration::from_secs(20), |got| got.len() >= 3)
+        .await;
+    assert_eq!(kinds(&got)[2], "courier.online");
+    check_deliveries(&got);
+}
