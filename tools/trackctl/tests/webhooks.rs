@@ -2,6 +2,8 @@
 //! redeliver, rm, and their exit codes.
 
 mod common;
+// this binary needs only a running server and trackctl against it
+#[allow(dead_code)]
 mod live;
 
 use common::{run, stderr_of, stdout_of};

@@ -32,8 +32,8 @@
 //!
 //! - `webhooks`: the webhook events, endpoints and deliveries ([`crate::webhooks::WebhookStore`]).
 //!   An order's events travel in the same log record as the change that caused them, so a
-//! change is durable exactly when its events are; the writer files them in this tree right after
-//! the sync (a crash before the next compaction files them again from the log, once).
+//!   change is durable exactly when its events are; the writer files them in this tree right after
+//!   the sync (a crash before the next compaction files them again from the log, once).
 //!
 //! The log is the folder `log/` beside sled's files ([`log`]).
 
