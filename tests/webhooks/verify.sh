@@ -13,27 +13,26 @@ bin="$root/target/debug"
 # shellcheck source=tests/lib/venv.sh
 . "$root/tests/lib/venv.sh"
 ensure_venv "$venv" "$root/tests/webhooks/requirements.txt"
-py="$venv/bin/python"
-
-work="$(mktemp -d)"
-server_pid=""
-cleanup() {
-    if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-export TRACKLINE_SECRET="webhooks-verify-$RANDOM$RANDOM"
-port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$bin/trackline" --listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/server.log" 2>&1 &
-server_pid=$!
-ops="$("$bin/trackctl" token ops)"
-
-"$py" - "http://127.0.0.1:$port" "$ops" <<'PY' || { echo "webhooks/verify: FAILED" >&2; tail -n 20 "$work/server.log" >&2; exit 1; }
-import http.server, json, queue, sys, threading, time, urllib.error, urllib.request
+# The server runs as a child of the Python check, which stops it however the check ends.
+"$venv/bin/python" - "$bin" <<'PY'
+import http.server, json, os, queue, random, socket, subprocess, sys, tempfile, threading, time
+import urllib.error, urllib.request
 from standardwebhooks import Webhook, WebhookVerificationError
 
-base, ops = sys.argv[1:]
+bin_dir = sys.argv[1]
+work = tempfile.TemporaryDirectory()
+env = dict(os.environ, TRACKLINE_SECRET=f"webhooks-verify-{random.getrandbits(64):x}")
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+base = f"http://127.0.0.1:{port}"
+log = open(os.path.join(work.name, "server.log"), "w+")
+server = subprocess.Popen([f"{bin_dir}/trackline", "--listen", f"127.0.0.1:{port}",
+                           "--data-dir", os.path.join(work.name, "data")],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+ops = subprocess.run([f"{bin_dir}/trackctl", "token", "ops"], env=env, check=True,
+                     capture_output=True, text=True).stdout.strip()
 deliveries = queue.Queue()
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -54,27 +53,38 @@ def call(path, body):
     with urllib.request.urlopen(request, timeout=5) as answer:
         return answer.status, json.load(answer)
 
-for _ in range(100):
-    try:
-        urllib.request.urlopen(f"{base}/readyz", timeout=1)
-        break
-    except (OSError, urllib.error.HTTPError):
-        time.sleep(0.1)
-# No secret given: the server generates one, and this answer is the only one that shows it.
-status, hook = call("/v1/webhooks", {"url": f"http://127.0.0.1:{receiver.server_port}/hook",
-                                     "events": ["order.created"]})
-assert status == 201 and hook["secret"].startswith("whsec_"), hook
-status, _ = call("/v1/orders", {"order_id": "verify-1", "destination": {"lat": 62.61, "lon": 29.76}})
-assert status == 201
+def check():
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=1)
+            break
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.1)
+    # No secret given: the server generates one, and this answer is the only one that shows it.
+    status, hook = call("/v1/webhooks", {"url": f"http://127.0.0.1:{receiver.server_port}/hook",
+                                         "events": ["order.created"]})
+    assert status == 201 and hook["secret"].startswith("whsec_"), hook
+    status, _ = call("/v1/orders", {"order_id": "verify-1", "destination": {"lat": 62.61, "lon": 29.76}})
+    assert status == 201
 
-headers, body = deliveries.get(timeout=30)
-event = Webhook(hook["secret"]).verify(body, headers)
-assert event["type"] == "order.created" and event["data"]["order_id"] == "verify-1", event
-tampered = body.replace(b"verify-1", b"verify-2")
+    headers, body = deliveries.get(timeout=30)
+    event = Webhook(hook["secret"]).verify(body, headers)
+    assert event["type"] == "order.created" and event["data"]["order_id"] == "verify-1", event
+    tampered = body.replace(b"verify-1", b"verify-2")
+    try:
+        Webhook(hook["secret"]).verify(tampered, headers)
+        raise AssertionError("a tampered body verified")
+    except WebhookVerificationError:
+        pass
+    print(f"webhooks/verify: {headers['webhook-id']} verified by standardwebhooks; a tampered body did not")
+
 try:
-    Webhook(hook["secret"]).verify(tampered, headers)
-    raise SystemExit("a tampered body verified")
-except WebhookVerificationError:
-    pass
-print(f"webhooks/verify: {headers['webhook-id']} verified by standardwebhooks; a tampered body did not")
+    check()
+except Exception:
+    log.seek(0)
+    print("webhooks/verify: FAILED; server log tail:", *log.readlines()[-20:], sep="\n", file=sys.stderr)
+    raise
+finally:
+    server.kill()
+    server.wait()
 PY
