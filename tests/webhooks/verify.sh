@@ -53,13 +53,17 @@ def call(path, body):
     with urllib.request.urlopen(request, timeout=5) as answer:
         return answer.status, json.load(answer)
 
+def ready():
+    try:
+        return urllib.request.urlopen(f"{base}/readyz", timeout=1).status == 200
+    except (OSError, urllib.error.HTTPError):
+        return False
+
 def check():
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base}/readyz", timeout=1)
-            break
-        except (OSError, urllib.error.HTTPError):
-            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while not ready():
+        assert time.monotonic() < deadline, "the server did not become ready within 10 s"
+        time.sleep(0.1)
     # No secret given: the server generates one, and this answer is the only one that shows it.
     status, hook = call("/v1/webhooks", {"url": f"http://127.0.0.1:{receiver.server_port}/hook",
                                          "events": ["order.created"]})
