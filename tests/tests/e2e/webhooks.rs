@@ -559,3 +559,93 @@ async fn the_eta_once_known_and_a_silent_courier_going_offline_and_back_are_even
     assert_eq!(kinds(&got)[2], "courier.online");
     check_deliveries(&got);
 }
+
+/// Broker mode: a webhook registered on one node is on every node, and each event is sent once,
+/// by the node that owns its order.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_broker_mode_each_event_is_sent_once_by_the_owner_of_its_order() {
+    use trackline_tests::cluster::{Broker, Cluster};
+    let (_broker, cluster) = tokio::task::block_in_place(|| {
+        let broker = Broker::start();
+        let cluster = Cluster::start(&broker);
+        (broker, cluster)
+    });
+    let receiver = Receiver::start(SECRET, Faults::default()).await;
+    let ops = cluster.node(0).ops_token();
+    let body = json!({"url": receiver.url(), "secret": SECRET, "events": ["order.created", "order.status"]});
+    let (reply, _) = cluster.post(0, "/v1/webhooks", Some(&ops), &body).await;
+    let id = reply.expect_status(201)["id"].as_str().unwrap().to_string();
+    for node in 0..3 {
+        let (reply, _) = cluster
+            .get(node, &format!("/v1/webhooks/{id}"), Some(&ops))
+            .await;
+        assert_eq!(
+            reply.expect_status(200)["url"],
+            receiver.url(),
+            "on node {node}"
+        );
+    }
+    // Orders owned by each node, all created and cancelled through node 0.
+    let orders: Vec<String> = (0..3)
+        .map(|node| Cluster::id_on(node, "hook-broker"))
+        .collect();
+    for order in &orders {
+        let (reply, _) = cluster
+            .post(
+                0,
+                "/v1/orders",
+                Some(&ops),
+                &NewOrder::new(order, DESTINATION).to_json(),
+            )
+            .await;
+        reply.expect_status(201);
+        let status = json!({"status": "cancelled"});
+        let (reply, _) = cluster
+            .post(
+                0,
+                &format!("/v1/orders/{order}/status"),
+                Some(&ops),
+                &status,
+            )
+            .await;
+        reply.expect_status(200);
+    }
+    receiver
+        .wait_for(Duration::from_secs(20), |got| got.len() >= 6)
+        .await;
+    // Nothing more comes: no second node sends the same events.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = receiver.received();
+    assert_eq!(
+        got.len(),
+        6,
+        "{:?}",
+        got.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
+    let per_order = check_deliveries(&got);
+    for order in &orders {
+        let kinds: Vec<&str> = per_order[order].iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kinds, ["order.created", "order.status"], "{order}");
+    }
+    let (reply, _) = cluster
+        .get(1, &format!("/v1/webhooks/{id}/deliveries"), Some(&ops))
+        .await;
+    assert_eq!(reply.expect_status(200)["deliveries"], json!([]));
+    let delete = cluster
+        .request(
+            2,
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{id}"),
+            Some(&ops),
+            None,
+        )
+        .await
+        .0;
+    assert_eq!(delete.status, 204, "{}", delete.text);
+    for node in 0..3 {
+        let (reply, _) = cluster
+            .get(node, &format!("/v1/webhooks/{id}"), Some(&ops))
+            .await;
+        assert_eq!(reply.expect_error(404), "not_found", "on node {node}");
+    }
+}

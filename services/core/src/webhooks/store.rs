@@ -38,6 +38,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The id of the endpoint of `url` signed with `secret`: derived from both, so that every
+    /// node of a cluster registers the same endpoint under the same id, and registering it again
+    /// is the same endpoint.
+    pub fn id_for(url: &str, secret: &str) -> String {
+        let hash = xxhash_rust::xxh3::xxh3_128(format!("{url}\0{secret}").as_bytes());
+        format!("wh_{:024x}", hash >> 32)
+    }
+
     fn wants(&self, kind: EventType) -> bool {
         !self.disabled && self.events.contains(&kind)
     }

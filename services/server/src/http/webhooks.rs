@@ -1,6 +1,7 @@
 //! `/v1/webhooks`: ops register receivers of events, and see and retry their deliveries.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use trackline_core::now_ms;
 use trackline_core::webhooks::signature::{decode_secret, generate_secret};
 use trackline_core::webhooks::{
@@ -11,6 +12,7 @@ use trackline_rest::{
     Webhook, WebhookCreated, WebhookList, EVENT_TYPES,
 };
 
+use crate::cluster::replay::is_forwarded;
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::App;
@@ -29,6 +31,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/webhooks/{id}/deliveries", web::get().to(deliveries))
     .route("/webhooks/{id}/redeliver", web::post().to(redeliver));
+}
+
+/// The same call, for every other node of a cluster (none alone): endpoints are registered on
+/// every node, since each node delivers the events of the orders it owns.
+async fn on_other_nodes<T: serde::de::DeserializeOwned>(
+    app: &App,
+    req: &HttpRequest,
+    body: impl FnOnce() -> Bytes,
+) -> Result<Vec<T>, HttpResponse> {
+    app.topology.ask_others(req, body).await
+}
+
+/// What a node answers with: 200 to another node that replays the call (which gathers the
+/// answers), `status` to the caller.
+fn status_for(
+    req: &HttpRequest,
+    status: actix_web::http::StatusCode,
+) -> actix_web::HttpResponseBuilder {
+    if is_forwarded(req) {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::build(status)
+    }
 }
 
 /// The longest URL taken: receivers' URLs are short, and each is stored with every endpoint.
@@ -135,6 +160,7 @@ async fn blocking<T: Send + 'static>(
 pub async fn create_webhook(
     caller: Caller,
     app: App,
+    req: HttpRequest,
     body: web::Json<CreateWebhook>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
@@ -150,7 +176,7 @@ pub async fn create_webhook(
         None => generate_secret(),
     };
     let endpoint = Endpoint {
-        id: format!("wh_{:024x}", rand::random::<u128>() >> 32),
+        id: Endpoint::id_for(&url, &secret),
         url,
         events,
         secret,
@@ -169,7 +195,20 @@ pub async fn create_webhook(
             format!("{MAX_ENDPOINTS} webhooks are registered already: remove one first"),
         ));
     }
-    Ok(HttpResponse::Created().json(answer))
+    // The same endpoint (URL, types and this secret, so the same id) on every other node.
+    let same = || {
+        let request = CreateWebhook {
+            url: answer.url.clone(),
+            events: Some(answer.events.clone()),
+            secret: Some(answer.secret.clone()),
+        };
+        // unwrap: strings always serialise
+        Bytes::from(serde_json::to_vec(&request).unwrap())
+    };
+    if let Err(response) = on_other_nodes::<WebhookCreated>(&app, &req, same).await {
+        return Ok(response);
+    }
+    Ok(status_for(&req, actix_web::http::StatusCode::CREATED).json(answer))
 }
 
 /// Every registered receiver (without secrets).
@@ -225,6 +264,7 @@ pub async fn get_webhook(
 pub async fn delete_webhook(
     caller: Caller,
     app: App,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
@@ -232,6 +272,12 @@ pub async fn delete_webhook(
     let asked = id.clone();
     if !blocking(&app, move |store| store.remove_endpoint(&asked)).await? {
         return Err(not_found(&id));
+    }
+    if let Err(response) = on_other_nodes::<serde_json::Value>(&app, &req, Bytes::new).await {
+        return Ok(response);
+    }
+    if is_forwarded(&req) {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({})));
     }
     Ok(HttpResponse::NoContent().finish())
 }
@@ -252,6 +298,7 @@ pub async fn delete_webhook(
 pub async fn deliveries(
     caller: Caller,
     app: App,
+    req: HttpRequest,
     id: web::Path<String>,
     query: web::Query<DeliveriesQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -282,7 +329,7 @@ pub async fn deliveries(
         DeliveryStatus::Pending => "pending",
         DeliveryStatus::Failed => "failed",
     };
-    let deliveries = listed
+    let mut deliveries: Vec<Delivery> = listed
         .into_iter()
         .map(|(order, state)| Delivery {
             event_id: state.event_id,
@@ -295,6 +342,12 @@ pub async fn deliveries(
             last_error: state.last_error,
         })
         .collect();
+    // Each node holds the deliveries of the orders it owns.
+    match on_other_nodes::<DeliveryList>(&app, &req, Bytes::new).await {
+        Ok(others) => deliveries.extend(others.into_iter().flat_map(|d| d.deliveries)),
+        Err(response) => return Ok(response),
+    }
+    deliveries.truncate(limit);
     Ok(HttpResponse::Ok().json(DeliveryList { deliveries }))
 }
 
@@ -316,17 +369,33 @@ pub async fn deliveries(
 pub async fn redeliver(
     caller: Caller,
     app: App,
-    id: web::Path<String>,
+    req: HttpRequest,
     body: web::Json<Redeliver>,
+    id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     caller.require_ops()?;
     let endpoint = found(&app, &id)?;
     let event = body.into_inner().event_id;
     let asked = event.clone();
-    let redelivered = blocking(&app, move |store| {
+    let mut redelivered = blocking(&app, move |store| {
         store.redeliver(&endpoint.id, asked.as_deref(), now_ms())
     })
     .await?;
+    let same = || {
+        let request = Redeliver {
+            event_id: event.clone(),
+        };
+        // unwrap: an optional string always serialises
+        Bytes::from(serde_json::to_vec(&request).unwrap())
+    };
+    match on_other_nodes::<Redelivered>(&app, &req, same).await {
+        Ok(others) => redelivered += others.iter().map(|r| r.redelivered).sum::<usize>(),
+        Err(response) => return Ok(response),
+    }
+    // A node asked by another answers its count, 0 included: the event is on one node only.
+    if is_forwarded(&req) {
+        return Ok(HttpResponse::Ok().json(Redelivered { redelivered }));
+    }
     if let (Some(event), 0) = (event, redelivered) {
         return Err(ApiError::NotFound(format!(
             "webhook {id} has no failed delivery of event {event}"
