@@ -280,20 +280,12 @@ impl Writer {
             Ok(()) => self.gaps.written(&filling),
             Err(_) => self.gaps.failed(&changes),
         }
-        if durable.is_ok() {
-            // Durable in the log already; in sled for the dispatchers to find. Should sled fail
-            // here, the next start files them from the log.
-            let events = changes
-                .values_mut()
-                .flat_map(|c| std::mem::take(&mut c.events));
-            if let Err(error) = self
-                .trees
-                .webhooks
-                .store_events(&events.collect::<Vec<_>>())
-            {
-                tracing::error!(%error, "filing webhook events failed; the log keeps them");
-            }
-        }
+        // Durable in the log already (when the group is), so filed in sled for the dispatchers
+        // only after the callers are answered: no courier's ack waits for sled.
+        let mut events: Vec<_> = changes
+            .values_mut()
+            .flat_map(|c| std::mem::take(&mut c.events))
+            .collect();
         if durable.is_ok() && !changes.is_empty() {
             let mut pending = self.trees.lock_pending();
             for (order, change) in changes {
@@ -301,6 +293,7 @@ impl Writer {
             }
         }
         if seal {
+            self.file_events(&mut events, durable.is_ok());
             self.seal();
         }
         super::metrics_hook(CommitStats {
@@ -323,6 +316,19 @@ impl Writer {
                 Taken::Seal(reply) => {
                     let _ = reply.send(());
                 }
+            }
+        }
+        self.file_events(&mut events, durable.is_ok());
+    }
+
+    /// Files a durable group's webhook events in sled (once: `events` is emptied). Before the
+    /// segment that holds them is sealed, since compaction deletes it once sled is flushed.
+    fn file_events(&mut self, events: &mut Vec<crate::webhooks::WebhookEvent>, durable: bool) {
+        let events = std::mem::take(events);
+        if durable && !events.is_empty() {
+            // Should sled fail here, the next start files them from the log.
+            if let Err(error) = self.trees.webhooks.store_events(&events) {
+                tracing::error!(%error, "filing webhook events failed; the log keeps them");
             }
         }
     }
