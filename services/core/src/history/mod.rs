@@ -309,6 +309,7 @@ impl HistoryStore {
             pending: Arc::default(),
             compacting: Arc::default(),
             health: Arc::default(),
+            filer: Arc::default(),
             db,
         };
         log::create_dir(&trees.log_dir)?;

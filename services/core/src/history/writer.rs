@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use super::codec::{decode_block, encode_block, put_bytes, DecodeError, Progress, Reader};
 use super::gaps::Gaps;
 use super::log::{self, Segment};
+use super::trees::Filing;
 use super::{
     encode_order, sort_unique, Changes, CommitStats, Job, OrderChanges, Result, StoreError,
     StoreOptions, Trees,
@@ -145,6 +146,12 @@ pub(super) fn start(
     options: StoreOptions,
 ) -> Result<Vec<JoinHandle<()>>> {
     let segment = Segment::create(&trees.log_dir, next_segment)?;
+    let (filings, filer_queue) = mpsc::channel::<Filing>();
+    let webhooks = trees.webhooks.clone();
+    let filer = std::thread::Builder::new()
+        .name("webhook-filer".into())
+        .spawn(move || run_filer(&webhooks, &filer_queue))?;
+    *trees.filer.lock().unwrap_or_else(|e| e.into_inner()) = Some(filings);
     let (sealed_tx, sealed_rx) = mpsc::channel::<()>();
     let compactor_trees = trees.clone();
     let compactor = std::thread::Builder::new()
@@ -162,8 +169,26 @@ pub(super) fn start(
         .name("history-writer".into())
         .spawn(move || writer.run(&queue))?;
     // The writer first: once it is done (every store handle dropped), it seals the last segment
-    // and lets the compactor go, which folds it and ends.
-    Ok(vec![writer, compactor])
+    // and lets the compactor go, which folds it and ends; the filer ends with the last handle.
+    Ok(vec![writer, compactor, filer])
+}
+
+/// Files the webhook events of durable groups in sled, in the order they came, so that the
+/// writer (and every ack) never waits for sled.
+fn run_filer(webhooks: &crate::webhooks::WebhookStore, queue: &mpsc::Receiver<Filing>) {
+    while let Ok(filing) = queue.recv() {
+        match filing {
+            Filing::Events(events) => {
+                // Should sled fail here, the next start files them from the log.
+                if let Err(error) = webhooks.store_events(&events) {
+                    tracing::error!(%error, "filing webhook events failed; the log keeps them");
+                }
+            }
+            Filing::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 fn run_compactor(trees: &Trees, sealed: &mpsc::Receiver<()>) {
@@ -281,7 +306,7 @@ impl Writer {
             Err(_) => self.gaps.failed(&changes),
         }
         // Durable in the log already (when the group is), so filed in sled for the dispatchers
-        // only after the callers are answered: no courier's ack waits for sled.
+        // by the filer thread: no courier's ack waits for sled.
         let mut events: Vec<_> = changes
             .values_mut()
             .flat_map(|c| std::mem::take(&mut c.events))
@@ -321,14 +346,19 @@ impl Writer {
         self.file_events(&mut events, durable.is_ok());
     }
 
-    /// Files a durable group's webhook events in sled (once: `events` is emptied). Before the
-    /// segment that holds them is sealed, since compaction deletes it once sled is flushed.
+    /// Hands a durable group's webhook events to the filer (once: `events` is emptied). Before
+    /// the segment that holds them is sealed: compaction waits for what the filer was given.
     fn file_events(&mut self, events: &mut Vec<crate::webhooks::WebhookEvent>, durable: bool) {
         let events = std::mem::take(events);
         if durable && !events.is_empty() {
-            // Should sled fail here, the next start files them from the log.
-            if let Err(error) = self.trees.webhooks.store_events(&events) {
-                tracing::error!(%error, "filing webhook events failed; the log keeps them");
+            let filer = self
+                .trees
+                .filer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(filer) = filer {
+                let _ = filer.send(Filing::Events(events));
             }
         }
     }

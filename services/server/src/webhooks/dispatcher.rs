@@ -23,6 +23,10 @@ const HEADS_PER_PASS: usize = 10_000;
 /// The longest sleep between passes when nothing is due (new events wake it earlier).
 const IDLE_PASS: Duration = Duration::from_secs(5);
 
+/// After a wake-up for new events, how long more may come before the next pass: one pass (a
+/// seek per pending order) serves a burst, not each event of it.
+const GATHER_EVENTS: Duration = Duration::from_millis(20);
+
 /// How often failed deliveries past their keeping are purged.
 const PURGE_FAILED_EVERY: Duration = Duration::from_secs(600);
 
@@ -132,7 +136,7 @@ async fn run(
             }
         };
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wake.notified() => tokio::time::sleep(GATHER_EVENTS).await,
             Some(done) = done_rx.recv() => { in_flight.remove(&done); }
             _ = tokio::time::sleep(next_pass) => {}
             _ = stopped.changed() => break,
