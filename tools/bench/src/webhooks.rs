@@ -75,12 +75,36 @@ async fn start_receiver(receiver: Receiver) -> Result<Option<String>> {
                         .await;
                     return;
                 }
-                let mut buf = vec![0u8; 64 * 1024];
-                // One request per connection (the sender closes after the answer).
-                if stream.read(&mut buf).await.is_ok() {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                        .await;
+                // Kept alive, as a receiver behind a real HTTP server is: each request (head,
+                // then a body of content-length bytes) answered 204 on the same connection.
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 16 * 1024];
+                loop {
+                    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let end = head_end + 4 + length;
+                    while buf.len() < end {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end);
+                    let answer = b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
                 }
             });
         }
