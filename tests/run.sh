@@ -98,6 +98,9 @@ fi
 # The protocol docs' Python courier (proto/examples/courier.py) against the real server binary;
 # the first run installs its pinned PyPI packages into tests/.courier-venv.
 tests/python-courier.sh || status=$?
+# A real webhook delivery verified by the Standard Webhooks reference library (PyPI, pinned in
+# tests/webhooks/requirements.txt, installed into tests/.webhooks-venv on the first run).
+tests/webhooks/verify.sh || status=$?
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).

@@ -7,7 +7,7 @@
 //!
 //! One module per concept: the server's lifecycle, REST, each stream, the recorded trips, the
 //! scenarios several test modules share, raw byte-level clients, a proxy that cuts connections,
-//! and broker mode.
+//! broker mode, and a receiver of webhooks.
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ pub mod scenarios;
 pub mod server;
 pub mod trips;
 pub mod watch;
+pub mod webhook_receiver;
 pub mod ws;
 
 pub use courier::{encode_frame, fix, walk, CourierClient};
@@ -33,6 +34,7 @@ pub use trips::{
 pub use watch::{
     same_state, update_at, Eta, Position, Update, WatchError, WatchEvent, WatchProtocol, Watcher,
 };
+pub use webhook_receiver::{Faults, Received, Receiver};
 pub use ws::{tcp_of, ws_connect, TokenIn, Ws};
 
 /// The token secret every test server is started with.

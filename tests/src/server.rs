@@ -215,6 +215,11 @@ impl TestServer {
         format!("ws://{}{}", self.addr, path)
     }
 
+    /// The HTTP client the helpers use (for requests they do not cover, e.g. DELETE).
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn ops_token(&self) -> String {
         self.keys.mint(&Role::Ops, 3600)
     }

@@ -1,5 +1,5 @@
 //! trackline's domain, free of actors and HTTP: ids, fixes and their validation, the GPS filter,
-//! the ETA estimator, the spatial index of live couriers, tokens and the history store on sled.
+//! the ETA estimator, the spatial index of live couriers, tokens, the history store on sled and the webhook events stored with it.
 
 pub mod auth;
 pub mod cluster;
@@ -15,6 +15,7 @@ pub mod links;
 pub mod order;
 pub mod plane;
 pub mod spatial;
+pub mod webhooks;
 
 pub use fix::{Fix, LatLon};
 pub use ids::{CourierId, IdError, OrderId};

@@ -17,6 +17,9 @@ use trackline_core::order::{ClockAdjustments, OrderStatus, OrderView, StatusChan
 use trackline_core::{CourierId, OrderId};
 use utoipa::{IntoParams, ToSchema};
 
+pub mod webhooks;
+pub use webhooks::*;
+
 /// One point of a planned route in the OpenAPI document: `[lat, lon]` in degrees (the bodies
 /// carry it as `[f64; 2]`, which has no schema of its own).
 pub enum RoutePoint {}

@@ -188,6 +188,53 @@ pub struct Config {
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "TRACKLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Webhooks: an `order.eta` event when the arrival time moved by at least this many seconds
+    /// since the last one sent for the order.
+    #[arg(long, env = "TRACKLINE_WEBHOOK_ETA_STEP_S", default_value_t = 120)]
+    pub webhook_eta_step_s: u64,
+
+    /// Webhooks: `courier.offline` after this many seconds without a fix from the courier of an
+    /// active order (and `courier.online` at its next fix).
+    #[arg(long, env = "TRACKLINE_COURIER_OFFLINE_S", default_value_t = 60.0)]
+    pub courier_offline_s: f64,
+
+    /// Webhooks: how long an event is retried before it is kept as failed (e.g. 24h, 90m, 30s).
+    #[arg(long, env = "TRACKLINE_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_age)]
+    pub webhook_max_age: Duration,
+
+    /// Webhooks: the first retry's delay in milliseconds; each next one doubles (with jitter).
+    #[arg(long, env = "TRACKLINE_WEBHOOK_RETRY_MIN_MS", default_value_t = 5000)]
+    pub webhook_retry_min_ms: u64,
+
+    /// Webhooks: the longest delay between two attempts, in milliseconds.
+    #[arg(
+        long,
+        env = "TRACKLINE_WEBHOOK_RETRY_MAX_MS",
+        default_value_t = 3_600_000
+    )]
+    pub webhook_retry_max_ms: u64,
+
+    /// Webhooks: deliveries in flight at once per endpoint (each to a different order).
+    #[arg(long, env = "TRACKLINE_WEBHOOK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub webhook_concurrency: u64,
+}
+
+/// A duration as `90`, `90s`, `15m`, `24h` or `7d` (seconds without a unit).
+fn parse_age(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: a number followed by s, m, h or d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
 }
 
 impl Config {
@@ -206,6 +253,16 @@ impl Config {
         // Tests stream recorded trips as fast as acks come back.
         config.max_frames_per_s = 1000.0;
         config
+    }
+
+    /// What makes an order's webhook events.
+    pub fn webhook_tracking(&self) -> trackline_core::webhooks::TrackerSettings {
+        trackline_core::webhooks::TrackerSettings {
+            eta_step: Duration::from_secs(self.webhook_eta_step_s),
+            courier_offline_after: Duration::from_secs_f64(
+                self.courier_offline_s.clamp(0.1, 86_400.0),
+            ),
+        }
     }
 
     /// The retention period, if any.

@@ -23,6 +23,7 @@ mod orders;
 mod startup;
 mod state;
 mod topology;
+mod webhooks;
 mod ws;
 
 pub use config::Config;

@@ -32,6 +32,7 @@ use crate::orders::registry::Registry;
 use crate::orders::resume_buffer::ResumeLimits;
 use crate::state::AppState;
 use crate::topology::{BrokerNode, Topology};
+use crate::webhooks;
 
 /// Runs the server in an actix System of its own on this thread until `shutdown` resolves, then
 /// shuts down gracefully and returns once the history store is flushed and closed.
@@ -72,6 +73,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     arbiters: Vec<Arbiter>,
     writer: WriterGuard,
+    webhooks: webhooks::Dispatcher,
 }
 
 impl Running {
@@ -103,6 +105,10 @@ impl Running {
                 Duration::from_secs(state.config.purge_every_s.max(1)),
             ));
         }
+        let webhooks = webhooks::start(
+            state.store.webhooks().clone(),
+            webhooks::DispatchSettings::from_config(&state.config),
+        )?;
         let server = bind_http(&state, listener, workers)?;
         tracing::info!(%listen, recovered_orders, startup_ms = started.elapsed().as_millis() as u64, "trackline ready");
         Ok(Self {
@@ -111,6 +117,7 @@ impl Running {
             shutdown,
             arbiters,
             writer,
+            webhooks,
         })
     }
 
@@ -124,6 +131,7 @@ impl Running {
             shutdown: sessions_close,
             arbiters,
             writer,
+            webhooks,
         } = self;
         let server_handle = server.handle();
         let serving = actix_rt::spawn(server);
@@ -147,6 +155,8 @@ impl Running {
         for arbiter in arbiters {
             let _ = arbiter.join();
         }
+        // Deliveries cut short are pending still: the next start sends them again.
+        webhooks.stop();
         let store = state.store.clone();
         drop(state);
         if let Err(error) = store.flush() {
@@ -169,6 +179,7 @@ fn start_actors(
         arrival_radius_m: config.arrival_radius_m,
         resume: ResumeLimits::from_config(&config),
         slow_watcher_timeout: Duration::from_secs(config.slow_watcher_timeout_s),
+        webhooks: config.webhook_tracking(),
         ..Default::default()
     });
     // The one place that tells one node from a cluster.

@@ -24,3 +24,4 @@ mod shutdown;
 mod slow_watchers;
 mod validation;
 mod watch_stream;
+mod webhooks;

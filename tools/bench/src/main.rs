@@ -9,6 +9,7 @@ mod peers;
 mod report;
 mod scenarios;
 mod stats;
+mod webhooks;
 mod wire;
 
 use std::net::SocketAddr;
@@ -64,6 +65,9 @@ enum Cmd {
     /// Many couriers at one fix per 1-5 s against every peer, printed as JSON: CPU per fix,
     /// latency, memory and disk over time, the highest rate within the p99 bar.
     Fleet(fleet::FleetArgs),
+    /// trackline alone, every fix making a webhook event: courier ack latency and CPU with no
+    /// webhook, with a receiver dead for the whole run, and with a live one (delivery rate).
+    Webhooks(webhooks::WebhookArgs),
     /// Every scenario against every peer; writes the JSON report and BENCHMARKS.md.
     // Boxed: the suite's flags are many times the size of any other command's.
     All(Box<report::SuiteArgs>),
@@ -157,6 +161,12 @@ fn main() -> Result<()> {
                         .push(format!("{}: {}", p.name(), p.missing().unwrap_or_default()));
                 }
                 println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
+            Cmd::Webhooks(args) => {
+                let work = std::env::temp_dir().join("trackline-bench");
+                let runs = webhooks::run(&args, &work).await?;
+                println!("{}", serde_json::to_string_pretty(&runs)?);
                 Ok(())
             }
             Cmd::All(args) => {

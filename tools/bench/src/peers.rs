@@ -186,7 +186,7 @@ pub fn spawn_trackline(data_dir: &Path) -> Result<Server> {
 }
 
 /// Starts trackline on `port` with `extra` flags, without waiting for readiness.
-fn spawn_trackline_on(data_dir: &Path, port: u16, extra: &[String]) -> Result<Server> {
+pub fn spawn_trackline_on(data_dir: &Path, port: u16, extra: &[String]) -> Result<Server> {
     let child = Command::new(trackline_bin())
         .args(["--listen", &addr(port).to_string()])
         .arg("--data-dir")

@@ -18,7 +18,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The server at one base URL.
 #[derive(Debug, Clone)]
 pub struct Api {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     base: String,
 }
 
@@ -250,11 +250,14 @@ impl Api {
         Ok(Some(value))
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         request.send().await.map_err(|err| {
             let hint = if err.is_connect() || err.is_timeout() {
                 format!(
@@ -270,7 +273,10 @@ impl Api {
 }
 
 /// Turns a non-2xx answer into an error carrying the server's `{"error": {...}}` message.
-async fn check(response: reqwest::Response, doing: &str) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(
+    response: reqwest::Response,
+    doing: &str,
+) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -93,6 +93,7 @@ pub enum Command {
     Stats(StatsArgs),
     Purge(PurgeArgs),
     EtaEval(EtaEvalArgs),
+    Webhooks(WebhooksArgs),
 }
 
 /// Where the history commands read from when not from the server.
@@ -307,6 +308,65 @@ pub struct PurgeArgs {
 
     #[command(flatten)]
     pub data_dir: DataDirArg,
+}
+
+const WEBHOOKS_EXAMPLES: &str = "\
+Examples:
+  trackctl webhooks add https://example.com/hooks --event order.status --event order.eta
+  trackctl webhooks list
+  trackctl webhooks deliveries wh_0123 --status failed
+  trackctl webhooks redeliver wh_0123                      # every failed one
+  trackctl webhooks redeliver wh_0123 --event msg_1717_4_o-1
+  trackctl webhooks rm wh_0123";
+
+/// Signed webhooks: receivers of order and courier events, their deliveries
+#[derive(Debug, Args)]
+#[command(after_help = WEBHOOKS_EXAMPLES)]
+pub struct WebhooksArgs {
+    #[command(subcommand)]
+    pub command: WebhooksCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register a receiver; prints its id and signing secret (shown only now)
+    Add {
+        /// An http(s) URL events are POSTed to
+        url: String,
+        /// An event type to receive (repeat; default every type): order.created,
+        /// order.assigned, order.status, order.eta, courier.offline, courier.online
+        #[arg(long = "event", value_name = "TYPE")]
+        events: Vec<String>,
+        /// The signing secret, whsec_ + base64 (default: the server generates one; --secret is
+        /// the token secret)
+        #[arg(long = "signing-secret", value_name = "WHSEC")]
+        signing_secret: Option<String>,
+        /// Print `{"id", "url", "events", "secret"}`
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the receivers (exit code 1 when there is none)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a receiver with its pending and failed deliveries
+    Rm { id: String },
+    /// A receiver's pending or failed deliveries (exit code 1 when there is none)
+    Deliveries {
+        id: String,
+        #[arg(long, default_value = "pending", value_parser = ["pending", "failed"])]
+        status: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try failed deliveries again: every one, or the one of --event
+    Redeliver {
+        id: String,
+        /// The event's webhook-id
+        #[arg(long, value_name = "ID")]
+        event: Option<String>,
+    },
 }
 
 const ETA_EVAL_EXAMPLES: &str = "\

@@ -30,6 +30,11 @@
 //!   [`Progress`]), laid over the record when read.
 //! - `routes`: `order_id` -> the planned route as JSON, written once when the order is created.
 //!
+//! - `webhooks`: the webhook events, endpoints and deliveries ([`crate::webhooks::WebhookStore`]).
+//!   An order's events travel in the same log record as the change that caused them, so a
+//!   change is durable exactly when its events are; the writer files them in this tree right after
+//!   the sync (a crash before the next compaction files them again from the log, once).
+//!
 //! The log is the folder `log/` beside sled's files ([`log`]).
 
 mod codec;
@@ -56,6 +61,7 @@ use trees::{encode_order, sort_unique, Trees};
 use crate::fix::Fix;
 use crate::ids::OrderId;
 use crate::order::OrderRecord;
+use crate::webhooks::{WebhookEvent, WebhookStore};
 
 /// What the store can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -86,6 +92,8 @@ pub struct WriteBatch {
     pub orders: Vec<OrderRecord>,
     /// What changes with every fix, for orders whose record is otherwise as last written.
     pub progress: Vec<(OrderId, Progress)>,
+    /// The webhook events these changes cause: durable with them, in the same log record.
+    pub events: Vec<WebhookEvent>,
     /// Written by an order that heard that an earlier write of it failed, and rolled its state
     /// back to what is durable: the one kind of write the store takes for such an order until
     /// the gap is filled (the `gaps` module says why).
@@ -94,7 +102,10 @@ pub struct WriteBatch {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.fixes.is_empty() && self.orders.is_empty() && self.progress.is_empty()
+        self.fixes.is_empty()
+            && self.orders.is_empty()
+            && self.progress.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -150,12 +161,15 @@ pub(crate) struct OrderChanges {
     pub fixes: Vec<Fix>,
     pub record: Option<OrderRecord>,
     pub progress: Option<Progress>,
+    /// Its webhook events, oldest first (only until the writer has filed them in sled).
+    pub events: Vec<WebhookEvent>,
 }
 
 impl OrderChanges {
     /// Adds `later` (written after what `self` holds).
     pub fn merge(&mut self, later: OrderChanges) {
         self.fixes.extend(later.fixes);
+        self.events.extend(later.events);
         if later.record.is_some() {
             self.record = later.record;
         }
@@ -290,10 +304,12 @@ impl HistoryStore {
             orders: db.open_tree("orders")?,
             progress: db.open_tree("progress")?,
             routes: db.open_tree("routes")?,
+            webhooks: WebhookStore::open(&db)?,
             log_dir: dir.join(log::LOG_DIR),
             pending: Arc::default(),
             compacting: Arc::default(),
             health: Arc::default(),
+            filer: Arc::default(),
             db,
         };
         log::create_dir(&trees.log_dir)?;
@@ -356,6 +372,11 @@ impl HistoryStore {
     /// Why the last write to the history log failed, while writes fail (none once one succeeds).
     pub fn write_failure(&self) -> Option<String> {
         self.trees.health.failure()
+    }
+
+    /// The webhook endpoints, events and deliveries, stored with the history.
+    pub fn webhooks(&self) -> &WebhookStore {
+        &self.trees.webhooks
     }
 
     /// The underlying database, for stores of other modules that must share its flushes.

@@ -53,6 +53,9 @@ impl HistoryStore {
                 trees.orders.remove(&key)?;
                 trees.progress.remove(&key)?;
                 trees.routes.remove(&key)?;
+                // Its webhook events go with its history (its deliveries are made by now, or
+                // given up and purged on their own clock).
+                trees.webhooks.purge_order(&record.order_id)?;
                 stats.orders += 1;
             }
         }

@@ -21,12 +21,23 @@ pub(crate) struct Trees {
     pub orders: sled::Tree,
     pub progress: sled::Tree,
     pub routes: sled::Tree,
+    pub webhooks: crate::webhooks::WebhookStore,
     pub log_dir: PathBuf,
     pub pending: Arc<Mutex<Pending>>,
     /// Held while a compaction runs (the compactor's, or a purge's own).
     pub compacting: Arc<Mutex<()>>,
     /// Whether the writer's last append reached the disk.
     pub health: Arc<StoreHealth>,
+    /// The thread that files durable webhook events in sled, off the writer's path (none while
+    /// the store opens: recovery files them itself).
+    pub filer: Arc<Mutex<Option<std::sync::mpsc::Sender<Filing>>>>,
+}
+
+/// Work for the filer thread.
+pub(crate) enum Filing {
+    Events(Vec<crate::webhooks::WebhookEvent>),
+    /// Answered once everything sent before it is filed.
+    Barrier(std::sync::mpsc::Sender<()>),
 }
 
 pub(super) fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
@@ -82,6 +93,9 @@ impl Trees {
     /// seals the current I/O buffer twice and cannot span more than one.)
     pub(super) fn fold(&self, changes: &Changes) -> Result<()> {
         for (order, change) in changes {
+            // Only a log read back at recovery still holds events (the writer files them in
+            // sled after each sync and keeps them out of what it hands to compaction).
+            self.webhooks.store_events(&change.events)?;
             if !change.fixes.is_empty() {
                 let mut fixes = change.fixes.clone();
                 sort_unique(&mut fixes);
@@ -114,6 +128,8 @@ impl Trees {
     /// on disk), oldest first. Returns how many were folded.
     pub(super) fn compact_sealed(&self) -> Result<usize> {
         let _one_at_a_time = self.compacting.lock().unwrap_or_else(|e| e.into_inner());
+        // A segment goes once sled has its events: the filer must have filed what it was given.
+        self.wait_for_filer();
         let sealed: Vec<(u64, Arc<Changes>)> = self.lock_pending().sealed.iter().cloned().collect();
         if sealed.is_empty() {
             return Ok(0);
@@ -129,6 +145,17 @@ impl Trees {
             log::remove(&self.log_dir, *id)?;
         }
         Ok(sealed.len())
+    }
+
+    /// Waits until the filer has filed every event handed to it so far.
+    fn wait_for_filer(&self) {
+        let filer = self.filer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(filer) = filer {
+            let (done, filed) = std::sync::mpsc::channel();
+            if filer.send(Filing::Barrier(done)).is_ok() {
+                let _ = filed.recv();
+            }
+        }
     }
 
     pub(super) fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {

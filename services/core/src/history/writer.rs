@@ -11,12 +11,14 @@ use tokio::sync::oneshot;
 use super::codec::{decode_block, encode_block, put_bytes, DecodeError, Progress, Reader};
 use super::gaps::Gaps;
 use super::log::{self, Segment};
+use super::trees::Filing;
 use super::{
     encode_order, sort_unique, Changes, CommitStats, Job, OrderChanges, Result, StoreError,
     StoreOptions, Trees,
 };
 use crate::ids::OrderId;
 use crate::order::OrderRecord;
+use crate::webhooks::{EventType, WebhookEvent};
 
 /// How often a store whose writes fail tries again while no write comes.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -28,6 +30,7 @@ mod part {
     pub const RECORD: u8 = 1;
     pub const PROGRESS: u8 = 1 << 1;
     pub const FIXES: u8 = 1 << 2;
+    pub const EVENTS: u8 = 1 << 3;
 }
 
 /// One group as a log record: per order its id, then what it has of record (JSON), progress
@@ -47,6 +50,9 @@ fn encode_group(changes: &Changes) -> Vec<u8> {
         if !change.fixes.is_empty() {
             parts |= part::FIXES;
         }
+        if !change.events.is_empty() {
+            parts |= part::EVENTS;
+        }
         buf.push(parts);
         if let Some(record) = &change.record {
             put_bytes(&mut buf, &encode_order(record));
@@ -56,6 +62,10 @@ fn encode_group(changes: &Changes) -> Vec<u8> {
         }
         if !change.fixes.is_empty() {
             put_bytes(&mut buf, &encode_block(&change.fixes));
+        }
+        if !change.events.is_empty() {
+            // unwrap: events are plain data (strings, numbers, options)
+            put_bytes(&mut buf, &serde_json::to_vec(&change.events).unwrap());
         }
     }
     buf
@@ -79,6 +89,10 @@ fn decode_group(bytes: &[u8], into: &mut Changes) -> Result<(), DecodeError> {
         }
         if parts & part::FIXES != 0 {
             change.fixes = decode_block(r.bytes()?)?;
+        }
+        if parts & part::EVENTS != 0 {
+            change.events =
+                serde_json::from_slice(r.bytes()?).map_err(|e| DecodeError(e.to_string()))?;
         }
         into.entry(order).or_default().merge(change);
     }
@@ -132,6 +146,12 @@ pub(super) fn start(
     options: StoreOptions,
 ) -> Result<Vec<JoinHandle<()>>> {
     let segment = Segment::create(&trees.log_dir, next_segment)?;
+    let (filings, filer_queue) = mpsc::channel::<Filing>();
+    let webhooks = trees.webhooks.clone();
+    let filer = std::thread::Builder::new()
+        .name("webhook-filer".into())
+        .spawn(move || run_filer(&webhooks, &filer_queue))?;
+    *trees.filer.lock().unwrap_or_else(|e| e.into_inner()) = Some(filings);
     let (sealed_tx, sealed_rx) = mpsc::channel::<()>();
     let compactor_trees = trees.clone();
     let compactor = std::thread::Builder::new()
@@ -149,8 +169,26 @@ pub(super) fn start(
         .name("history-writer".into())
         .spawn(move || writer.run(&queue))?;
     // The writer first: once it is done (every store handle dropped), it seals the last segment
-    // and lets the compactor go, which folds it and ends.
-    Ok(vec![writer, compactor])
+    // and lets the compactor go, which folds it and ends; the filer ends with the last handle.
+    Ok(vec![writer, compactor, filer])
+}
+
+/// Files the webhook events of durable groups in sled, in the order they came, so that the
+/// writer (and every ack) never waits for sled.
+fn run_filer(webhooks: &crate::webhooks::WebhookStore, queue: &mpsc::Receiver<Filing>) {
+    while let Ok(filing) = queue.recv() {
+        match filing {
+            Filing::Events(events) => {
+                // Should sled fail here, the next start files them from the log.
+                if let Err(error) = webhooks.store_events(&events) {
+                    tracing::error!(%error, "filing webhook events failed; the log keeps them");
+                }
+            }
+            Filing::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 fn run_compactor(trees: &Trees, sealed: &mpsc::Receiver<()>) {
@@ -267,6 +305,12 @@ impl Writer {
             Ok(()) => self.gaps.written(&filling),
             Err(_) => self.gaps.failed(&changes),
         }
+        // Durable in the log already (when the group is), so filed in sled for the dispatchers
+        // by the filer thread: no courier's ack waits for sled.
+        let mut events: Vec<_> = changes
+            .values_mut()
+            .flat_map(|c| std::mem::take(&mut c.events))
+            .collect();
         if durable.is_ok() && !changes.is_empty() {
             let mut pending = self.trees.lock_pending();
             for (order, change) in changes {
@@ -274,6 +318,7 @@ impl Writer {
             }
         }
         if seal {
+            self.file_events(&mut events, durable.is_ok());
             self.seal();
         }
         super::metrics_hook(CommitStats {
@@ -296,6 +341,24 @@ impl Writer {
                 Taken::Seal(reply) => {
                     let _ = reply.send(());
                 }
+            }
+        }
+        self.file_events(&mut events, durable.is_ok());
+    }
+
+    /// Hands a durable group's webhook events to the filer (once: `events` is emptied). Before
+    /// the segment that holds them is sealed: compaction waits for what the filer was given.
+    fn file_events(&mut self, events: &mut Vec<crate::webhooks::WebhookEvent>, durable: bool) {
+        let events = std::mem::take(events);
+        if durable && !events.is_empty() {
+            let filer = self
+                .trees
+                .filer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(filer) = filer {
+                let _ = filer.send(Filing::Events(events));
             }
         }
     }
@@ -389,6 +452,10 @@ fn add_batch(changes: &mut Changes, batch: super::WriteBatch) {
         };
         changes.entry(order).or_default().merge(change);
     }
+    for event in batch.events {
+        let order = event.order_id().clone();
+        changes.entry(order).or_default().events.push(event);
+    }
 }
 
 /// Stores a new order and its route unless the id exists (flushed with the group).
@@ -409,6 +476,9 @@ fn create(trees: &Trees, record: &OrderRecord) -> Result<bool> {
             .insert(key, serde_json::to_vec(route).unwrap())?,
         None => trees.routes.remove(key)?,
     };
+    // Flushed with the order, before anyone hears it was created.
+    let created = WebhookEvent::of(record, EventType::OrderCreated, 1, record.created_at_ms);
+    trees.webhooks.store_events([&created])?;
     Ok(true)
 }
 
@@ -438,6 +508,12 @@ mod tests {
                 fixes: vec![fix],
                 record: Some(record.clone()),
                 progress: Some(Progress::of(&record)),
+                events: vec![crate::webhooks::WebhookEvent::of(
+                    &record,
+                    crate::webhooks::EventType::OrderEta,
+                    2,
+                    5,
+                )],
             },
         );
         changes.insert(OrderId::new("o-2").unwrap(), OrderChanges::default());
@@ -447,6 +523,7 @@ mod tests {
         assert_eq!(got.fixes, [fix]);
         assert_eq!(got.record.as_ref(), Some(&record));
         assert_eq!(got.progress, Some(Progress::of(&record)));
+        assert_eq!(got.events, changes[&order].events);
         assert_eq!(back.len(), 2);
         let bytes = encode_group(&changes);
         assert!(decode_group(&bytes[..bytes.len() - 1], &mut Changes::new()).is_err());

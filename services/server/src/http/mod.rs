@@ -14,6 +14,7 @@ pub mod orders;
 pub mod pages;
 pub mod streams;
 pub mod tokens;
+pub mod webhooks;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -51,7 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
             .route("/couriers/within", web::get().to(pages::couriers_within))
             .route("/courier/ws", web::get().to(streams::courier_stream))
             .route("/tokens", web::post().to(tokens::mint_token))
-            .route("/admin/purge", web::post().to(admin::purge)),
+            .route("/admin/purge", web::post().to(admin::purge))
+            .configure(webhooks::routes),
     )
     // the live pages (/track/{id}, /ops/map) and their assets
     .configure(pages::routes)

@@ -15,7 +15,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{Content, OpenApi as Document, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::http::{admin, couriers, health, orders, pages, streams, tokens};
+use crate::http::{admin, couriers, health, orders, pages, streams, tokens, webhooks};
 
 /// The security scheme of `Authorization: Bearer <token>` (the handlers' `security(...)` name it
 /// by this literal: utoipa takes no constant there).
@@ -48,6 +48,12 @@ pub const TOKEN_QUERY: &str = "token_query";
         streams::courier_stream,
         tokens::mint_token,
         admin::purge,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::delete_webhook,
+        webhooks::deliveries,
+        webhooks::redeliver,
         pages::track_page,
         pages::ops_map_page,
         pages::config_js,
@@ -65,6 +71,7 @@ pub const TOKEN_QUERY: &str = "token_query";
         (name = "streams", description = "the WebSocket upgrades"),
         (name = "tokens", description = "minting tokens"),
         (name = "admin", description = "retention"),
+        (name = "webhooks", description = "signed, durable events to the systems around a delivery"),
         (name = "pages", description = "the live map pages and their assets"),
         (name = "operations", description = "health, readiness, metrics, this document"),
     ),

@@ -8,6 +8,7 @@ mod replay;
 mod simulate;
 mod stats;
 mod token;
+mod webhooks;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => stats::run(&cli.global, &args),
         Command::Purge(args) => purge::run(&cli.global, &args),
         Command::EtaEval(args) => eta_eval::run(&args),
+        Command::Webhooks(args) => webhooks::run(&cli.global, &args),
     }
 }
 

@@ -22,6 +22,7 @@ use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::now_ms;
 use trackline_core::order::{OrderRecord, OrderStatus, Position};
+use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
 
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
@@ -56,6 +57,8 @@ pub struct OrderSettings {
     pub slow_watcher_timeout: Duration,
     pub filter: FilterConfig,
     pub eta: EtaConfig,
+    /// When the ETA and a courier's silence make webhook events.
+    pub webhooks: TrackerSettings,
 }
 
 /// Move to the thread of `0`, between commits; the answer is the new actor (`None`: it stays,
@@ -92,6 +95,13 @@ pub struct OrderActor {
     /// refused, or their fixes would be stored past the gap and the resend then skipped as
     /// already seen.
     resend_from: Option<u64>,
+    /// What the order's webhook events were last derived from.
+    events: EventTracker,
+    /// Events caused by no change of the record (the courier went silent, or came back): they
+    /// go with the next write.
+    queued_events: Vec<WebhookEvent>,
+    /// When the last fix of the courier arrived (or the actor started).
+    last_heard: std::time::Instant,
 }
 
 impl OrderActor {
@@ -102,6 +112,15 @@ impl OrderActor {
             deps.settings.eta.clone(),
         );
         let filter = GpsFilter::new(deps.settings.filter.clone());
+        let hook_state = deps
+            .store
+            .webhooks()
+            .order_state(&record.order_id)
+            .unwrap_or_else(|error| {
+                tracing::error!(order_id = %record.order_id, %error, "reading webhook state failed");
+                Default::default()
+            });
+        let events = EventTracker::resume(&record, &hook_state, deps.settings.webhooks);
         let published = Frame::encode(record.view(), FrameKind::Update, false);
         let persisted = (record.offset, record.last_seq);
         let stream = Fanout::new(
@@ -122,6 +141,9 @@ impl OrderActor {
             move_when_idle: None,
             moved_to: None,
             resend_from: None,
+            events,
+            queued_events: Vec::new(),
+            last_heard: std::time::Instant::now(),
         }
     }
 
@@ -221,6 +243,14 @@ impl OrderActor {
             batch.progress.push((id, Progress::of(&self.record)));
         }
         self.persisted = now;
+        // Derived from the record as this write leaves it: whatever changed it, the events
+        // are durable exactly when the change is.
+        let events_before = self.events.clone();
+        let queued = self.queued_events.clone();
+        batch.events = std::mem::take(&mut self.queued_events);
+        batch
+            .events
+            .extend(self.events.changes(&self.record, now_ms()));
         self.in_flight += 1;
         let commit = self.deps.store.commit(batch);
         commit.into_actor(self).map(move |outcome, act, ctx| {
@@ -234,6 +264,9 @@ impl OrderActor {
                     tracing::error!(order_id = %act.record.order_id, %error, "history write failed");
                     // The next write carries the whole record, and what this one failed to.
                     act.record_changed = true;
+                    // Derived again by the next write, which carries the record whole.
+                    act.events.roll_back(events_before);
+                    act.queued_events.splice(0..0, queued);
                     if act.in_flight == 0 {
                         // What is left unpublished are the frames of failed writes: never
                         // durable, so never shown (a later write's frames follow them).
@@ -245,6 +278,18 @@ impl OrderActor {
             act.move_if_idle(ctx);
             outcome
         })
+    }
+
+    /// Writes `courier.offline` when the courier has been silent too long with the order.
+    fn check_courier_silence(&mut self, ctx: &mut Context<Self>) {
+        if self.moved_to.is_some() {
+            return;
+        }
+        let silent_for = self.last_heard.elapsed();
+        if let Some(event) = self.events.silence(&self.record, silent_for, now_ms()) {
+            self.queued_events.push(event);
+            ctx.spawn(self.persist(Vec::new()).map(|_, _, _| ()));
+        }
     }
 
     /// Applies one validated fix that the filter let through to the live state.
@@ -265,8 +310,12 @@ impl OrderActor {
 impl Actor for OrderActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!("trackline_order_actors").increment(1.0);
+        // A quarter of the silence that counts, so `courier.offline` is at most that late.
+        let every = (self.events.settings().courier_offline_after / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(15));
+        ctx.run_interval(every, Self::check_courier_silence);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -324,6 +373,12 @@ impl Handler<Ingest> for OrderActor {
             }
         }
         let fills_gap = self.resend_from.is_some() && first_new.is_some();
+        if !msg.fixes.is_empty() {
+            self.last_heard = std::time::Instant::now();
+            if let Some(event) = self.events.heard_from_courier(&self.record, now_ms()) {
+                self.queued_events.push(event);
+            }
+        }
         for code in msg.invalid.iter() {
             self.record.count_rejected(*code);
             self.record_changed = true;
