@@ -325,6 +325,8 @@ impl Progress {
             Some(Eta {
                 seconds: r.i64()?,
                 arrive_at_ms: r.i64()?,
+                // Not stored with the progress: the next fix draws it again.
+                window: None,
             })
         } else {
             None
@@ -433,6 +435,7 @@ mod tests {
             eta: Some(Eta {
                 seconds: 60,
                 arrive_at_ms: 61_000,
+                window: None,
             }),
         };
         assert_eq!(
