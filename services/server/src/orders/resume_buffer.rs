@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use trackline_core::order::{Eta, OrderStatus, OrderView, Position};
+use trackline_core::stops::{StopKind, StopView};
 use trackline_core::{CourierId, LatLon, OrderId};
 
 use crate::config::Config;
@@ -134,6 +135,8 @@ impl Entry {
         self.has(HAS_ETA).then_some(Eta {
             seconds: self.eta_seconds,
             arrive_at_ms: self.eta_arrive_at_ms,
+            // Not kept (an update takes 72 bytes): a replayed update has no window.
+            window: None,
         })
     }
 }
@@ -147,6 +150,8 @@ struct Head {
     courier_id: Option<CourierId>,
     destination: LatLon,
     promised_at_ms: Option<i64>,
+    /// The order's stops without their ETAs (they change at a status change, not per fix).
+    stops: Vec<StopView>,
 }
 
 impl Head {
@@ -157,6 +162,11 @@ impl Head {
             courier_id: view.courier_id.clone(),
             destination: view.destination,
             promised_at_ms: view.promised_at_ms,
+            stops: view
+                .stops
+                .iter()
+                .map(|stop| StopView { eta: None, ..*stop })
+                .collect(),
         }
     }
 
@@ -165,6 +175,12 @@ impl Head {
             && self.courier_id == view.courier_id
             && self.destination == view.destination
             && self.promised_at_ms == view.promised_at_ms
+            && self.stops.len() == view.stops.len()
+            && self
+                .stops
+                .iter()
+                .zip(&view.stops)
+                .all(|(kept, shown)| kept.reached_at_ms == shown.reached_at_ms)
     }
 }
 
@@ -318,6 +334,18 @@ impl ResumeBuffer {
             epoch: self.epoch.clone(),
             updated_at_ms: entry.updated_at_ms,
             promised_at_ms: head.promised_at_ms,
+            // The door's ETA is the update's; a pickup's is not kept, so a replay has none.
+            stops: head
+                .stops
+                .iter()
+                .map(|stop| StopView {
+                    eta: match (stop.kind, stop.reached_at_ms) {
+                        (StopKind::Dropoff, None) => entry.eta(),
+                        _ => None,
+                    },
+                    ..*stop
+                })
+                .collect(),
         })
     }
 }
@@ -359,6 +387,7 @@ pub(crate) mod tests {
         record.eta = (offset % 6 != 1).then_some(Eta {
             seconds: 600 - offset as i64,
             arrive_at_ms: 1_795_498_999_000 + offset as i64,
+            window: None,
         });
         record.view()
     }
