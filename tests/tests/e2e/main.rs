@@ -22,5 +22,6 @@ mod resume;
 mod retention;
 mod shutdown;
 mod slow_watchers;
+mod stops;
 mod validation;
 mod watch_stream;

@@ -521,11 +521,12 @@ async fn create_orders(
             .collect();
         let order = CreateOrder {
             order_id,
-            destination: Point::from(plan.trip.destination()),
+            destination: plan.trip.destination().into(),
             courier_id: Some(plan.courier_id.clone()),
             // an empty plan is left out, as if there were none
             route: Some(route).filter(|route: &Vec<_>| !route.is_empty()),
             promised_at_ms: None,
+            pickup: None,
         };
         requests.push((order, plan));
     }

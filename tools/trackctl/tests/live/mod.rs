@@ -69,7 +69,7 @@ impl Live {
     pub fn create_order(&self, order: &str, courier: Option<&str>, trip: &Trip) {
         let new = CreateOrder {
             order_id: order.into(),
-            destination: Point::from(trip.destination()),
+            destination: trip.destination().into(),
             courier_id: courier.map(String::from),
             route: Some(
                 trip.simplified_route(50.0)
@@ -78,6 +78,7 @@ impl Live {
                     .collect(),
             ),
             promised_at_ms: None,
+            pickup: None,
         };
         self.runtime
             .block_on(self.api().create_order(&self.ops_token(), &new))
