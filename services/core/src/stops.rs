@@ -91,6 +91,9 @@ pub struct EtaWindow {
     pub latest_ms: i64,
 }
 
+/// The most a window reaches on either side of its estimate, seconds.
+pub const MAX_WINDOW_SIDE_S: f64 = 12.0 * 3600.0;
+
 /// What the estimator knows of its own uncertainty at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Uncertainty {
@@ -152,8 +155,10 @@ impl WindowModel {
             + self.floor_s.powi(2)
             + u.stops_ahead as f64 * self.per_stop_s.powi(2))
         .sqrt();
-        let early_ms = (self.early * sigma_s * 1000.0).round() as i64;
-        let late_ms = (self.late * sigma_s * 1000.0).round() as i64;
+        // Whole seconds, as the ETA itself, and at most half a day on either side: a wider
+        // window says nothing (and the resume buffer keeps each side in 16 bits).
+        let side_ms = |factor: f64| (factor * sigma_s).round().min(MAX_WINDOW_SIDE_S) as i64 * 1000;
+        let (early_ms, late_ms) = (side_ms(self.early), side_ms(self.late));
         EtaWindow {
             earliest_ms: (u.arrive_at_ms - early_ms)
                 .max(u.now_ms)
