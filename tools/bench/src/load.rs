@@ -237,6 +237,7 @@ pub async fn create_order(
             courier_id: Some(courier.to_string()),
             route: None,
             promised_at_ms: None,
+            pickup: None,
         })
         .send()
         .await?;

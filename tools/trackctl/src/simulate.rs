@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
 use trackline_core::order::OrderStatus;
 use trackline_core::{CourierId, OrderId};
-use trackline_rest::{CreateOrder, Point};
+use trackline_rest::CreateOrder;
 
 use crate::api::{Api, HttpError};
 use crate::courier::{

@@ -12,7 +12,7 @@ use trackline_core::fix::Fix;
 use trackline_core::order::OrderStatus;
 use trackline_core::LatLon;
 use trackline_proto::v1;
-use trackline_rest::{CreateOrder, OrderDetail, Point};
+use trackline_rest::{CreateOrder, OrderDetail};
 use trackline_tests::TestServer;
 
 use crate::common::{testdata_trip, trackctl};
