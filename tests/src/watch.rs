@@ -349,13 +349,15 @@ impl From<trackline_client::Update> for Update {
     }
 }
 
+/// The client's ETA as the core's (the type the tests compare with REST answers).
 fn eta_of(e: trackline_client::Eta) -> Eta {
+    let window = e.window.map(|w| (w.earliest_ms, w.latest_ms));
     Eta {
         seconds: e.seconds,
         arrive_at_ms: e.arrive_at_ms,
-        window: e.window.map(|w| EtaWindow {
-            earliest_ms: w.earliest_ms,
-            latest_ms: w.latest_ms,
+        window: window.map(|(earliest_ms, latest_ms)| EtaWindow {
+            earliest_ms,
+            latest_ms,
         }),
     }
 }

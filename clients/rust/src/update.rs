@@ -105,10 +105,20 @@ impl Eta {
         Eta {
             seconds: e.seconds,
             arrive_at_ms: e.arrive_at_ms,
-            window: e.window.map(|w| EtaWindow {
-                earliest_ms: w.earliest_ms,
-                latest_ms: w.latest_ms,
-            }),
+            window: e.window.map(EtaWindow::from),
+        }
+    }
+}
+
+impl From<v1::EtaWindow> for EtaWindow {
+    fn from(w: v1::EtaWindow) -> Self {
+        let v1::EtaWindow {
+            earliest_ms,
+            latest_ms,
+        } = w;
+        EtaWindow {
+            earliest_ms,
+            latest_ms,
         }
     }
 }

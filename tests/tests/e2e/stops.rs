@@ -60,6 +60,14 @@ async fn ride(server: &TestServer, courier: &str, fixes: &[trackline_proto::v1::
     app.close().await;
 }
 
+/// The courier says it has `order`; the order state answered.
+async fn pick_up(server: &TestServer, order: &str) -> Value {
+    let path = format!("/v1/orders/{order}/status");
+    server
+        .ops_post(&path, &json!({"status": "picked_up"}), 200)
+        .await
+}
+
 fn arrive_at(eta: &Value) -> i64 {
     eta["arrive_at_ms"]
         .as_i64()
@@ -114,13 +122,7 @@ async fn reaching_the_pickup_sets_at_pickup_with_device_time_and_picked_up_follo
     assert_eq!(at_pickup["at_ms"], reached);
 
     // The courier says it has the order: from at_pickup, as from assigned.
-    let picked = server
-        .ops_post(
-            "/v1/orders/o-at/status",
-            &json!({"status": "picked_up"}),
-            200,
-        )
-        .await;
+    let picked = pick_up(&server, "o-at").await;
     assert_eq!(picked["status"], "picked_up", "{picked}");
     assert_eq!(picked["stops"][0]["reached_at_ms"], reached, "{picked}");
     assert!(picked["stops"][1]["reached_at_ms"].is_null(), "{picked}");
@@ -202,13 +204,7 @@ async fn an_order_without_a_pickup_behaves_as_before() {
         stops[0]["eta"]["arrive_at_ms"], state["eta"]["arrive_at_ms"],
         "{state}"
     );
-    let picked = server
-        .ops_post(
-            "/v1/orders/o-old/status",
-            &json!({"status": "picked_up"}),
-            200,
-        )
-        .await;
+    let picked = pick_up(&server, "o-old").await;
     assert_eq!(picked["status"], "picked_up");
     ride(&server, "c-old", &ride_north(t0, 3, 15.0, 30.0)).await;
     let state = server.order_state("o-old").await;
