@@ -331,6 +331,24 @@ impl EtaEstimator {
         leg_m / model.predict(leg_m, &self.config)
     }
 
+    /// How long of the time to the last stop is spent waiting for orders to be ready, ms.
+    fn waiting_ms(&self) -> i64 {
+        let arrivals = self.arrivals();
+        let mut handovers =
+            std::iter::once(&self.handover).chain(self.ahead.iter().map(|l| &l.handover));
+        let waits = arrivals
+            .iter()
+            .zip(&mut handovers)
+            .map(|(arrival, handover)| {
+                handover
+                    .ready_at_ms
+                    .map_or(0.0, |ready| (ready as f64 - arrival).max(0.0))
+            });
+        // The last stop's own wait comes after the arrival estimated: not part of it.
+        let n = arrivals.len().saturating_sub(1);
+        waits.take(n).sum::<f64>().round() as i64
+    }
+
     /// Stops still to visit before the last one.
     pub fn stops_ahead(&self) -> usize {
         self.ahead.len()
@@ -347,9 +365,12 @@ impl EtaEstimator {
             &self.ground_speed
         };
         let watched_s = (now - self.started_ms.unwrap_or(now)) as f64 / 1000.0;
+        // Waiting for an order to be ready is known, not guessed: only the riding is uncertain.
+        let waiting_ms = self.waiting_ms();
         Some(self.config.window.window(crate::stops::Uncertainty {
             now_ms: now,
             arrive_at_ms: door,
+            waiting_ms,
             stops_ahead: self.ahead.len(),
             start_share: self.config.prior_weight_s / (self.config.prior_weight_s + watched_s),
             pace_variability: model.pace_variability(),

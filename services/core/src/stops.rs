@@ -100,6 +100,9 @@ pub struct Uncertainty {
     /// Device time of the estimate and the estimated arrival, unix ms.
     pub now_ms: i64,
     pub arrive_at_ms: i64,
+    /// How much of the time left is spent waiting for orders to be ready, ms: known, so it
+    /// does not widen the window.
+    pub waiting_ms: i64,
     /// Stops to visit before the one estimated.
     pub stops_ahead: usize,
     /// How much of the speed still rests on the prior: 1 at the first fix, towards 0 later.
@@ -110,7 +113,7 @@ pub struct Uncertainty {
 
 /// How the window is drawn around an estimate.
 ///
-/// The spread of the time left `T` is `sigma = sqrt((rel x T)^2 + floor^2 + stops x stop^2)`,
+/// The spread of the time left `T` (riding, not waiting for an order to be ready) is `sigma = sqrt((rel x T)^2 + floor^2 + stops x stop^2)`,
 /// with `rel^2 = base^2 + (pace_weight x pace variability)^2 + (start x start share)^2`: a
 /// longer way left, a courier whose pace swings, a trip just begun and each stop ahead widen it.
 /// The window is `[arrival - early x sigma, arrival + late x sigma]` (never before now): late
@@ -147,7 +150,7 @@ impl Default for WindowModel {
 impl WindowModel {
     /// The window around `u.arrive_at_ms`; it always contains it.
     pub fn window(&self, u: Uncertainty) -> EtaWindow {
-        let left_s = ((u.arrive_at_ms - u.now_ms) as f64 / 1000.0).max(0.0);
+        let left_s = ((u.arrive_at_ms - u.now_ms - u.waiting_ms) as f64 / 1000.0).max(0.0);
         let rel2 = self.base_rel.powi(2)
             + (self.pace_weight * u.pace_variability).powi(2)
             + (self.start_rel * u.start_share.clamp(0.0, 1.0)).powi(2);
@@ -176,6 +179,7 @@ mod tests {
         Uncertainty {
             now_ms: 1_000_000,
             arrive_at_ms: 1_000_000 + left_s * 1000,
+            waiting_ms: 0,
             stops_ahead,
             start_share,
             pace_variability: pace,
@@ -196,6 +200,14 @@ mod tests {
         assert!(width(m.window(at(1200, 2, 0.0, 0.0))) > width(far), "stops");
         assert!(width(m.window(at(1200, 0, 1.0, 0.0))) > width(far), "start");
         assert!(width(m.window(at(1200, 0, 0.0, 0.8))) > width(far), "pace");
+        let waiting = m.window(Uncertainty {
+            waiting_ms: 1_000_000,
+            ..at(1200, 0, 0.0, 0.0)
+        });
+        assert!(
+            width(waiting) < width(far),
+            "a wait for the food is no uncertainty"
+        );
         let now = m.window(at(0, 0, 0.0, 0.0));
         assert_eq!(now.earliest_ms, 1_000_000, "never before now");
     }
