@@ -344,15 +344,15 @@ impl Progress {
         } else {
             None
         };
-        let mut eta = if flags & HAS_ETA != 0 {
-            Some(Eta {
+        // An ETA as stored: seconds, then the arrival time (fields are read in this order).
+        let read_eta = |r: &mut Reader<'_>| -> Result<Eta, DecodeError> {
+            Ok(Eta {
                 seconds: r.i64()?,
                 arrive_at_ms: r.i64()?,
                 window: None,
             })
-        } else {
-            None
         };
+        let mut eta = (flags & HAS_ETA != 0).then(|| read_eta(r)).transpose()?;
         if flags & HAS_WINDOW != 0 {
             let window = crate::stops::EtaWindow {
                 earliest_ms: r.i64()?,
@@ -362,15 +362,9 @@ impl Progress {
                 eta.window = Some(window);
             }
         }
-        let pickup_eta = if flags & HAS_PICKUP_ETA != 0 {
-            Some(Eta {
-                seconds: r.i64()?,
-                arrive_at_ms: r.i64()?,
-                window: None,
-            })
-        } else {
-            None
-        };
+        let pickup_eta = (flags & HAS_PICKUP_ETA != 0)
+            .then(|| read_eta(r))
+            .transpose()?;
         Ok(Self {
             offset,
             last_seq,
