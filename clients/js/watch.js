@@ -11,7 +11,8 @@
 export const PROTOCOLS = Object.freeze({ json: 'trackline.v1.json', proto: 'trackline.v1.proto' });
 
 /** The lower-case status words of the `OrderStatus` enum, by number (as in the JSON frames). */
-const STATUS_NAMES = ['unspecified', 'created', 'assigned', 'picked_up', 'arriving', 'delivered', 'cancelled'];
+const STATUS_NAMES = ['unspecified', 'created', 'assigned', 'picked_up', 'arriving', 'delivered', 'cancelled', 'at_pickup'];
+const STOP_KINDS = ['unspecified', 'pickup', 'dropoff'];
 
 const FINAL_STATUSES = new Set(['delivered', 'cancelled']);
 
@@ -311,10 +312,10 @@ function protoFrame(data) {
  *
  * @param {Uint8Array} bytes
  * @returns {{order_id: string, offset: number, epoch: string, status: string,
- *   position: object|null, eta: object|null, recovered: boolean}}
+ *   position: object|null, eta: object|null, recovered: boolean, stops: object[]}}
  */
 export function decodeOrderUpdate(bytes) {
-  const out = { order_id: '', offset: 0, epoch: '', status: 'unspecified', position: null, eta: null, recovered: false };
+  const out = { order_id: '', offset: 0, epoch: '', status: 'unspecified', position: null, eta: null, recovered: false, stops: [] };
   readMessage(bytes, (field, r, wire) => {
     if (field === 1 && wire === 2) out.order_id = r.string();
     else if (field === 2 && wire === 0) out.offset = r.uint64();
@@ -323,6 +324,7 @@ export function decodeOrderUpdate(bytes) {
     else if (field === 5 && wire === 2) out.position = decodePosition(r.bytes());
     else if (field === 6 && wire === 2) out.eta = decodeEta(r.bytes());
     else if (field === 7 && wire === 0) out.recovered = r.uint64() !== 0;
+    else if (field === 8 && wire === 2) out.stops.push(decodeStop(r.bytes()));
     else return false;
     return true;
   });
@@ -349,10 +351,37 @@ function decodeEta(bytes) {
   readMessage(bytes, (field, r, wire) => {
     if (field === 1 && wire === 0) e.seconds = r.int64();
     else if (field === 2 && wire === 0) e.arrive_at_ms = r.int64();
+    else if (field === 3 && wire === 2) e.window = decodeWindow(r.bytes());
     else return false;
     return true;
   });
   return e;
+}
+
+function decodeWindow(bytes) {
+  const w = { earliest_ms: 0, latest_ms: 0 };
+  readMessage(bytes, (field, r, wire) => {
+    if (field === 1 && wire === 0) w.earliest_ms = r.int64();
+    else if (field === 2 && wire === 0) w.latest_ms = r.int64();
+    else return false;
+    return true;
+  });
+  return w;
+}
+
+/** A `Stop` with the JSON frames' names: `kind` as the word, null ETA or reached time when unset. */
+function decodeStop(bytes) {
+  const s = { kind: 'unspecified', lat: 0, lon: 0, eta: null, reached_at_ms: null };
+  readMessage(bytes, (field, r, wire) => {
+    if (field === 1 && wire === 0) s.kind = STOP_KINDS[r.uint64()] || 'unspecified';
+    else if (field === 2 && wire === 0) s.lat = r.sint32() / 1e7;
+    else if (field === 3 && wire === 0) s.lon = r.sint32() / 1e7;
+    else if (field === 4 && wire === 2) s.eta = decodeEta(r.bytes());
+    else if (field === 5 && wire === 0) s.reached_at_ms = r.int64();
+    else return false;
+    return true;
+  });
+  return s;
 }
 
 /** A float32 as the shortest decimal that reads back as the same float32 (as the JSON frames

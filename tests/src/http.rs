@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use trackline_core::LatLon;
-use trackline_rest::{CreateOrder, History, HistoryFix, NearbyCourier, NearbyCouriers, Point};
+use trackline_rest::{CreateOrder, History, HistoryFix, NearbyCourier, NearbyCouriers};
 
 use crate::TestServer;
 
@@ -210,13 +210,14 @@ impl NewOrder {
     pub fn to_request(&self) -> CreateOrder {
         CreateOrder {
             order_id: self.order_id.clone(),
-            destination: Point::from(self.destination),
+            destination: self.destination.into(),
             courier_id: self.courier_id.clone(),
             route: self
                 .route
                 .as_ref()
                 .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect()),
             promised_at_ms: None,
+            pickup: None,
         }
     }
 

@@ -160,10 +160,13 @@ pub struct Update {
     pub position: Option<Position>,
     pub eta: Option<Eta>,
     pub recovered: bool,
+    /// The order's stops in visiting order.
+    pub stops: Vec<StopView>,
 }
 
 /// The watch stream's position and ETA are the core's own types (they derive the JSON shape).
 pub use trackline_core::order::{Eta, Position};
+pub use trackline_core::stops::{EtaWindow, StopKind, StopView};
 
 /// What the next read of a watch stream brought.
 #[derive(Debug)]
@@ -326,11 +329,35 @@ impl From<trackline_client::Update> for Update {
                 heading_deg: p.heading_deg,
                 accuracy_m: p.accuracy_m,
             }),
-            eta: update.eta.map(|e| Eta {
-                seconds: e.seconds,
-                arrive_at_ms: e.arrive_at_ms,
-            }),
+            eta: update.eta.map(eta_of),
             recovered: update.recovered,
+            stops: update
+                .stops
+                .into_iter()
+                .map(|stop| StopView {
+                    kind: match stop.kind {
+                        trackline_client::StopKind::Pickup => StopKind::Pickup,
+                        trackline_client::StopKind::Dropoff => StopKind::Dropoff,
+                    },
+                    lat: stop.lat,
+                    lon: stop.lon,
+                    eta: stop.eta.map(eta_of),
+                    reached_at_ms: stop.reached_at_ms,
+                })
+                .collect(),
         }
+    }
+}
+
+/// The client's ETA as the core's (the type the tests compare with REST answers).
+fn eta_of(e: trackline_client::Eta) -> Eta {
+    let window = e.window.map(|w| (w.earliest_ms, w.latest_ms));
+    Eta {
+        seconds: e.seconds,
+        arrive_at_ms: e.arrive_at_ms,
+        window: window.map(|(earliest_ms, latest_ms)| EtaWindow {
+            earliest_ms,
+            latest_ms,
+        }),
     }
 }

@@ -21,8 +21,12 @@ test('every field of OrderUpdate is read, in the JSON frames\' names and units',
     epoch: 'e-42',
     status: 4,
     position: { timeMs: 1764700000123, latE7: -339123456, lonE7: 1512345678, speedMps: 7.3, headingDeg: 359.5, accuracyM: 4.5 },
-    eta: { seconds: -5, arriveAtMs: 1764700300000 },
+    eta: { seconds: -5, arriveAtMs: 1764700300000, window: { earliestMs: 1764700200000, latestMs: 1764700500000 } },
     recovered: true,
+    stops: [
+      { kind: 1, latE7: 10, lonE7: 20, reachedAtMs: 1764700000000 },
+      { kind: 2, latE7: 30, lonE7: 40, eta: { seconds: 60, arriveAtMs: 1764700300000 } },
+    ],
   });
   assert.deepEqual(decodeOrderUpdate(bytes), {
     order_id: 'o-1',
@@ -30,9 +34,14 @@ test('every field of OrderUpdate is read, in the JSON frames\' names and units',
     epoch: 'e-42',
     status: 'arriving',
     position: { lat: -33.9123456, lon: 151.2345678, time_ms: 1764700000123, speed_mps: 7.3, heading_deg: 359.5, accuracy_m: 4.5 },
-    eta: { seconds: -5, arrive_at_ms: 1764700300000 },
+    eta: { seconds: -5, arrive_at_ms: 1764700300000, window: { earliest_ms: 1764700200000, latest_ms: 1764700500000 } },
     recovered: true,
+    stops: [
+      { kind: 'pickup', lat: 1e-6, lon: 2e-6, eta: null, reached_at_ms: 1764700000000 },
+      { kind: 'dropoff', lat: 3e-6, lon: 4e-6, eta: { seconds: 60, arrive_at_ms: 1764700300000 }, reached_at_ms: null },
+    ],
   });
+  assert.equal(decodeOrderUpdate(encode({ offset: 1, epoch: 'e', status: 7 })).status, 'at_pickup');
 });
 
 test('unknown speed, heading and accuracy are null, absent or sentinel; a real 0 speed or heading stays', () => {

@@ -48,5 +48,7 @@ pub use courier::{
     RenewToken, WhenFull,
 };
 pub use trackline_proto::v1;
-pub use update::{DecodeError, Encoding, Eta, Position, Status, Update, UpdateKind};
+pub use update::{
+    DecodeError, Encoding, Eta, EtaWindow, Position, Status, Stop, StopKind, Update, UpdateKind,
+};
 pub use watcher::{Resume, WatchError, WatchOptions, Watcher};

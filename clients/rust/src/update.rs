@@ -38,6 +38,8 @@ pub enum UpdateKind {
 pub enum Status {
     Created,
     Assigned,
+    /// The courier is at the pickup.
+    AtPickup,
     PickedUp,
     Arriving,
     Delivered,
@@ -50,6 +52,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Assigned => "assigned",
+            Status::AtPickup => "at_pickup",
             Status::PickedUp => "picked_up",
             Status::Arriving => "arriving",
             Status::Delivered => "delivered",
@@ -67,6 +70,7 @@ impl Status {
             v1::OrderStatus::Unspecified => return None,
             v1::OrderStatus::Created => Status::Created,
             v1::OrderStatus::Assigned => Status::Assigned,
+            v1::OrderStatus::AtPickup => Status::AtPickup,
             v1::OrderStatus::PickedUp => Status::PickedUp,
             v1::OrderStatus::Arriving => Status::Arriving,
             v1::OrderStatus::Delivered => Status::Delivered,
@@ -91,6 +95,75 @@ pub struct Eta {
     /// Seconds from the position's time to arrival.
     pub seconds: i64,
     pub arrive_at_ms: i64,
+    /// The arrival window (the order's door ETA only; servers before it send none).
+    #[serde(default)]
+    pub window: Option<EtaWindow>,
+}
+
+impl Eta {
+    fn from_proto(e: v1::Eta) -> Self {
+        Eta {
+            seconds: e.seconds,
+            arrive_at_ms: e.arrive_at_ms,
+            window: e.window.map(EtaWindow::from),
+        }
+    }
+}
+
+impl From<v1::EtaWindow> for EtaWindow {
+    fn from(w: v1::EtaWindow) -> Self {
+        let v1::EtaWindow {
+            earliest_ms,
+            latest_ms,
+        } = w;
+        EtaWindow {
+            earliest_ms,
+            latest_ms,
+        }
+    }
+}
+
+/// The interval the arrival falls in 8 times out of 10, unix ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EtaWindow {
+    pub earliest_ms: i64,
+    pub latest_ms: i64,
+}
+
+/// What the courier does at a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopKind {
+    Pickup,
+    Dropoff,
+}
+
+/// One stop of the order: its pickup or its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct Stop {
+    pub kind: StopKind,
+    pub lat: f64,
+    pub lon: f64,
+    pub eta: Option<Eta>,
+    pub reached_at_ms: Option<i64>,
+}
+
+impl Stop {
+    /// None for a stop of a kind this client does not know.
+    fn from_proto(s: v1::Stop) -> Option<Self> {
+        let kind = match v1::StopKind::try_from(s.kind).ok()? {
+            v1::StopKind::Pickup => StopKind::Pickup,
+            v1::StopKind::Dropoff => StopKind::Dropoff,
+            v1::StopKind::Unspecified => return None,
+        };
+        Some(Stop {
+            kind,
+            lat: from_e7(s.lat_e7),
+            lon: from_e7(s.lon_e7),
+            eta: s.eta.map(Eta::from_proto),
+            reached_at_ms: s.reached_at_ms,
+        })
+    }
 }
 
 /// One frame of the watch stream.
@@ -111,6 +184,9 @@ pub struct Update {
     /// no longer possible.
     #[serde(default)]
     pub recovered: bool,
+    /// The order's stops in visiting order (servers before stops send none).
+    #[serde(default)]
+    pub stops: Vec<Stop>,
 }
 
 /// A frame that is not a watch update.
@@ -149,11 +225,13 @@ impl Update {
             epoch: update.epoch,
             status,
             position: update.position.map(position_from_proto),
-            eta: update.eta.map(|e| Eta {
-                seconds: e.seconds,
-                arrive_at_ms: e.arrive_at_ms,
-            }),
+            eta: update.eta.map(Eta::from_proto),
             recovered: update.recovered,
+            stops: update
+                .stops
+                .into_iter()
+                .filter_map(Stop::from_proto)
+                .collect(),
         })
     }
 }
@@ -181,7 +259,11 @@ mod tests {
         let json = r#"{"type":"update","order_id":"o-1","status":"picked_up","offset":7,
             "epoch":"e1","recovered":true,"courier_id":"c-1","destination":{"lat":1,"lon":2},
             "position":{"lat":62.5,"lon":29.75,"time_ms":1000,"speed_mps":null,
-            "heading_deg":90.0,"accuracy_m":null},"eta":{"seconds":60,"arrive_at_ms":61000}}"#;
+            "heading_deg":90.0,"accuracy_m":null},"eta":{"seconds":60,"arrive_at_ms":61000,
+            "window":{"earliest_ms":50000,"latest_ms":90000}},
+            "stops":[{"kind":"pickup","lat":1.5,"lon":2.5,"eta":null,"reached_at_ms":500},
+                     {"kind":"dropoff","lat":1,"lon":2,"eta":{"seconds":60,"arrive_at_ms":61000},
+                      "reached_at_ms":null}]}"#;
         let from_json = Update::from_json(json).unwrap();
         let proto = v1::OrderUpdate {
             order_id: "o-1".into(),
@@ -199,11 +281,38 @@ mod tests {
             eta: Some(v1::Eta {
                 seconds: 60,
                 arrive_at_ms: 61_000,
+                window: Some(v1::EtaWindow {
+                    earliest_ms: 50_000,
+                    latest_ms: 90_000,
+                }),
             }),
             recovered: true,
+            stops: vec![
+                v1::Stop {
+                    kind: v1::StopKind::Pickup as i32,
+                    lat_e7: to_e7(1.5),
+                    lon_e7: to_e7(2.5),
+                    eta: None,
+                    reached_at_ms: Some(500),
+                },
+                v1::Stop {
+                    kind: v1::StopKind::Dropoff as i32,
+                    lat_e7: to_e7(1.0),
+                    lon_e7: to_e7(2.0),
+                    eta: Some(v1::Eta {
+                        seconds: 60,
+                        arrive_at_ms: 61_000,
+                        window: None,
+                    }),
+                    reached_at_ms: None,
+                },
+            ],
         };
         let from_proto = Update::from_proto(&proto.encode_to_vec()).unwrap();
         assert_eq!(from_json.kind, Some(UpdateKind::Update));
+        assert_eq!(from_json.stops.len(), 2);
+        assert_eq!(from_json.stops[0].kind, StopKind::Pickup);
+        assert_eq!(from_json.eta.unwrap().window.unwrap().latest_ms, 90_000);
         assert_eq!(
             from_proto,
             Update {

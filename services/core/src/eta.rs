@@ -89,6 +89,8 @@ pub struct EtaConfig {
     pub progress_weight: f64,
     /// Time constant of the published arrival time, seconds.
     pub smoothing_s: f64,
+    /// The arrival window: see [`crate::stops::WindowModel`].
+    pub window: crate::stops::WindowModel,
 }
 
 impl Default for EtaConfig {
@@ -111,6 +113,7 @@ impl Default for EtaConfig {
             rejoin_ahead_m: 2000.0,
             progress_weight: 0.1,
             smoothing_s: 20.0,
+            window: crate::stops::WindowModel::default(),
         }
     }
 }
@@ -138,8 +141,17 @@ const STOPPED_SPEED_MPS: f32 = 0.5;
 #[derive(Debug, Clone)]
 pub struct EtaEstimator {
     config: EtaConfig,
+    /// The stop the courier is heading to, and the planned route to it.
     destination: LatLon,
     route: Option<Route>,
+    /// The wait and handover at that stop.
+    handover: Handover,
+    /// The stops after it, in the order they will be visited (the door last).
+    ahead: std::collections::VecDeque<Leg>,
+    /// Device time of the first update: how long the trip has been watched.
+    started_ms: Option<i64>,
+    /// Whether the last estimate divided route progress (else ground distance).
+    last_on_route_model: bool,
     /// Distance along the route covered, metres, once matched.
     progress_m: Option<f64>,
     /// The furthest progress matched so far: the window never reaches further back than
@@ -160,13 +172,90 @@ pub struct EtaEstimator {
     arrival_ms: Option<f64>,
 }
 
+/// A stop the estimator plans for: where, the planned route to it, and what happens there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStop {
+    pub at: LatLon,
+    /// The planned route from the previous stop (or the courier) to this one.
+    pub route: Option<Vec<LatLon>>,
+    pub handover: Handover,
+}
+
+/// What keeps a courier at a stop: waiting for the order to be ready, then handing it over.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Handover {
+    /// Not before this (unix ms): when the order is ready to be collected.
+    pub ready_at_ms: Option<i64>,
+    /// How long the handover takes, seconds.
+    pub dwell_s: f64,
+}
+
+impl Handover {
+    /// When a courier arriving at `arrival_ms` leaves again.
+    fn leave_ms(&self, arrival_ms: f64) -> f64 {
+        let ready = self
+            .ready_at_ms
+            .map_or(arrival_ms, |r| arrival_ms.max(r as f64));
+        ready + self.dwell_s * 1000.0
+    }
+}
+
+/// A stop after the current one, its route prepared for matching once the courier heads there.
+#[derive(Debug, Clone)]
+struct Leg {
+    at: LatLon,
+    route: Option<Route>,
+    handover: Handover,
+}
+
+impl Leg {
+    /// The distance of the leg from `from`, metres: along its route (plus the straight gaps
+    /// at both ends, times the detour factor), else the straight line times the detour factor.
+    fn length_m(&self, from: LatLon, detour: f64) -> f64 {
+        match &self.route {
+            Some(route) => {
+                let gaps = from.distance_m(route.start()) + route.end().distance_m(self.at);
+                route.length() + gaps * detour
+            }
+            None => from.distance_m(self.at) * detour,
+        }
+    }
+}
+
 impl EtaEstimator {
+    /// An estimator for a single drop: the destination and the planned route to it.
     pub fn new(destination: LatLon, route: Option<Vec<LatLon>>, config: EtaConfig) -> Self {
-        let route = route.and_then(Route::new);
+        Self::with_stops(
+            vec![PlannedStop {
+                at: destination,
+                route,
+                handover: Handover::default(),
+            }],
+            config,
+        )
+    }
+
+    /// An estimator for a courier visiting `stops` in order (the estimate is for the last).
+    /// With no stop at all it estimates towards 0/0, which no order has.
+    pub fn with_stops(stops: Vec<PlannedStop>, config: EtaConfig) -> Self {
+        let mut legs = stops.into_iter().map(|s| Leg {
+            at: s.at,
+            route: s.route.and_then(Route::new),
+            handover: s.handover,
+        });
+        let first = legs.next().unwrap_or(Leg {
+            at: LatLon::new(0.0, 0.0),
+            route: None,
+            handover: Handover::default(),
+        });
         let prior = SpeedModel::new(config.default_speed_mps, config.prior_weight_s);
         Self {
-            destination,
-            route,
+            destination: first.at,
+            route: first.route,
+            handover: first.handover,
+            ahead: legs.collect(),
+            started_ms: None,
+            last_on_route_model: false,
             progress_m: None,
             furthest_m: 0.0,
             matched: None,
@@ -201,9 +290,118 @@ impl EtaEstimator {
         self.route.is_some() && self.progress_m.is_some() && !self.off_route
     }
 
+    /// The estimated arrival at the stop the courier heads to and at each stop after it, unix
+    /// ms, in visiting order (the last is the door); empty before the first update.
+    ///
+    /// Each later stop adds the wait and handover of the one before it and its own leg at the
+    /// speed the current estimate expects, so a pickup ahead is priced as what it will cost.
+    pub fn arrivals_ms(&self) -> Vec<i64> {
+        let Some((now, _)) = self.last else {
+            return Vec::new();
+        };
+        self.arrivals()
+            .into_iter()
+            .map(|t| now + ((t - now as f64) / 1000.0).round() as i64 * 1000)
+            .collect()
+    }
+
+    fn arrivals(&self) -> Vec<f64> {
+        let Some(first) = self.arrival_ms else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(1 + self.ahead.len());
+        out.push(first);
+        let (mut t, mut from, mut handover) = (first, self.destination, self.handover);
+        for leg in &self.ahead {
+            t = handover.leave_ms(t) + self.leg_seconds(leg, from) * 1000.0;
+            out.push(t);
+            (from, handover) = (leg.at, leg.handover);
+        }
+        out
+    }
+
+    /// How long `leg`, from `from`, takes at the speed the current estimate assumes.
+    fn leg_seconds(&self, leg: &Leg, from: LatLon) -> f64 {
+        let model = if self.last_on_route_model {
+            &self.route_speed
+        } else {
+            &self.ground_speed
+        };
+        let leg_m = leg.length_m(from, self.config.detour_factor);
+        leg_m / model.predict(leg_m, &self.config)
+    }
+
+    /// How long of the time to the last stop is spent waiting for orders to be ready, ms.
+    fn waiting_ms(&self) -> i64 {
+        let arrivals = self.arrivals();
+        let mut handovers =
+            std::iter::once(&self.handover).chain(self.ahead.iter().map(|l| &l.handover));
+        let waits = arrivals
+            .iter()
+            .zip(&mut handovers)
+            .map(|(arrival, handover)| {
+                handover
+                    .ready_at_ms
+                    .map_or(0.0, |ready| (ready as f64 - arrival).max(0.0))
+            });
+        // The last stop's own wait comes after the arrival estimated: not part of it.
+        let n = arrivals.len().saturating_sub(1);
+        waits.take(n).sum::<f64>().round() as i64
+    }
+
+    /// Stops still to visit before the last one.
+    pub fn stops_ahead(&self) -> usize {
+        self.ahead.len()
+    }
+
+    /// The arrival window at the last stop (p10-p90), from the estimator's own uncertainty;
+    /// None before the first update.
+    pub fn window(&self) -> Option<crate::stops::EtaWindow> {
+        let (now, _) = self.last?;
+        let door = *self.arrivals_ms().last()?;
+        let model = if self.last_on_route_model {
+            &self.route_speed
+        } else {
+            &self.ground_speed
+        };
+        let watched_s = (now - self.started_ms.unwrap_or(now)) as f64 / 1000.0;
+        // Waiting for an order to be ready is known, not guessed: only the riding is uncertain.
+        let waiting_ms = self.waiting_ms();
+        Some(self.config.window.window(crate::stops::Uncertainty {
+            now_ms: now,
+            arrive_at_ms: door,
+            waiting_ms,
+            stops_ahead: self.ahead.len(),
+            start_share: self.config.prior_weight_s / (self.config.prior_weight_s + watched_s),
+            pace_variability: model.pace_variability(),
+        }))
+    }
+
+    /// The courier left the stop it was heading to (the order was picked up): it heads to the
+    /// next one from now on, with what was learnt of its speed. False when there is none.
+    pub fn advance(&mut self) -> bool {
+        let Some(next) = self.ahead.pop_front() else {
+            return false;
+        };
+        let leg_s = self.leg_seconds(&next, self.destination);
+        self.destination = next.at;
+        self.route = next.route;
+        self.handover = next.handover;
+        self.progress_m = None;
+        self.furthest_m = 0.0;
+        self.matched = None;
+        self.unmatched_since_ms = None;
+        self.off_route = false;
+        // The smoothing goes on from the arrival the courier leaves with, so the published ETA
+        // does not jump at the handover.
+        self.arrival_ms = self.last.map(|(t, _)| t as f64 + leg_s * 1000.0);
+        true
+    }
+
     /// Updates the estimate with a fix that moved the live marker (position as shown).
     pub fn update(&mut self, fix: &Fix, shown: LatLon) -> EtaEstimate {
         let now = fix.time_ms;
+        self.started_ms.get_or_insert(now);
         let (dt_s, moved_m) = match self.last {
             Some((t, p)) => (((now - t) as f64 / 1000.0).max(0.0), p.distance_m(shown)),
             None => (0.0, 0.0),
@@ -251,6 +449,7 @@ impl EtaEstimator {
                 &self.ground_speed,
             ),
         };
+        self.last_on_route_model = std::ptr::eq(model, &self.route_speed);
         let speed_mps = model.predict(remaining_m, &self.config);
         let raw_arrival = now as f64 + remaining_m / speed_mps * 1000.0;
         let arrival = match self.arrival_ms {
@@ -353,6 +552,10 @@ struct SpeedModel {
     long_s: f64,
     recent_m: f64,
     recent_s: f64,
+    /// Decaying sums (over the long memory) of the squared relative gap between the recent and
+    /// the long mean, and of its time: how much the courier's pace swings.
+    pace_gap2_s: f64,
+    pace_s: f64,
 }
 
 impl SpeedModel {
@@ -364,6 +567,18 @@ impl SpeedModel {
             long_s: prior_s,
             recent_m: prior_mps * recent_prior_s,
             recent_s: recent_prior_s,
+            pace_gap2_s: 0.0,
+            pace_s: 0.0,
+        }
+    }
+
+    /// The root mean square of `(recent - long) / long` over the long memory: 0 for a steady
+    /// pace, about 1 for a courier who alternates between riding and standing.
+    fn pace_variability(&self) -> f64 {
+        if self.pace_s > 0.0 {
+            (self.pace_gap2_s / self.pace_s).sqrt()
+        } else {
+            0.0
         }
     }
 
@@ -379,6 +594,10 @@ impl SpeedModel {
             self.recent_m = self.recent_m * keep + distance_m;
             self.recent_s = self.recent_s * keep + dt_s;
         }
+        let long = self.long().max(cfg.min_speed_mps);
+        let gap = ((self.recent() - long) / long).min(3.0);
+        self.pace_gap2_s = self.pace_gap2_s * keep + gap * gap * dt_s;
+        self.pace_s = self.pace_s * keep + dt_s;
     }
 
     fn long(&self) -> f64 {
@@ -440,6 +659,13 @@ impl Route {
 
     fn length(&self) -> f64 {
         self.cum_m.last().copied().unwrap_or(0.0)
+    }
+
+    fn start(&self) -> LatLon {
+        self.points
+            .first()
+            .copied()
+            .unwrap_or(LatLon::new(0.0, 0.0))
     }
 
     fn end(&self) -> LatLon {
@@ -732,5 +958,71 @@ mod tests {
             let e = eta.update(&f, at(0.0, 0.0));
             assert!(e.speed_mps > 1.0, "{}", e.speed_mps);
         }
+    }
+
+    fn pickup_then_door(ready_at_ms: Option<i64>, dwell_s: f64) -> EtaEstimator {
+        // Pickup 1 km east, the door 1 km further east; no routes.
+        EtaEstimator::with_stops(
+            vec![
+                PlannedStop {
+                    at: at(1000.0, 0.0),
+                    route: None,
+                    handover: Handover {
+                        ready_at_ms,
+                        dwell_s,
+                    },
+                },
+                PlannedStop {
+                    at: at(2000.0, 0.0),
+                    route: None,
+                    handover: Handover::default(),
+                },
+            ],
+            EtaConfig::default(),
+        )
+    }
+
+    #[test]
+    fn the_door_eta_before_pickup_adds_the_wait_the_handover_and_the_second_leg() {
+        let mut eta = pickup_then_door(None, 120.0);
+        let e = eta.update(&fix(0.0, at(0.0, 0.0)), at(0.0, 0.0));
+        // 1300 m to the pickup at the prior 4 m/s: 325 s.
+        assert_eq!(e.seconds, 325);
+        let arrivals = eta.arrivals_ms();
+        assert_eq!(arrivals[0], T0 + 325_000);
+        // Then 120 s of handover and 1300 m more.
+        assert_eq!(arrivals[1], T0 + (325 + 120 + 325) * 1000);
+        assert_eq!(eta.stops_ahead(), 1);
+
+        // Food ready in 20 minutes: the courier waits at the counter.
+        let mut waiting = pickup_then_door(Some(T0 + 1_200_000), 120.0);
+        waiting.update(&fix(0.0, at(0.0, 0.0)), at(0.0, 0.0));
+        assert_eq!(
+            *waiting.arrivals_ms().last().unwrap(),
+            T0 + (1200 + 120 + 325) * 1000
+        );
+    }
+
+    #[test]
+    fn after_the_pickup_it_heads_to_the_door_without_a_jump() {
+        let mut eta = pickup_then_door(None, 0.0);
+        let mut door_before = 0;
+        for i in 0..=200 {
+            let p = at(5.0 * i as f64, 0.0);
+            eta.update(&fix(i as f64, p), p);
+            door_before = *eta.arrivals_ms().last().unwrap();
+        }
+        assert!(eta.advance());
+        assert!(!eta.advance(), "the door is the last stop");
+        let p = at(1005.0, 0.0);
+        let e = eta.update(&fix(201.0, p), p);
+        assert!((e.to_destination_m - 995.0).abs() < 1.0);
+        assert!(
+            (e.arrive_at_ms - door_before).abs() < 15_000,
+            "{} s apart",
+            (e.arrive_at_ms - door_before) / 1000
+        );
+        let window = eta.window().unwrap();
+        assert!(window.earliest_ms <= e.arrive_at_ms && e.arrive_at_ms <= window.latest_ms);
     }
 }

@@ -15,6 +15,7 @@ pub mod links;
 pub mod order;
 pub mod plane;
 pub mod spatial;
+pub mod stops;
 pub mod webhooks;
 
 pub use fix::{Fix, LatLon};

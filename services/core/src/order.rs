@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::eta::EtaEstimate;
 use crate::fix::{Fix, LatLon};
 use crate::ids::{CourierId, OrderId};
+use crate::stops::{EtaWindow, Pickup, StopKind, StopView};
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -12,6 +13,8 @@ use crate::ids::{CourierId, OrderId};
 pub enum OrderStatus {
     Created,
     Assigned,
+    /// The courier is at the pickup (set by the server from its position).
+    AtPickup,
     PickedUp,
     Arriving,
     Delivered,
@@ -31,6 +34,7 @@ impl OrderStatus {
         match self {
             OrderStatus::Created => "created",
             OrderStatus::Assigned => "assigned",
+            OrderStatus::AtPickup => "at_pickup",
             OrderStatus::PickedUp => "picked_up",
             OrderStatus::Arriving => "arriving",
             OrderStatus::Delivered => "delivered",
@@ -47,7 +51,10 @@ impl OrderStatus {
     pub fn takes_fixes(self) -> bool {
         matches!(
             self,
-            OrderStatus::Assigned | OrderStatus::PickedUp | OrderStatus::Arriving
+            OrderStatus::Assigned
+                | OrderStatus::AtPickup
+                | OrderStatus::PickedUp
+                | OrderStatus::Arriving
         )
     }
 
@@ -57,6 +64,7 @@ impl OrderStatus {
         match self {
             OrderStatus::Created => P::Created,
             OrderStatus::Assigned => P::Assigned,
+            OrderStatus::AtPickup => P::AtPickup,
             OrderStatus::PickedUp => P::PickedUp,
             OrderStatus::Arriving => P::Arriving,
             OrderStatus::Delivered => P::Delivered,
@@ -64,17 +72,18 @@ impl OrderStatus {
         }
     }
 
-    /// Checks a status change asked for through the API (`arriving` is set by the server alone).
+    /// Checks a status change asked for through the API (`at_pickup` and `arriving` are set by
+    /// the server alone).
     ///
     /// # Errors
     /// [`IllegalTransition`] when `to` cannot follow `self`.
     pub fn request(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
         use OrderStatus::*;
         let legal = match to {
-            PickedUp => matches!(self, Assigned | PickedUp),
+            PickedUp => matches!(self, Assigned | AtPickup | PickedUp),
             Delivered => matches!(self, PickedUp | Arriving | Delivered),
             Cancelled => !self.is_final() || self == Cancelled,
-            Created | Assigned | Arriving => false,
+            Created | Assigned | AtPickup | Arriving => false,
         };
         if legal {
             Ok(to)
@@ -138,6 +147,10 @@ impl Position {
 pub struct Eta {
     pub seconds: i64,
     pub arrive_at_ms: i64,
+    /// The arrival window at the order's door (absent on the ETA of a stop, and on a state
+    /// stored before windows existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<EtaWindow>,
 }
 
 impl From<EtaEstimate> for Eta {
@@ -145,6 +158,29 @@ impl From<EtaEstimate> for Eta {
         Self {
             seconds: e.seconds,
             arrive_at_ms: e.arrive_at_ms,
+            window: None,
+        }
+    }
+}
+
+impl Eta {
+    /// The ETA of an arrival at `arrive_at_ms` as seen at `now_ms` (device time).
+    pub fn arriving(now_ms: i64, arrive_at_ms: i64) -> Self {
+        Self {
+            seconds: (arrive_at_ms - now_ms) / 1000,
+            arrive_at_ms,
+            window: None,
+        }
+    }
+
+    pub fn to_proto(&self) -> trackline_proto::v1::Eta {
+        trackline_proto::v1::Eta {
+            seconds: self.seconds,
+            arrive_at_ms: self.arrive_at_ms,
+            window: self.window.map(|w| trackline_proto::v1::EtaWindow {
+                earliest_ms: w.earliest_ms,
+                latest_ms: w.latest_ms,
+            }),
         }
     }
 }
@@ -172,6 +208,15 @@ pub struct OrderRecord {
     pub eta: Option<Eta>,
     /// The highest courier seq applied to this order: a resent fix at or below it is a duplicate.
     pub last_seq: u64,
+    /// Where the courier collects the order first, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<Pickup>,
+    /// The handover at the destination, seconds (what it costs the drops planned after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_dwell_s: Option<f64>,
+    /// The estimated arrival at the pickup, while it is ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup_eta: Option<Eta>,
     /// Every status the order has had and when it began (unix ms; server time, but the fix's
     /// device time for `arriving`, which a fix causes), oldest first.
     #[serde(default)]
@@ -265,6 +310,9 @@ impl OrderRecord {
             position: None,
             eta: None,
             last_seq: 0,
+            pickup: None,
+            destination_dwell_s: None,
+            pickup_eta: None,
             status_log: vec![StatusChange {
                 status,
                 at_ms: now_ms,
@@ -300,7 +348,46 @@ impl OrderRecord {
             epoch: self.epoch.clone(),
             updated_at_ms: self.updated_at_ms,
             promised_at_ms: self.promised_at_ms,
+            stops: self.stops(),
         }
+    }
+
+    /// When the order's status first became one of `statuses` (unix ms).
+    fn first_reached(&self, statuses: &[OrderStatus]) -> Option<i64> {
+        self.status_log
+            .iter()
+            .find(|c| statuses.contains(&c.status))
+            .map(|c| c.at_ms)
+    }
+
+    /// The order's stops as its state shows them: the pickup (if any), then the destination.
+    /// A stop is reached when the server saw the courier there, or when the status moved past
+    /// it (a courier who marked the order picked up from afar).
+    pub fn stops(&self) -> Vec<StopView> {
+        use OrderStatus::*;
+        let mut stops = Vec::with_capacity(2);
+        if let Some(pickup) = &self.pickup {
+            let reached_at_ms = self.first_reached(&[AtPickup, PickedUp, Arriving, Delivered]);
+            stops.push(StopView {
+                kind: StopKind::Pickup,
+                lat: pickup.at.lat,
+                lon: pickup.at.lon,
+                eta: self.pickup_eta.filter(|_| reached_at_ms.is_none()),
+                reached_at_ms,
+            });
+        }
+        let reached_at_ms = self.first_reached(&[Arriving, Delivered]);
+        stops.push(StopView {
+            kind: StopKind::Dropoff,
+            lat: self.destination.lat,
+            lon: self.destination.lon,
+            eta: self
+                .eta
+                .filter(|_| reached_at_ms.is_none())
+                .map(|e| Eta { window: None, ..e }),
+            reached_at_ms,
+        });
+        stops
     }
 }
 
@@ -333,6 +420,9 @@ pub struct OrderView {
     pub updated_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promised_at_ms: Option<i64>,
+    /// The order's stops in visiting order: its pickup (if it has one), then its destination.
+    #[serde(default)]
+    pub stops: Vec<StopView>,
 }
 
 impl OrderView {
@@ -344,11 +434,9 @@ impl OrderView {
             epoch: self.epoch.clone(),
             status: self.status.to_proto() as i32,
             position: self.position.map(|p| p.to_proto()),
-            eta: self.eta.map(|e| trackline_proto::v1::Eta {
-                seconds: e.seconds,
-                arrive_at_ms: e.arrive_at_ms,
-            }),
+            eta: self.eta.map(|e| e.to_proto()),
             recovered,
+            stops: self.stops.iter().map(StopView::to_proto).collect(),
         }
     }
 }
@@ -372,6 +460,11 @@ mod tests {
             PickedUp.request(Arriving).is_err(),
             "arriving is the server's call"
         );
+        assert_eq!(AtPickup.request(PickedUp), Ok(PickedUp));
+        assert_eq!(AtPickup.request(Cancelled), Ok(Cancelled));
+        assert!(Assigned.request(AtPickup).is_err(), "so is at_pickup");
+        assert!(AtPickup.request(Delivered).is_err());
+        assert!(AtPickup.takes_fixes());
     }
 
     #[test]

@@ -63,23 +63,80 @@ impl From<LatLon> for Point {
     }
 }
 
+/// The destination of `POST /v1/orders`: a position and, optionally, the handover there.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    #[schema(minimum = -90, maximum = 90)]
+    pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
+    pub lon: f64,
+    /// How long the handover at the door takes, seconds (0 to 3600): what it costs the drops
+    /// the courier makes after this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3600)]
+    pub dwell_s: Option<f64>,
+}
+
+impl From<Point> for Destination {
+    fn from(p: Point) -> Self {
+        Destination {
+            lat: p.lat,
+            lon: p.lon,
+            dwell_s: None,
+        }
+    }
+}
+
+impl From<LatLon> for Destination {
+    fn from(p: LatLon) -> Self {
+        Point::from(p).into()
+    }
+}
+
+/// Where the courier collects the order before riding to its destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PickupRequest {
+    #[schema(minimum = -90, maximum = 90)]
+    pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
+    pub lon: f64,
+    /// When the order is expected to be ready (unix ms; from 2000 to a day ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 946_684_800_000_i64)]
+    pub ready_at_ms: Option<i64>,
+    /// How long the handover takes, seconds (0 to 3600; the server's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3600)]
+    pub dwell_s: Option<f64>,
+    /// The planned route to the pickup, `[[lat, lon], ...]` (2 to 20,000 points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RoutePoint>>, min_items = 2, max_items = 20_000)]
+    pub route: Option<Vec<[f64; 2]>>,
+}
+
 /// `POST /v1/orders`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     #[schema(value_type = OrderId)]
     pub order_id: String,
-    pub destination: Point,
+    pub destination: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<CourierId>)]
     pub courier_id: Option<String>,
-    /// The planned route, `[[lat, lon], ...]` (2 to 20,000 points).
+    /// The planned route, `[[lat, lon], ...]` (2 to 20,000 points); from the pickup when there
+    /// is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<RoutePoint>>, min_items = 2, max_items = 20_000)]
     pub route: Option<Vec<[f64; 2]>>,
     /// When the customer was promised the delivery (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promised_at_ms: Option<i64>,
+    /// Where the courier collects the order first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<PickupRequest>,
 }
 
 /// The answer of `POST /v1/orders` (201): the order and how its customer watches it.
@@ -469,10 +526,11 @@ mod tests {
         );
         let minimal = CreateOrder {
             order_id: "o-1".into(),
-            destination: Point { lat: 1.0, lon: 2.0 },
+            destination: Point { lat: 1.0, lon: 2.0 }.into(),
             courier_id: None,
             route: None,
             promised_at_ms: None,
+            pickup: None,
         };
         assert_eq!(
             serde_json::to_value(&minimal).unwrap(),
@@ -480,10 +538,11 @@ mod tests {
         );
         let full = CreateOrder {
             order_id: "o1".into(),
-            destination: Point::from(LatLon::new(45.0, 13.0)),
+            destination: LatLon::new(45.0, 13.0).into(),
             courier_id: Some("c1".into()),
             route: Some(vec![[45.1, 13.1], [45.0, 13.0]]),
             promised_at_ms: None,
+            pickup: None,
         };
         assert_eq!(
             serde_json::to_value(&full).unwrap(),

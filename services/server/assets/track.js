@@ -19,12 +19,20 @@ const $ = id => document.getElementById(id);
 const STATUS_TEXT = {
   created: 'Order received',
   assigned: 'Courier assigned',
+  at_pickup: 'Your rider is at the restaurant',
   picked_up: 'On the way',
   arriving: 'Arriving',
   delivered: 'Delivered',
   cancelled: 'Cancelled',
 };
 const isFinal = status => status === 'delivered' || status === 'cancelled';
+const pickupOf = v => (Array.isArray(v.stops) ? v.stops : []).find(s => s.kind === 'pickup');
+// The phase in words: an assigned order whose pickup is still ahead is on its way there.
+function phaseText(v) {
+  const pickup = pickupOf(v);
+  if (v.status === 'assigned' && pickup && pickup.reached_at_ms == null) return 'Your rider is heading to the restaurant';
+  return STATUS_TEXT[v.status] || v.status;
+}
 const narrow = () => window.innerWidth <= 600;
 
 // ---- the map ------------------------------------------------------------------------------
@@ -56,6 +64,14 @@ const courierIcon = L.divIcon({
     '<path class="heading" d="M18 0.5L27 13H9Z" fill="#1f5fcc" stroke="#fff" stroke-width="2" stroke-linejoin="round"/>' +
     '<circle cx="18" cy="18" r="9.5" fill="#1f5fcc" stroke="#fff" stroke-width="3"/></svg></div>',
 });
+// The pickup (the restaurant): a green pin, so it is not taken for the customer's door.
+const pickupIcon = L.divIcon({
+  className: 'pickup-icon',
+  iconSize: [26, 34],
+  iconAnchor: [13, 32],
+  html: '<svg viewBox="0 0 30 40" aria-hidden="true"><path d="M15 39C15 39 28 24 28 14A13 13 0 0 0 2 14C2 24 15 39 15 39Z" fill="#1e8a4c" stroke="#fff" stroke-width="2"/><rect x="10" y="9" width="10" height="10" rx="2" fill="#fff"/></svg>',
+});
+let pickupMarker = null;
 let destMarker = null;
 let courierMarker = null;
 
@@ -87,7 +103,11 @@ function duration(seconds) {
 function etaText(v) {
   if (v.status === 'delivered') return 'Delivered' + (v.updated_at_ms ? ' at ' + clock(v.updated_at_ms) : '');
   if (v.status === 'cancelled') return 'This order was cancelled';
-  if (v.eta) return 'Arriving in ' + duration(v.eta.seconds) + ', ' + clock(v.eta.arrive_at_ms);
+  if (v.eta) {
+    const w = v.eta.window;
+    const window = w ? ' · arrives ' + clock(w.earliest_ms) + '-' + clock(w.latest_ms) : '';
+    return 'Arriving in ' + duration(v.eta.seconds) + ', ' + clock(v.eta.arrive_at_ms) + window;
+  }
   return v.position ? 'Working out the arrival time…' : 'Waiting for the courier…';
 }
 function ago(ms) {
@@ -100,7 +120,7 @@ function renderText() {
   const v = state.view;
   if (!v) return;
   $('eta').textContent = state.problem || etaText(v);
-  $('status').textContent = STATUS_TEXT[v.status] || v.status;
+  $('status').textContent = phaseText(v);
   $('seen').textContent = v.position && !isFinal(v.status) ? 'Courier position updated ' + ago(v.position.time_ms) : '';
   document.body.classList.toggle('final', v.status === 'delivered');
   document.body.classList.toggle('cancelled', v.status === 'cancelled');
@@ -136,6 +156,7 @@ function fitView() {
   const pts = [];
   if (courierMarker) pts.push(courierMarker.getLatLng());
   if (destMarker) pts.push(destMarker.getLatLng());
+  if (pickupMarker && state.view && !pickupReached(state.view)) pts.push(pickupMarker.getLatLng());
   if (!courierMarker) pts.push(...routeLine.getLatLngs(), ...trailLine.getLatLngs());
   if (!pts.length) return;
   const pad = narrow()
@@ -227,7 +248,16 @@ function resetTrail() {
 }
 
 // ---- applying order state -----------------------------------------------------------------
+function pickupReached(v) {
+  const pickup = pickupOf(v);
+  return !pickup || pickup.reached_at_ms != null;
+}
+
 function showStatic(v) {
+  const pickup = pickupOf(v);
+  if (pickup && !pickupMarker) {
+    pickupMarker = L.marker([pickup.lat, pickup.lon], { icon: pickupIcon, keyboard: false, title: 'Pickup' }).addTo(map);
+  }
   if (v.destination && !destMarker) {
     destMarker = L.marker([v.destination.lat, v.destination.lon], { icon: destIcon, keyboard: false, title: 'Destination' }).addTo(map);
   }

@@ -149,19 +149,23 @@ test('the marker glides to each new position, turned by the heading', async () =
 
 test('the ETA text follows the courier', async () => {
   const first = await text('#eta');
-  assert.match(first, /^Arriving in \d+ min, \d\d:\d\d$/, first);
+  // The point estimate, then the window it falls in 8 times out of 10.
+  const shape = /^Arriving in \d+ min, \d\d:\d\d · arrives \d\d:\d\d-\d\d:\d\d$/;
+  assert.match(first, shape, first);
   await streamTo(25);
   await pageCaughtUp();
   const later = await text('#eta');
-  assert.match(later, /^Arriving in \d+ min, \d\d:\d\d$/, later);
+  assert.match(later, shape, later);
   assert.notEqual(later, first);
   const minutes = s => Number(/in (\d+) min/.exec(s)[1]);
   assert.ok(minutes(later) < minutes(first), `${first} -> ${later}`);
   // The text is the update's ETA.
   const eta = watcher.last.eta;
   assert.equal(minutes(later), Math.max(1, Math.round(eta.seconds / 60)));
-  const hhmm = new Date(eta.arrive_at_ms).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit' });
-  assert.ok(later.endsWith(hhmm), `${later} ends with ${hhmm}`);
+  const hhmm = ms => new Date(ms).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit' });
+  assert.ok(later.includes(`, ${hhmm(eta.arrive_at_ms)} · `), `${later} shows ${hhmm(eta.arrive_at_ms)}`);
+  const window = `arrives ${hhmm(eta.window.earliest_ms)}-${hhmm(eta.window.latest_ms)}`;
+  assert.ok(later.endsWith(window), `${later} ends with ${window}`);
   await settled();
   await h.sleep(700); // the arrow's turn (a CSS transition) ends
   await h.screenshot(page, 'track-live.png');

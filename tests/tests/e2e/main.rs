@@ -22,6 +22,7 @@ mod resume;
 mod retention;
 mod shutdown;
 mod slow_watchers;
+mod stops;
 mod validation;
 mod watch_stream;
 mod webhooks;

@@ -232,10 +232,12 @@ pub async fn create_order(
             destination: Point {
                 lat: dest.0,
                 lon: dest.1,
-            },
+            }
+            .into(),
             courier_id: Some(courier.to_string()),
             route: None,
             promised_at_ms: None,
+            pickup: None,
         })
         .send()
         .await?;

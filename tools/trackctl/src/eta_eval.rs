@@ -31,6 +31,18 @@
 //!
 //! Scores are the mean absolute error in seconds (MAE) and the mean absolute percentage error
 //! of the time left (MAPE); pooled scores weigh every evaluated instant of every trip equally.
+//! The arrival window is scored by its coverage (the share of instants whose true arrival falls
+//! inside the window in force) and its median width.
+//!
+//! # Two-leg protocol
+//!
+//! With [`EvalConfig::pickup_at`] (`--pickup-at 0.4`), the trip's last fix at or before that
+//! fraction of its duration is a pickup with no wait and no handover (the recording did not
+//! stop there): the estimator is given the pickup with the route to it, and the destination
+//! with the route from it (both the trip's own path simplified as above), and is told the order
+//! was picked up right after that fix. The door ETA is scored over the whole trip, so the
+//! instants before the pickup test the estimate across both legs; the baselines use the two
+//! routes laid end to end.
 
 use std::fmt;
 use std::path::Path;
@@ -38,7 +50,7 @@ use std::path::Path;
 use geo::{LineString, SimplifyIdx};
 use serde::Serialize;
 
-use trackline_core::eta::{EtaConfig, EtaEstimator};
+use trackline_core::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::{Fix, LatLon};
 use trackline_core::plane::LocalPlane;
@@ -91,6 +103,8 @@ pub struct EvalConfig {
     pub step_s: f64,
     /// Instants with less time than this left are not evaluated, seconds.
     pub min_left_s: f64,
+    /// The two-leg protocol: the pickup is at this fraction of the trip's duration.
+    pub pickup_at: Option<f64>,
 }
 
 impl Default for EvalConfig {
@@ -101,6 +115,7 @@ impl Default for EvalConfig {
             simplify_m: 15.0,
             step_s: 10.0,
             min_left_s: 60.0,
+            pickup_at: None,
         }
     }
 }
@@ -112,6 +127,30 @@ pub struct Score {
     pub mae_s: f64,
     /// Mean absolute error relative to the time left, percent.
     pub mape_pct: f64,
+}
+
+/// How well the arrival window did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowScore {
+    /// Share of instants whose true arrival was inside the window, 0 to 1.
+    pub coverage: f64,
+    /// Median width of the window, seconds.
+    pub median_width_s: f64,
+}
+
+impl WindowScore {
+    fn of(outcomes: &[(bool, f64)]) -> Self {
+        if outcomes.is_empty() {
+            return Self::default();
+        }
+        let inside = outcomes.iter().filter(|(hit, _)| *hit).count();
+        let mut widths: Vec<f64> = outcomes.iter().map(|(_, w)| *w).collect();
+        widths.sort_by(f64::total_cmp);
+        Self {
+            coverage: inside as f64 / outcomes.len() as f64,
+            median_width_s: widths[widths.len() / 2],
+        }
+    }
 }
 
 /// The scores on one trip.
@@ -134,6 +173,10 @@ pub struct TripReport {
     pub straight_line: Score,
     /// Baseline (b): remaining route from the true progress / mean speed so far.
     pub route_true_progress: Score,
+    pub window: WindowScore,
+    /// Each instant's window outcome (inside, width in seconds), for pooling.
+    #[serde(skip)]
+    window_outcomes: Vec<(bool, f64)>,
 }
 
 /// The pooled scores over every evaluated instant of every trip.
@@ -145,6 +188,8 @@ pub struct PooledReport {
     pub route_true_progress: Score,
     /// trackline MAE / baseline (b) MAE: the estimator's target is at most 0.6.
     pub mae_ratio_to_route_true_progress: f64,
+    /// Over every instant of every trip.
+    pub window: WindowScore,
 }
 
 /// The result of [`evaluate`].
@@ -250,6 +295,28 @@ fn plan_route(trip: &[(i64, LatLon)], simplify_m: f64) -> PlannedRoute {
     }
 }
 
+/// The routes to the pickup (fix `k`) and from it laid end to end, with each fix's true
+/// progress along the whole: what the baselines of the two-leg protocol measure.
+fn two_leg_route(trip: &[(i64, LatLon)], k: usize, simplify_m: f64) -> PlannedRoute {
+    let first = plan_route(&trip[..=k], simplify_m);
+    let second = plan_route(&trip[k..], simplify_m);
+    let mut points = first.points;
+    points.extend(second.points.into_iter().skip(1));
+    let mut true_progress_m = first.true_progress_m;
+    true_progress_m.extend(
+        second
+            .true_progress_m
+            .iter()
+            .skip(1)
+            .map(|p| first.length_m + p),
+    );
+    PlannedRoute {
+        points,
+        length_m: first.length_m + second.length_m,
+        true_progress_m,
+    }
+}
+
 /// One evaluated instant, for looking into a trip (`trackctl eta-eval --trace`).
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceRow {
@@ -266,6 +333,8 @@ pub struct TraceRow {
     pub on_route: bool,
     /// The speed the estimate assumed, m/s.
     pub speed_mps: f64,
+    /// The arrival window in force, seconds from the instant.
+    pub window_s: (f64, f64),
 }
 
 /// Runs the protocol on one trip.
@@ -296,6 +365,7 @@ pub fn trace_trip(
 #[derive(Debug, Clone, Copy)]
 struct InForce {
     arrive_at_ms: i64,
+    window: trackline_core::stops::EtaWindow,
     progress_m: Option<f64>,
     on_route: bool,
     speed_mps: f64,
@@ -309,10 +379,37 @@ fn run_trip(
     let (Some(&(t_first, _)), Some(&(t_last, destination))) = (trip.first(), trip.last()) else {
         return Err(EvalError::TooShort(name.to_string()));
     };
-    let route = plan_route(trip, config.simplify_m);
+    let (route, pickup_index) = match config.pickup_at {
+        None => (plan_route(trip, config.simplify_m), None),
+        Some(fraction) => {
+            let at_ms = t_first + ((t_last - t_first) as f64 * fraction).round() as i64;
+            let k = trip.iter().rposition(|(t, _)| *t <= at_ms).unwrap_or(0);
+            (two_leg_route(trip, k, config.simplify_m), Some(k))
+        }
+    };
     let mut filter = GpsFilter::new(config.filter.clone());
-    let mut estimator =
-        EtaEstimator::new(destination, Some(route.points.clone()), config.eta.clone());
+    let mut estimator = match pickup_index {
+        None => EtaEstimator::new(destination, Some(route.points.clone()), config.eta.clone()),
+        Some(k) => {
+            let leg = |points: &[(i64, LatLon)]| plan_route(points, config.simplify_m).points;
+            EtaEstimator::with_stops(
+                vec![
+                    PlannedStop {
+                        at: trip[k].1,
+                        route: Some(leg(&trip[..=k])),
+                        handover: Handover::default(),
+                    },
+                    PlannedStop {
+                        at: destination,
+                        route: Some(leg(&trip[k..])),
+                        handover: Handover::default(),
+                    },
+                ],
+                config.eta.clone(),
+            )
+        }
+    };
+    let mut picked_up = false;
 
     // The arrival time in force after each fix (the last live estimate so far).
     let (mut live, mut history_only, mut rejected) = (0, 0, 0);
@@ -331,8 +428,15 @@ fn run_trip(
             Verdict::Live(shown) => {
                 live += 1;
                 let e = estimator.update(&fix, shown);
+                let door_ms = estimator.arrivals_ms().last().copied();
                 current = Some(InForce {
-                    arrive_at_ms: e.arrive_at_ms,
+                    arrive_at_ms: door_ms.unwrap_or(e.arrive_at_ms),
+                    window: estimator
+                        .window()
+                        .unwrap_or(trackline_core::stops::EtaWindow {
+                            earliest_ms: e.arrive_at_ms,
+                            latest_ms: e.arrive_at_ms,
+                        }),
                     progress_m: estimator.progress_m(),
                     on_route: e.on_route,
                     speed_mps: e.speed_mps,
@@ -341,6 +445,10 @@ fn run_trip(
             Verdict::HistoryOnly => history_only += 1,
             Verdict::Rejected(_) => rejected += 1,
             Verdict::Duplicate => {}
+        }
+        if pickup_index.is_some_and(|k| i >= k) && !picked_up {
+            // Picked up as soon as the courier got there: the dwell of the protocol is 0.
+            picked_up = estimator.advance();
         }
         in_force_after.push(current);
     }
@@ -353,6 +461,7 @@ fn run_trip(
         ErrorSum::default(),
     );
     let mut rows = Vec::new();
+    let mut window_outcomes = Vec::new();
     let mut i = 0;
     let mut instant = t_first + step_ms;
     while t_last - instant > min_left_ms {
@@ -381,6 +490,11 @@ fn run_trip(
             ours.add(ours_s, truth_s);
             straight.add(straight_s, truth_s);
             perfect.add(perfect_s, truth_s);
+            let w = estimate.window;
+            window_outcomes.push((
+                (w.earliest_ms..=w.latest_ms).contains(&t_last),
+                (w.latest_ms - w.earliest_ms) as f64 / 1000.0,
+            ));
             rows.push(TraceRow {
                 t_s: (instant - t_first) as f64 / 1000.0,
                 truth_s,
@@ -391,6 +505,10 @@ fn run_trip(
                 matched_progress_m: estimate.progress_m,
                 on_route: estimate.on_route,
                 speed_mps: estimate.speed_mps,
+                window_s: (
+                    (w.earliest_ms - instant) as f64 / 1000.0,
+                    (w.latest_ms - instant) as f64 / 1000.0,
+                ),
             });
         }
         instant += step_ms;
@@ -411,6 +529,8 @@ fn run_trip(
         trackline: ours.score(),
         straight_line: straight.score(),
         route_true_progress: perfect.score(),
+        window: WindowScore::of(&window_outcomes),
+        window_outcomes,
     };
     Ok((report, rows))
 }
@@ -438,6 +558,12 @@ pub fn evaluate(trips: &[(String, Trip)], config: &EvalConfig) -> Result<EvalRep
         } else {
             f64::NAN
         },
+        window: WindowScore::of(
+            &trips
+                .iter()
+                .flat_map(|t| t.window_outcomes.iter().copied())
+                .collect::<Vec<_>>(),
+        ),
     };
     Ok(EvalReport { trips, pooled })
 }
@@ -447,34 +573,45 @@ impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16}",
-            "trip", "fixes", "route_m", "evals", "trackline", "(a) straight", "(b) true progress"
+            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16} | {:>14}",
+            "trip",
+            "fixes",
+            "route_m",
+            "evals",
+            "trackline",
+            "(a) straight",
+            "(b) true progress",
+            "window in/width"
         )?;
+        let window =
+            |w: WindowScore| format!("{:>5.1}% {:>5.0} s", 100.0 * w.coverage, w.median_width_s);
         let cell = |s: Score| format!("{:>6.0} s {:>5.1}%", s.mae_s, s.mape_pct);
         for t in &self.trips {
             writeln!(
                 f,
-                "{:<42} {:>6} {:>7.0} {:>6} | {:>16} | {:>16} | {:>16}",
+                "{:<42} {:>6} {:>7.0} {:>6} | {:>16} | {:>16} | {:>16} | {:>14}",
                 t.name,
                 t.fixes,
                 t.route_m,
                 t.instants,
                 cell(t.trackline),
                 cell(t.straight_line),
-                cell(t.route_true_progress)
+                cell(t.route_true_progress),
+                window(t.window)
             )?;
         }
         let p = &self.pooled;
         writeln!(
             f,
-            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16}",
+            "{:<42} {:>6} {:>7} {:>6} | {:>16} | {:>16} | {:>16} | {:>14}",
             "pooled",
             "",
             "",
             p.instants,
             cell(p.trackline),
             cell(p.straight_line),
-            cell(p.route_true_progress)
+            cell(p.route_true_progress),
+            window(p.window)
         )?;
         write!(
             f,
@@ -566,5 +703,27 @@ mod tests {
         let p = &report.pooled;
         assert!(p.trackline.mae_s < p.route_true_progress.mae_s, "{report}");
         assert!(p.trackline.mae_s < p.straight_line.mae_s, "{report}");
+    }
+
+    #[test]
+    fn a_pickup_on_the_way_costs_little_and_the_window_covers_most_arrivals() {
+        let trips: Vec<(String, Trip)> =
+            TRIPS.iter().map(|n| (n.to_string(), testdata(n))).collect();
+        let single = evaluate(&trips, &EvalConfig::default()).unwrap();
+        let two_leg = evaluate(
+            &trips,
+            &EvalConfig {
+                pickup_at: Some(0.4),
+                ..EvalConfig::default()
+            },
+        )
+        .unwrap();
+        let ratio = two_leg.pooled.trackline.mae_s / single.pooled.trackline.mae_s;
+        assert!(ratio < 1.1, "two-leg MAE {ratio:.2} x the single-leg one");
+        for report in [&single, &two_leg] {
+            let coverage = report.pooled.window.coverage;
+            assert!((0.7..=0.9).contains(&coverage), "{report}");
+            assert!(report.pooled.window.median_width_s > 0.0);
+        }
     }
 }

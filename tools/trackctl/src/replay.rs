@@ -224,6 +224,7 @@ mod tests {
                 epoch: "e".into(),
                 updated_at_ms: 0,
                 promised_at_ms: None,
+                stops: Vec::new(),
             },
             route: Some(vec![[45.0, 13.0], [45.01, 13.0]]),
             rejected: Some(Default::default()),

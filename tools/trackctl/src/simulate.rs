@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
 use trackline_core::order::OrderStatus;
 use trackline_core::{CourierId, OrderId};
-use trackline_rest::{CreateOrder, Point};
+use trackline_rest::CreateOrder;
 
 use crate::api::{Api, HttpError};
 use crate::courier::{
@@ -521,11 +521,12 @@ async fn create_orders(
             .collect();
         let order = CreateOrder {
             order_id,
-            destination: Point::from(plan.trip.destination()),
+            destination: plan.trip.destination().into(),
             courier_id: Some(plan.courier_id.clone()),
             // an empty plan is left out, as if there were none
             route: Some(route).filter(|route: &Vec<_>| !route.is_empty()),
             promised_at_ms: None,
+            pickup: None,
         };
         requests.push((order, plan));
     }

@@ -247,7 +247,15 @@ pub struct Progress {
     pub updated_at_ms: i64,
     pub position: Option<Position>,
     pub eta: Option<Eta>,
+    /// The ETA of the pickup ahead, when the order has one.
+    pub pickup_eta: Option<Eta>,
 }
+
+/// Bits of the progress's flags byte: what follows it.
+const HAS_POSITION: u8 = 1;
+const HAS_ETA: u8 = 1 << 1;
+const HAS_WINDOW: u8 = 1 << 2;
+const HAS_PICKUP_ETA: u8 = 1 << 3;
 
 impl Progress {
     pub fn of(record: &OrderRecord) -> Self {
@@ -257,6 +265,7 @@ impl Progress {
             updated_at_ms: record.updated_at_ms,
             position: record.position,
             eta: record.eta,
+            pickup_eta: record.pickup_eta,
         }
     }
 
@@ -268,6 +277,7 @@ impl Progress {
             record.updated_at_ms = self.updated_at_ms;
             record.position = self.position;
             record.eta = self.eta;
+            record.pickup_eta = self.pickup_eta;
         }
     }
 
@@ -275,7 +285,12 @@ impl Progress {
         put_u64(buf, self.offset);
         put_u64(buf, self.last_seq);
         put_i64(buf, self.updated_at_ms);
-        let flags = u8::from(self.position.is_some()) | u8::from(self.eta.is_some()) << 1;
+        let window = self.eta.and_then(|e| e.window);
+        let flag = |present: bool, bit: u8| if present { bit } else { 0 };
+        let flags = flag(self.position.is_some(), HAS_POSITION)
+            | flag(self.eta.is_some(), HAS_ETA)
+            | flag(window.is_some(), HAS_WINDOW)
+            | flag(self.pickup_eta.is_some(), HAS_PICKUP_ETA);
         buf.push(flags);
         if let Some(p) = &self.position {
             buf.extend_from_slice(&p.lat.to_le_bytes());
@@ -295,6 +310,14 @@ impl Progress {
             put_i64(buf, e.seconds);
             put_i64(buf, e.arrive_at_ms);
         }
+        if let Some(w) = window {
+            put_i64(buf, w.earliest_ms);
+            put_i64(buf, w.latest_ms);
+        }
+        if let Some(e) = &self.pickup_eta {
+            put_i64(buf, e.seconds);
+            put_i64(buf, e.arrive_at_ms);
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -302,7 +325,7 @@ impl Progress {
         let last_seq = r.u64()?;
         let updated_at_ms = r.i64()?;
         let flags = r.u8()?;
-        let position = if flags & 1 != 0 {
+        let position = if flags & HAS_POSITION != 0 {
             let (lat, lon, time_ms) = (r.f64()?, r.f64()?, r.i64()?);
             let mut optional = [None; 3];
             for slot in &mut optional {
@@ -321,20 +344,34 @@ impl Progress {
         } else {
             None
         };
-        let eta = if flags & 2 != 0 {
-            Some(Eta {
+        // An ETA as stored: seconds, then the arrival time (fields are read in this order).
+        let read_eta = |r: &mut Reader<'_>| -> Result<Eta, DecodeError> {
+            Ok(Eta {
                 seconds: r.i64()?,
                 arrive_at_ms: r.i64()?,
+                window: None,
             })
-        } else {
-            None
         };
+        let mut eta = (flags & HAS_ETA != 0).then(|| read_eta(r)).transpose()?;
+        if flags & HAS_WINDOW != 0 {
+            let window = crate::stops::EtaWindow {
+                earliest_ms: r.i64()?,
+                latest_ms: r.i64()?,
+            };
+            if let Some(eta) = &mut eta {
+                eta.window = Some(window);
+            }
+        }
+        let pickup_eta = (flags & HAS_PICKUP_ETA != 0)
+            .then(|| read_eta(r))
+            .transpose()?;
         Ok(Self {
             offset,
             last_seq,
             updated_at_ms,
             position,
             eta,
+            pickup_eta,
         })
     }
 
@@ -433,7 +470,12 @@ mod tests {
             eta: Some(Eta {
                 seconds: 60,
                 arrive_at_ms: 61_000,
+                window: Some(crate::stops::EtaWindow {
+                    earliest_ms: 40_000,
+                    latest_ms: 100_000,
+                }),
             }),
+            pickup_eta: Some(Eta::arriving(1000, 31_000)),
         };
         assert_eq!(
             Progress::from_bytes(&progress.to_bytes()).unwrap(),
@@ -442,6 +484,7 @@ mod tests {
         let bare = Progress {
             position: None,
             eta: None,
+            pickup_eta: None,
             ..progress
         };
         assert_eq!(Progress::from_bytes(&bare.to_bytes()).unwrap(), bare);

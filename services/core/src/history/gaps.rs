@@ -135,6 +135,7 @@ mod tests {
                     updated_at_ms: 0,
                     position: None,
                     eta: None,
+                    pickup_eta: None,
                 },
             )],
             ..Default::default()

@@ -182,6 +182,7 @@ mod tests {
             record.eta = Some(Eta {
                 seconds: 300,
                 arrive_at_ms,
+                window: None,
             });
             kinds(&tracker.changes(&record, 0))
         };

@@ -12,6 +12,7 @@ pub mod history_formats;
 pub mod openapi;
 pub mod orders;
 pub mod pages;
+pub mod stops;
 pub mod streams;
 pub mod tokens;
 pub mod webhooks;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use trackline_core::auth::Role;
 use trackline_core::fix::Fix;
 use trackline_core::order::{OrderRecord, OrderStatus, OrderView};
+use trackline_core::stops::MAX_DWELL_S;
 use trackline_core::{now_ms, OrderId};
 use trackline_rest::{
     AssignCourier, ChangeStatus, CreateOrder, ErrorAnswer, GeoJsonHistory, History, HistoryQuery,
@@ -32,7 +33,8 @@ const MAX_ROUTE_POINTS: usize = 20_000;
     responses(
         (status = 201, description = "created", body = OrderCreated),
         (status = 400, description = "`bad_order_id`, `bad_courier_id`, `bad_coordinates`, \
-                                      `bad_route`, `bad_json`, `bad_content_type`",
+                                      `bad_route`, `bad_pickup`, `bad_dwell`, `bad_ready_at`, \
+                                      `bad_json`, `bad_content_type`",
          body = ErrorAnswer),
         (status = 409, description = "`order_exists`", body = ErrorAnswer),
     ),
@@ -48,33 +50,28 @@ pub async fn create_order(
     let order = order_id(&body.order_id)?;
     let destination = lat_lon(body.destination.lat, body.destination.lon, "destination")?;
     let courier = body.courier_id.as_deref().map(courier_id).transpose()?;
-    let route = match body.route {
-        Some(points) if points.len() < 2 || points.len() > MAX_ROUTE_POINTS => {
-            return Err(ApiError::BadRequest(
-                "bad_route",
-                format!(
-                    "a route has 2 to {MAX_ROUTE_POINTS} points, not {}",
-                    points.len()
-                ),
-            ));
-        }
-        Some(points) => Some(
-            points
-                .iter()
-                .enumerate()
-                .map(|(i, [lat, lon])| lat_lon(*lat, *lon, &format!("route point {i}")))
-                .collect::<ApiResult<Vec<_>>>()?,
-        ),
-        None => None,
-    };
-    let record = OrderRecord::new(
+    let route = planned_route(body.route.as_deref(), "bad_route", "route")?;
+    let destination_dwell_s = body
+        .destination
+        .dwell_s
+        .map(|d| dwell(d, "destination"))
+        .transpose()?;
+    let now = now_ms();
+    let pickup = body
+        .pickup
+        .as_ref()
+        .map(|p| crate::http::stops::pickup(p, now))
+        .transpose()?;
+    let mut record = OrderRecord::new(
         order.clone(),
         destination,
         courier,
         route,
         body.promised_at_ms,
-        now_ms(),
+        now,
     );
+    record.pickup = pickup;
+    record.destination_dwell_s = destination_dwell_s;
     if let Some(courier) = &record.courier_id {
         app.topology.link(courier, &order, true).await?;
     }
@@ -103,6 +100,45 @@ pub async fn create_order(
         watch_token,
         watch_url,
     }))
+}
+
+/// A planned route of a request, checked: 2 to [`MAX_ROUTE_POINTS`] valid points (a 400 with
+/// `code` otherwise).
+pub(crate) fn planned_route(
+    points: Option<&[[f64; 2]]>,
+    code: &'static str,
+    what: &str,
+) -> ApiResult<Option<Vec<trackline_core::LatLon>>> {
+    let Some(points) = points else {
+        return Ok(None);
+    };
+    if points.len() < 2 || points.len() > MAX_ROUTE_POINTS {
+        return Err(ApiError::BadRequest(
+            code,
+            format!(
+                "a {what} has 2 to {MAX_ROUTE_POINTS} points, not {}",
+                points.len()
+            ),
+        ));
+    }
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, [lat, lon])| lat_lon(*lat, *lon, &format!("{what} point {i}")))
+        .collect::<ApiResult<Vec<_>>>()
+        .map(Some)
+}
+
+/// A handover time of a request, checked: 0 to [`MAX_DWELL_S`] seconds.
+pub(crate) fn dwell(seconds: f64, what: &str) -> ApiResult<f64> {
+    if seconds.is_finite() && (0.0..=MAX_DWELL_S).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(ApiError::BadRequest(
+            "bad_dwell",
+            format!("{what}: dwell_s is 0 to {MAX_DWELL_S} seconds, not {seconds}"),
+        ))
+    }
 }
 
 /// The durable view of an order: from its actor when active, else from the store.

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use trackline_core::order::{Eta, OrderStatus, OrderView, Position};
+use trackline_core::stops::{EtaWindow, StopKind, StopView};
 use trackline_core::{CourierId, LatLon, OrderId};
 
 use crate::config::Config;
@@ -61,6 +62,8 @@ const HAS_SPEED: u8 = 1 << 1;
 const HAS_HEADING: u8 = 1 << 2;
 const HAS_ACCURACY: u8 = 1 << 3;
 const HAS_ETA: u8 = 1 << 4;
+const HAS_WINDOW: u8 = 1 << 5;
+const HAS_PICKUP_ETA: u8 = 1 << 6;
 
 /// One update as the resume buffer keeps it: what changes from one update to the next. The
 /// offset is its place in the buffer; ids, destination and epoch are in a [`Head`] or the buffer.
@@ -80,6 +83,13 @@ struct Entry {
     accuracy_m: f32,
     /// Milliseconds from the buffer's base to when it was published (for the age bound).
     published_ms: u32,
+    /// The window's sides, seconds before and after the ETA (whole seconds, at most half a
+    /// day: see `trackline_core::stops::MAX_WINDOW_SIDE_S`).
+    window_early_s: u16,
+    window_late_s: u16,
+    /// Seconds from the position's time to the pickup, while it is ahead (a pickup ETA is
+    /// anchored to the fix, as the order's is).
+    pickup_eta_s: u16,
     status: OrderStatus,
     has: u8,
 }
@@ -89,6 +99,20 @@ impl Entry {
         let flag = |present: bool, bit: u8| if present { bit } else { 0 };
         let position = view.position;
         let eta = view.eta;
+        let window = eta.and_then(|e| {
+            let w = e.window?;
+            let side = |ms: i64| u16::try_from(ms / 1000).ok();
+            Some((
+                side(e.arrive_at_ms - w.earliest_ms)?,
+                side(w.latest_ms - e.arrive_at_ms)?,
+            ))
+        });
+        let pickup_eta = view
+            .stops
+            .iter()
+            .find(|s| s.kind == StopKind::Pickup)
+            .and_then(|s| s.eta)
+            .and_then(|e| u16::try_from(e.seconds).ok());
         Self {
             lat: position.map_or(0.0, |p| p.lat),
             lon: position.map_or(0.0, |p| p.lon),
@@ -111,7 +135,12 @@ impl Entry {
                     position.is_some_and(|p| p.accuracy_m.is_some()),
                     HAS_ACCURACY,
                 )
-                | flag(eta.is_some(), HAS_ETA),
+                | flag(eta.is_some(), HAS_ETA)
+                | flag(window.is_some(), HAS_WINDOW)
+                | flag(pickup_eta.is_some(), HAS_PICKUP_ETA),
+            window_early_s: window.map_or(0, |w| w.0),
+            window_late_s: window.map_or(0, |w| w.1),
+            pickup_eta_s: pickup_eta.unwrap_or_default(),
         }
     }
 
@@ -134,6 +163,22 @@ impl Entry {
         self.has(HAS_ETA).then_some(Eta {
             seconds: self.eta_seconds,
             arrive_at_ms: self.eta_arrive_at_ms,
+            window: self.has(HAS_WINDOW).then(|| EtaWindow {
+                earliest_ms: self.eta_arrive_at_ms - i64::from(self.window_early_s) * 1000,
+                latest_ms: self.eta_arrive_at_ms + i64::from(self.window_late_s) * 1000,
+            }),
+        })
+    }
+
+    /// The ETA of the pickup ahead, as published.
+    fn pickup_eta(&self) -> Option<Eta> {
+        self.has(HAS_PICKUP_ETA).then(|| {
+            let seconds = i64::from(self.pickup_eta_s);
+            Eta {
+                seconds,
+                arrive_at_ms: self.time_ms + seconds * 1000,
+                window: None,
+            }
         })
     }
 }
@@ -147,6 +192,8 @@ struct Head {
     courier_id: Option<CourierId>,
     destination: LatLon,
     promised_at_ms: Option<i64>,
+    /// The order's stops without their ETAs (they change at a status change, not per fix).
+    stops: Vec<StopView>,
 }
 
 impl Head {
@@ -157,6 +204,11 @@ impl Head {
             courier_id: view.courier_id.clone(),
             destination: view.destination,
             promised_at_ms: view.promised_at_ms,
+            stops: view
+                .stops
+                .iter()
+                .map(|stop| StopView { eta: None, ..*stop })
+                .collect(),
         }
     }
 
@@ -165,6 +217,12 @@ impl Head {
             && self.courier_id == view.courier_id
             && self.destination == view.destination
             && self.promised_at_ms == view.promised_at_ms
+            && self.stops.len() == view.stops.len()
+            && self
+                .stops
+                .iter()
+                .zip(&view.stops)
+                .all(|(kept, shown)| kept.reached_at_ms == shown.reached_at_ms)
     }
 }
 
@@ -318,6 +376,19 @@ impl ResumeBuffer {
             epoch: self.epoch.clone(),
             updated_at_ms: entry.updated_at_ms,
             promised_at_ms: head.promised_at_ms,
+            // A stop ahead shows its ETA: the door's is the update's, without the window.
+            stops: head
+                .stops
+                .iter()
+                .map(|stop| StopView {
+                    eta: match (stop.kind, stop.reached_at_ms) {
+                        (StopKind::Dropoff, None) => entry.eta().map(|e| Eta { window: None, ..e }),
+                        (StopKind::Pickup, None) => entry.pickup_eta(),
+                        _ => None,
+                    },
+                    ..*stop
+                })
+                .collect(),
         })
     }
 }
@@ -356,10 +427,34 @@ pub(crate) mod tests {
             heading_deg: (!offset.is_multiple_of(5)).then_some(188.1433),
             accuracy_m: (!offset.is_multiple_of(4)).then_some(4.5),
         });
+        let arrive_at_ms = 1_795_498_999_000 + offset as i64;
         record.eta = (offset % 6 != 1).then_some(Eta {
             seconds: 600 - offset as i64,
-            arrive_at_ms: 1_795_498_999_000 + offset as i64,
+            arrive_at_ms,
+            window: (offset % 5 != 2).then_some(EtaWindow {
+                earliest_ms: arrive_at_ms - 60_000 - offset as i64 * 1000,
+                latest_ms: arrive_at_ms + 240_000,
+            }),
         });
+        record.pickup = Some(trackline_core::stops::Pickup {
+            at: LatLon::new(45.27, 13.71),
+            ready_at_ms: None,
+            dwell_s: None,
+            route: None,
+        });
+        // Heading to the pickup until offset 20, then picked up there (the stops change).
+        if offset <= 20 {
+            record.status = OrderStatus::Assigned;
+            record.pickup_eta = record
+                .position
+                .filter(|_| offset % 4 != 1)
+                .map(|p| Eta::arriving(p.time_ms, p.time_ms + 90_000 - offset as i64 * 1000));
+        } else {
+            record.status_log.push(trackline_core::order::StatusChange {
+                status: OrderStatus::PickedUp,
+                at_ms: 1_795_498_397_000,
+            });
+        }
         record.view()
     }
 

@@ -19,6 +19,15 @@ struct Traced<'a> {
     traces: Vec<TripTrace>,
 }
 
+/// The JSON of a run with `--pickup-at`: both protocols and how they compare.
+#[derive(Serialize)]
+struct BothProtocols<'a> {
+    single_leg: &'a EvalReport,
+    two_leg: &'a EvalReport,
+    /// Two-leg pooled MAE / single-leg pooled MAE.
+    two_leg_mae_ratio: f64,
+}
+
 #[derive(Serialize)]
 struct TripTrace {
     name: String,
@@ -42,6 +51,30 @@ pub fn run(args: &EtaEvalArgs) -> anyhow::Result<ExitCode> {
     }
     let config = EvalConfig::default();
     let report = evaluate(&trips, &config).context("evaluating the ETA")?;
+    if let Some(pickup_at) = args.pickup_at {
+        let two_leg_config = EvalConfig {
+            pickup_at: Some(pickup_at),
+            ..config
+        };
+        let two_leg = evaluate(&trips, &two_leg_config).context("evaluating the two-leg ETA")?;
+        let ratio = two_leg.pooled.trackline.mae_s / report.pooled.trackline.mae_s;
+        if args.json {
+            super::print_json(&BothProtocols {
+                single_leg: &report,
+                two_leg: &two_leg,
+                two_leg_mae_ratio: ratio,
+            })?;
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "single leg\n{report}\n\ntwo legs, pickup at {:.0} % of each trip\n{two_leg}\ntwo-leg MAE / single-leg MAE = {ratio:.2}",
+                100.0 * pickup_at
+            )
+            .context("writing the report")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let traces = if args.trace {
         trips
             .iter()

@@ -143,11 +143,13 @@ mod tests {
             eta: eta.map(|at| Eta {
                 seconds: 0,
                 arrive_at_ms: at,
+                window: None,
             }),
             offset: 1,
             epoch: "e".into(),
             updated_at_ms: now - 65_000,
             promised_at_ms: None,
+            stops: Vec::new(),
         };
         let orders = [
             order("o-1", OrderStatus::PickedUp, Some(now + 245_000)),

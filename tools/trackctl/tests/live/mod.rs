@@ -12,7 +12,7 @@ use trackline_core::fix::Fix;
 use trackline_core::order::OrderStatus;
 use trackline_core::LatLon;
 use trackline_proto::v1;
-use trackline_rest::{CreateOrder, OrderDetail, Point};
+use trackline_rest::{CreateOrder, OrderDetail};
 use trackline_tests::TestServer;
 
 use crate::common::{testdata_trip, trackctl};
@@ -69,7 +69,7 @@ impl Live {
     pub fn create_order(&self, order: &str, courier: Option<&str>, trip: &Trip) {
         let new = CreateOrder {
             order_id: order.into(),
-            destination: Point::from(trip.destination()),
+            destination: trip.destination().into(),
             courier_id: courier.map(String::from),
             route: Some(
                 trip.simplified_route(50.0)
@@ -78,6 +78,7 @@ impl Live {
                     .collect(),
             ),
             promised_at_ms: None,
+            pickup: None,
         };
         self.runtime
             .block_on(self.api().create_order(&self.ops_token(), &new))

@@ -167,6 +167,11 @@ impl Handler<SetStatus> for OrderActor {
                 }
             }
             let next = record.status.request(msg.status)?;
+            if next == OrderStatus::PickedUp && record.status != OrderStatus::PickedUp {
+                // Collected: the estimate heads for the door from here.
+                act.eta.advance();
+                record.pickup_eta = None;
+            }
             record.set_status(next, now_ms());
             Ok(record.status.is_final().then(|| Relink {
                 order: record.order_id.clone(),

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use trackline_core::eta::{EtaConfig, EtaEstimator};
+use trackline_core::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::now_ms;
-use trackline_core::order::{OrderRecord, OrderStatus, Position};
+use trackline_core::order::{Eta, OrderRecord, OrderStatus, Position};
 use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
 
 use crate::orders::fanout::{Fanout, Streams};
@@ -106,11 +106,7 @@ pub struct OrderActor {
 
 impl OrderActor {
     pub fn new(record: OrderRecord, deps: OrderDeps) -> Self {
-        let eta = EtaEstimator::new(
-            record.destination,
-            record.route.clone(),
-            deps.settings.eta.clone(),
-        );
+        let eta = estimator_for(&record, &deps.settings.eta);
         let filter = GpsFilter::new(deps.settings.filter.clone());
         let hook_state = deps
             .store
@@ -295,15 +291,52 @@ impl OrderActor {
     /// Applies one validated fix that the filter let through to the live state.
     fn apply_live(&mut self, fix: &Fix, shown: trackline_core::LatLon) {
         let estimate = self.eta.update(fix, shown);
+        let heading_to_pickup = self.eta.stops_ahead() > 0;
         self.record.position = Some(Position::shown(fix, shown));
-        self.record.eta = Some(estimate.into());
-        if self.record.status == OrderStatus::PickedUp
-            && estimate.to_destination_m <= self.deps.settings.arrival_radius_m
-        {
-            self.record.set_status(OrderStatus::Arriving, fix.time_ms);
+        // The order's ETA is its door's, past the stops ahead; a pickup ahead has its own.
+        let door_ms = self.eta.arrivals_ms().last().copied();
+        self.record.eta = Some(Eta {
+            window: self.eta.window(),
+            ..Eta::arriving(fix.time_ms, door_ms.unwrap_or(estimate.arrive_at_ms))
+        });
+        self.record.pickup_eta = heading_to_pickup.then(|| estimate.into());
+        let arrived = estimate.to_destination_m <= self.deps.settings.arrival_radius_m;
+        let reached = match self.record.status {
+            OrderStatus::Assigned if heading_to_pickup => Some(OrderStatus::AtPickup),
+            OrderStatus::PickedUp if !heading_to_pickup => Some(OrderStatus::Arriving),
+            _ => None,
+        };
+        if let (Some(status), true) = (reached, arrived) {
+            self.record.set_status(status, fix.time_ms);
             self.record_changed = true;
         }
         self.next_frame();
+    }
+}
+
+/// The estimator of `record` as it stands: towards the pickup first while the order has not
+/// been picked up, else straight to the door.
+pub(super) fn estimator_for(record: &OrderRecord, config: &EtaConfig) -> EtaEstimator {
+    let before_pickup = matches!(
+        record.status,
+        OrderStatus::Created | OrderStatus::Assigned | OrderStatus::AtPickup
+    );
+    match &record.pickup {
+        Some(pickup) if before_pickup => EtaEstimator::with_stops(
+            vec![
+                pickup.planned(),
+                PlannedStop {
+                    at: record.destination,
+                    route: record.route.clone(),
+                    handover: Handover {
+                        ready_at_ms: None,
+                        dwell_s: record.destination_dwell_s.unwrap_or(0.0),
+                    },
+                },
+            ],
+            config.clone(),
+        ),
+        _ => EtaEstimator::new(record.destination, record.route.clone(), config.clone()),
     }
 }
 
