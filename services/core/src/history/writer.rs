@@ -350,7 +350,8 @@ impl Writer {
     /// the segment that holds them is sealed: compaction waits for what the filer was given.
     fn file_events(&mut self, events: &mut Vec<crate::webhooks::WebhookEvent>, durable: bool) {
         let events = std::mem::take(events);
-        if durable && !events.is_empty() {
+        // Without an endpoint the filer would store nothing: spare it the wake-up.
+        if durable && !events.is_empty() && self.trees.webhooks.has_endpoints() {
             let filer = self
                 .trees
                 .filer
