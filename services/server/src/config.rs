@@ -24,9 +24,10 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_COMPACT_EVERY_S", default_value_t = 15.0)]
     pub compact_every_s: f64,
 
-    /// Milliseconds the history writer gathers writes after the first before it syncs them
-    /// together: more fixes per sync (less CPU and disk work per fix) for this much latency.
-    #[arg(long, env = "TRACKLINE_COMMIT_WINDOW_MS", default_value_t = 2.0)]
+    /// Shortest time between two syncs of the history writer, in milliseconds: writes that come
+    /// within it are synced together (less CPU and disk work per fix, for up to this much
+    /// latency under load); a write that finds the writer idle is synced at once.
+    #[arg(long, env = "TRACKLINE_COMMIT_WINDOW_MS", default_value_t = 3.0)]
     pub commit_window_ms: f64,
 
     /// MiB of history pages the store keeps in memory (sled's page cache): reads of recent

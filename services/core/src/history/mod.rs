@@ -134,9 +134,11 @@ pub struct StoreOptions {
     /// A log segment is sealed and folded into sled once it is this old (or this big).
     pub compact_every: Duration,
     pub max_segment_bytes: u64,
-    /// How long the writer gathers jobs after the first one before it syncs: a fleet's fixes
-    /// arrive one at a time, and without a wait almost every sync would carry a single fix
-    /// (each sync costs the disk's round trip and tens of microseconds of kernel CPU).
+    /// The shortest time between the starts of two syncs: a job that comes to an idle writer
+    /// is synced at once, and the jobs that come while the last sync is younger than this wait
+    /// for the window to end and share the next one. A fleet's fixes arrive one at a time, and
+    /// without a window almost every sync would carry a single fix (each sync costs the disk's
+    /// round trip and tens of microseconds of kernel CPU).
     pub commit_window: Duration,
     /// Bytes of history pages sled keeps in memory: what was written lately, for reads. It fills
     /// as history is written and then stays at this bound, whatever the number of orders.
@@ -148,7 +150,7 @@ impl Default for StoreOptions {
         Self {
             compact_every: Duration::from_secs(15),
             max_segment_bytes: 64 * 1024 * 1024,
-            commit_window: Duration::from_millis(2),
+            commit_window: Duration::from_millis(3),
             cache_bytes: 256 * 1024 * 1024,
         }
     }

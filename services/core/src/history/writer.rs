@@ -4,7 +4,7 @@
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -161,6 +161,7 @@ pub(super) fn start(
         trees,
         segment,
         opened: Instant::now(),
+        last_sync: None,
         sealed: sealed_tx,
         options,
         gaps: Gaps::default(),
@@ -211,6 +212,8 @@ struct Writer {
     segment: Segment,
     /// When the open segment got its first record (or was opened).
     opened: Instant,
+    /// When the last group started its sync: the next one waits out the commit window from then.
+    last_sync: Option<Instant>,
     sealed: mpsc::Sender<()>,
     options: StoreOptions,
     /// Orders whose fixes a failed group lacks, and whose earlier-issued writes are refused.
@@ -245,9 +248,12 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let started = Instant::now();
-            if !self.options.commit_window.is_zero() {
-                // One sleep, not a wake-up per job that comes meanwhile.
-                std::thread::sleep(self.options.commit_window);
+            // At most one sync per commit window: a job that finds the writer idle for longer is
+            // synced at once, and under load the jobs that come within a window share one sync
+            // (one sleep, not a wake-up per job that comes meanwhile).
+            let since_sync = self.last_sync.map_or(Duration::MAX, |at| started - at);
+            if let Some(wait) = self.options.commit_window.checked_sub(since_sync) {
+                std::thread::sleep(wait);
             }
             while jobs.len() < MAX_JOBS_PER_SYNC {
                 match queue.try_recv() {
@@ -255,6 +261,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.last_sync = Some(Instant::now());
             self.group(&mut jobs, started);
             self.seal_if_due();
         }
