@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::eta::{Handover, PlannedStop};
+use crate::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
 use crate::fix::LatLon;
 use crate::order::Eta;
 
@@ -39,6 +39,31 @@ impl Pickup {
             },
         }
     }
+}
+
+/// The estimator of an order: towards `pickup` first when it is still to be collected (else
+/// `None`), then to the destination along `route`. The server and `trackctl replay` both build
+/// it here, so that a replayed ETA is the one the server published.
+pub fn order_estimator(
+    pickup: Option<&Pickup>,
+    destination: LatLon,
+    destination_dwell_s: Option<f64>,
+    route: Option<Vec<LatLon>>,
+    config: EtaConfig,
+) -> EtaEstimator {
+    let door = PlannedStop {
+        at: destination,
+        route,
+        handover: Handover {
+            ready_at_ms: None,
+            dwell_s: destination_dwell_s.unwrap_or(0.0),
+        },
+    };
+    let stops = match pickup {
+        Some(pickup) => vec![pickup.planned(), door],
+        None => vec![door],
+    };
+    EtaEstimator::with_stops(stops, config)
 }
 
 /// What a courier does at a stop.

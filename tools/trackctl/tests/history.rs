@@ -124,6 +124,60 @@ fn replay_shows_every_fix_the_status_changes_and_the_eta_the_server_published() 
 }
 
 #[test]
+fn replay_shows_the_pickup_its_eta_and_the_window_the_server_published() {
+    let live = Live::start();
+    let trip = testdata_trip("run_vincennes_head.csv");
+    // A trip with no refused fix: a refused fix is never stored, so a replay could not give the
+    // filter the state the server's had after it, and the ETAs would differ by seconds.
+    // The pickup halfway along the trip; the food is ready half an hour from now, so the door
+    // ETA carries the wait, and the courier is never handed the order (no `picked_up`).
+    let middle = trip.points[trip.points.len() / 2].pos;
+    let mut new = live::order_request("o-pick", Some("c-pick"), &trip);
+    new.pickup = Some(trackline_rest::PickupRequest {
+        lat: middle.lat,
+        lon: middle.lon,
+        ready_at_ms: Some(trackline_core::now_ms() + 30 * 60 * 1000),
+        dwell_s: Some(300.0),
+        route: None,
+    });
+    live.create(&new);
+    live.stream("c-pick", &trip);
+    let served = live.order("o-pick");
+    assert!(served.pickup.is_some(), "ops see the pickup");
+    let published = served.state.eta.expect("an eta");
+
+    let text = stdout_of(&mut live.trackctl(&["replay", "o-pick", "--fast", "--json"]));
+    let events = json_lines(&text);
+    let fixes = of_type(&events, "fix");
+    let last = fixes.last().unwrap();
+    // the door ETA and the window recomputed at the last fix are the ones the server published
+    assert_eq!(last["arrive_at_ms"], published.arrive_at_ms);
+    let window = published.window.expect("a window");
+    assert_eq!(last["window"]["earliest_ms"], window.earliest_ms);
+    assert_eq!(last["window"]["latest_ms"], window.latest_ms);
+    // heading to the pickup all along: each live fix has its ETA there, before the door's
+    for fix in fixes.iter().filter(|f| f["verdict"] == "live") {
+        let pickup_s = fix["pickup_eta_s"].as_i64().expect("a pickup eta");
+        assert!(pickup_s < fix["eta_s"].as_i64().unwrap(), "{fix}");
+    }
+    assert!(
+        of_type(&events, "status")
+            .iter()
+            .any(|e| e["status"] == "at_pickup"),
+        "{text}"
+    );
+
+    let output = run(&mut live.trackctl(&["replay", "o-pick", "--fast"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.lines().next().unwrap().contains("window"), "{table}");
+    assert!(table.contains("pickup in "), "{table}");
+    assert!(table.contains("-- status at_pickup --"), "{table}");
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("stops: pickup "), "{stderr}");
+}
+
+#[test]
 fn replay_to_order_restreams_the_route_as_the_other_orders_courier() {
     let live = Live::start();
     live.ride("o-run", "c-run", "run_vincennes_head.csv", true);

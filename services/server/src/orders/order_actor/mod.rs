@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use trackline_core::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
+use trackline_core::eta::{EtaConfig, EtaEstimator};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::now_ms;
 use trackline_core::order::{Eta, OrderRecord, OrderStatus, Position};
+use trackline_core::stops;
 use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
 
 use crate::orders::fanout::{Fanout, Streams};
@@ -321,23 +322,13 @@ pub(super) fn estimator_for(record: &OrderRecord, config: &EtaConfig) -> EtaEsti
         record.status,
         OrderStatus::Created | OrderStatus::Assigned | OrderStatus::AtPickup
     );
-    match &record.pickup {
-        Some(pickup) if before_pickup => EtaEstimator::with_stops(
-            vec![
-                pickup.planned(),
-                PlannedStop {
-                    at: record.destination,
-                    route: record.route.clone(),
-                    handover: Handover {
-                        ready_at_ms: None,
-                        dwell_s: record.destination_dwell_s.unwrap_or(0.0),
-                    },
-                },
-            ],
-            config.clone(),
-        ),
-        _ => EtaEstimator::new(record.destination, record.route.clone(), config.clone()),
-    }
+    stops::order_estimator(
+        record.pickup.as_ref().filter(|_| before_pickup),
+        record.destination,
+        record.destination_dwell_s,
+        record.route.clone(),
+        config.clone(),
+    )
 }
 
 impl Actor for OrderActor {
