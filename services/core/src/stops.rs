@@ -1,10 +1,12 @@
-//! The stops of a delivery (a pickup before the door) and the arrival window around an ETA.
+//! The stops of a delivery (a pickup before the door), a courier's plan of the stops of all its
+//! orders, and the arrival window around an ETA.
 
 use serde::{Deserialize, Serialize};
 
 use crate::eta::{Handover, PlannedStop};
 use crate::fix::LatLon;
 use crate::order::Eta;
+use crate::OrderId;
 
 /// The handover time assumed at a stop that names none, seconds.
 pub const DEFAULT_DWELL_S: f64 = 120.0;
@@ -82,6 +84,122 @@ impl StopView {
             reached_at_ms: self.reached_at_ms,
         }
     }
+}
+
+/// One stop of a courier's plan: an order's pickup or its dropoff.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanStop {
+    #[schema(value_type = OrderId)]
+    pub order_id: OrderId,
+    pub kind: StopKind,
+}
+
+/// An active order a courier carries, as a plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedOrder {
+    pub order_id: OrderId,
+    /// The order has a pickup the courier has not left yet (not picked up).
+    pub pickup_pending: bool,
+}
+
+impl CarriedOrder {
+    /// The stops of the order still to visit, in their own order.
+    fn stops(&self) -> impl Iterator<Item = PlanStop> + '_ {
+        let pickup = self.pickup_pending.then_some(StopKind::Pickup);
+        pickup
+            .into_iter()
+            .chain([StopKind::Dropoff])
+            .map(|kind| PlanStop {
+                order_id: self.order_id.clone(),
+                kind,
+            })
+    }
+}
+
+/// Why a plan is refused; each is a 400 with [`PlanError::code`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("order {0} is not an active order of this courier")]
+    NotCarried(OrderId),
+    #[error("order {0} has no pickup still to visit")]
+    NoPickup(OrderId),
+    #[error("the {1:?} of order {0} is in the plan twice")]
+    Duplicate(OrderId, StopKind),
+    #[error("the dropoff of order {0} comes before its pickup")]
+    DropoffBeforePickup(OrderId),
+}
+
+impl PlanError {
+    /// The error code of the answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanError::NotCarried(_) => "plan_order_not_carried",
+            PlanError::NoPickup(_) => "plan_no_such_stop",
+            PlanError::Duplicate(..) => "plan_duplicate_stop",
+            PlanError::DropoffBeforePickup(_) => "plan_dropoff_before_pickup",
+        }
+    }
+}
+
+/// Checks `plan` against the orders the courier carries: every stop is one still to visit, none
+/// twice, and no dropoff before its order's pending pickup. A plan may leave stops out: they
+/// follow it in the order of assignment ([`effective_plan`]).
+///
+/// # Errors
+/// The first [`PlanError`] found, in plan order.
+pub fn check_plan(plan: &[PlanStop], carried: &[CarriedOrder]) -> Result<(), PlanError> {
+    let mut seen = std::collections::HashSet::with_capacity(plan.len());
+    for stop in plan {
+        let order = carried
+            .iter()
+            .find(|o| o.order_id == stop.order_id)
+            .ok_or_else(|| PlanError::NotCarried(stop.order_id.clone()))?;
+        if stop.kind == StopKind::Pickup && !order.pickup_pending {
+            return Err(PlanError::NoPickup(stop.order_id.clone()));
+        }
+        if !seen.insert(stop) {
+            return Err(PlanError::Duplicate(stop.order_id.clone(), stop.kind));
+        }
+        let pickup_first = PlanStop {
+            order_id: stop.order_id.clone(),
+            kind: StopKind::Pickup,
+        };
+        if stop.kind == StopKind::Dropoff && order.pickup_pending && !seen.contains(&pickup_first) {
+            return Err(PlanError::DropoffBeforePickup(stop.order_id.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The stops the courier will visit, in order: those of `explicit` still to visit (the stops of
+/// ended orders and reached pickups drop out), then every other stop of `carried` in the order
+/// of assignment, each order's pickup before its dropoff.
+///
+/// A dropoff whose pickup the explicit plan left out would come first; it waits for its pickup
+/// instead, so the answer never breaks the rule [`check_plan`] keeps.
+pub fn effective_plan(explicit: &[PlanStop], carried: &[CarriedOrder]) -> Vec<PlanStop> {
+    let still_to_visit: Vec<PlanStop> = carried.iter().flat_map(CarriedOrder::stops).collect();
+    let mut plan: Vec<PlanStop> = Vec::with_capacity(still_to_visit.len());
+    for stop in explicit {
+        if still_to_visit.contains(stop) && !plan.contains(stop) {
+            plan.push(stop.clone());
+        }
+    }
+    for stop in &still_to_visit {
+        if plan.contains(stop) {
+            continue;
+        }
+        match (
+            stop.kind,
+            plan.iter().position(|s| s.order_id == stop.order_id),
+        ) {
+            // A pickup the explicit plan left out goes before the dropoff it names.
+            (StopKind::Pickup, Some(dropoff)) => plan.insert(dropoff, stop.clone()),
+            _ => plan.push(stop.clone()),
+        }
+    }
+    plan
 }
 
 /// The interval the arrival falls in 8 times out of 10 (p10-p90), unix ms.
@@ -188,6 +306,97 @@ mod tests {
 
     fn width(w: EtaWindow) -> i64 {
         w.latest_ms - w.earliest_ms
+    }
+
+    fn stop(order: &str, kind: StopKind) -> PlanStop {
+        PlanStop {
+            order_id: OrderId::new(order).unwrap(),
+            kind,
+        }
+    }
+
+    fn carried(order: &str, pickup_pending: bool) -> CarriedOrder {
+        CarriedOrder {
+            order_id: OrderId::new(order).unwrap(),
+            pickup_pending,
+        }
+    }
+
+    use StopKind::{Dropoff, Pickup};
+
+    #[test]
+    fn a_plan_names_only_stops_still_to_visit_once_each_and_no_drop_before_its_pickup() {
+        let orders = [carried("a", true), carried("b", false)];
+        let good = [stop("b", Dropoff), stop("a", Pickup), stop("a", Dropoff)];
+        assert_eq!(check_plan(&good, &orders), Ok(()));
+        assert_eq!(
+            check_plan(&[], &orders),
+            Ok(()),
+            "an empty plan is assignment order"
+        );
+        let cases = [
+            (vec![stop("x", Dropoff)], "plan_order_not_carried"),
+            (vec![stop("b", Pickup)], "plan_no_such_stop"),
+            (
+                vec![stop("b", Dropoff), stop("b", Dropoff)],
+                "plan_duplicate_stop",
+            ),
+            (
+                vec![stop("a", Dropoff), stop("a", Pickup)],
+                "plan_dropoff_before_pickup",
+            ),
+            (vec![stop("a", Dropoff)], "plan_dropoff_before_pickup"),
+        ];
+        for (plan, code) in cases {
+            let refused = check_plan(&plan, &orders).expect_err(code);
+            assert_eq!(refused.code(), code, "{plan:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_plan_the_stops_follow_assignment_each_pickup_before_its_drop() {
+        let orders = [carried("a", true), carried("b", true), carried("c", false)];
+        assert_eq!(
+            effective_plan(&[], &orders),
+            [
+                stop("a", Pickup),
+                stop("a", Dropoff),
+                stop("b", Pickup),
+                stop("b", Dropoff),
+                stop("c", Dropoff)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_explicit_plan_leads_and_loses_the_stops_no_longer_to_visit() {
+        // Planned while "a" was still to collect and "gone" was carried.
+        let explicit = [
+            stop("b", Dropoff),
+            stop("gone", Dropoff),
+            stop("a", Pickup),
+            stop("a", Dropoff),
+        ];
+        let now = [
+            carried("a", false),
+            carried("b", false),
+            carried("new", true),
+        ];
+        assert_eq!(
+            effective_plan(&explicit, &now),
+            [
+                stop("b", Dropoff),
+                stop("a", Dropoff),
+                stop("new", Pickup),
+                stop("new", Dropoff)
+            ]
+        );
+        // A dropoff planned without its pickup waits for it.
+        let drop_only = [stop("a", Dropoff)];
+        assert_eq!(
+            effective_plan(&drop_only, &[carried("a", true)]),
+            [stop("a", Pickup), stop("a", Dropoff)]
+        );
     }
 
     #[test]

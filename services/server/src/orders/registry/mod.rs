@@ -15,6 +15,7 @@
 //! goes through the registry.
 
 pub mod courier_routes;
+pub mod plans;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +92,8 @@ pub struct Registry {
     topology: Topology,
     /// The count of changes of each courier's routes, as held by its sessions.
     stamps: HashMap<CourierId, Weak<RouteStamp>>,
+    /// The plans ops gave couriers that carry orders ([`plans`]).
+    plans: HashMap<CourierId, Vec<trackline_core::stops::PlanStop>>,
 }
 
 impl Registry {
@@ -117,6 +120,7 @@ impl Registry {
             settings,
             topology,
             stamps: HashMap::new(),
+            plans: HashMap::new(),
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
@@ -141,6 +145,8 @@ impl Registry {
             list.retain(|o| o != order);
             if list.is_empty() {
                 self.couriers.remove(courier);
+                // Nothing left to plan: the next orders start from the order of assignment.
+                self.plans.remove(courier);
             }
             self.changed_routes(courier);
         }
