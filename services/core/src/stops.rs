@@ -202,6 +202,50 @@ pub fn effective_plan(explicit: &[PlanStop], carried: &[CarriedOrder]) -> Vec<Pl
     plan
 }
 
+/// What an order's estimator plans for in its courier's plan: every stop up to its own dropoff
+/// (the last), and where its own pickup is among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopsThrough {
+    pub stops: Vec<PlannedStop>,
+    pub own_pickup: Option<usize>,
+}
+
+/// The stops `order`'s courier visits up to `order`'s dropoff: first those it is at now
+/// (`current`: pickups reached and not yet left, whose wait and handover are still ahead), then
+/// `plan` (an [`effective_plan`]) up to the dropoff. `stop_of` gives each planned stop's place
+/// and handover; a stop it does not know is left out. `None` when `order` is not in the plan.
+pub fn stops_through<'a>(
+    order: &OrderId,
+    current: &[(&OrderId, &'a PlannedStop)],
+    plan: &[PlanStop],
+    stop_of: impl Fn(&PlanStop) -> Option<&'a PlannedStop>,
+) -> Option<StopsThrough> {
+    let mut through = StopsThrough {
+        stops: Vec::with_capacity(current.len() + plan.len()),
+        own_pickup: None,
+    };
+    for (at_order, stop) in current {
+        if *at_order == order {
+            through.own_pickup = Some(through.stops.len());
+        }
+        through.stops.push((*stop).clone());
+    }
+    for planned in plan {
+        let Some(stop) = stop_of(planned) else {
+            continue;
+        };
+        let own = planned.order_id == *order;
+        if own && planned.kind == StopKind::Pickup {
+            through.own_pickup = Some(through.stops.len());
+        }
+        through.stops.push(stop.clone());
+        if own && planned.kind == StopKind::Dropoff {
+            return Some(through);
+        }
+    }
+    None
+}
+
 /// The interval the arrival falls in 8 times out of 10 (p10-p90), unix ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EtaWindow {
@@ -397,6 +441,84 @@ mod tests {
             effective_plan(&drop_only, &[carried("a", true)]),
             [stop("a", Pickup), stop("a", Dropoff)]
         );
+    }
+
+    fn planned(metres_north: f64, ready_at_ms: Option<i64>, dwell_s: f64) -> PlannedStop {
+        PlannedStop {
+            at: LatLon::new(62.6 + metres_north / 111_195.0, 29.76),
+            route: None,
+            handover: Handover {
+                ready_at_ms,
+                dwell_s,
+            },
+        }
+    }
+
+    #[test]
+    fn an_order_plans_for_the_stops_before_its_door_from_where_the_courier_is() {
+        let (a, b) = (OrderId::new("a").unwrap(), OrderId::new("b").unwrap());
+        let (a_pickup, a_door, b_door) = (
+            planned(100.0, None, 60.0),
+            planned(500.0, None, 60.0),
+            planned(900.0, None, 0.0),
+        );
+        let plan = [stop("a", Pickup), stop("b", Dropoff), stop("a", Dropoff)];
+        let stop_of = |s: &PlanStop| match (s.order_id.as_str(), s.kind) {
+            ("a", Pickup) => Some(&a_pickup),
+            ("a", Dropoff) => Some(&a_door),
+            ("b", Dropoff) => Some(&b_door),
+            _ => None,
+        };
+        let for_a = stops_through(&a, &[], &plan, stop_of).unwrap();
+        assert_eq!(
+            for_a.stops,
+            [a_pickup.clone(), b_door.clone(), a_door.clone()]
+        );
+        assert_eq!(for_a.own_pickup, Some(0));
+        let for_b = stops_through(&b, &[], &plan, stop_of).unwrap();
+        assert_eq!((for_b.stops.len(), for_b.own_pickup), (2, None));
+        // At a's pickup (reached, not left): every order's way starts there.
+        let at = planned(100.0, None, 60.0);
+        let for_b = stops_through(&b, &[(&a, &at)], &plan[1..], stop_of).unwrap();
+        assert_eq!(for_b.stops, [at.clone(), b_door.clone()]);
+        assert!(stops_through(&OrderId::new("c").unwrap(), &[], &plan, stop_of).is_none());
+    }
+
+    #[test]
+    fn each_stop_ahead_adds_its_wait_its_handover_and_the_leg_after_it() {
+        use crate::eta::{EtaConfig, EtaEstimator};
+        use crate::fix::Fix;
+        let start = Fix {
+            seq: 1,
+            time_ms: 1_780_000_000_000,
+            pos: LatLon::new(62.6, 29.76),
+            accuracy_m: Some(5.0),
+            speed_mps: Some(5.0),
+            heading_deg: None,
+        };
+        let ready_at = start.time_ms + 1_800_000;
+        // The door is where the other order's pickup is: no leg after it, only its wait and
+        // its handover.
+        let mut eta = EtaEstimator::with_stops(
+            vec![
+                planned(500.0, Some(ready_at), 300.0),
+                planned(500.0, None, 0.0),
+            ],
+            EtaConfig::default(),
+        );
+        eta.update(&start, start.pos);
+        let arrivals = eta.arrivals_ms();
+        assert!(arrivals[0] < ready_at, "there before the order is ready");
+        assert_eq!(arrivals[1], ready_at + 300_000);
+        // Replanned: the stop headed to stays (its estimate too), the next is 500 m on.
+        eta.replan(vec![planned(500.0, None, 60.0), planned(1000.0, None, 0.0)]);
+        let replanned = eta.arrivals_ms();
+        assert_eq!(replanned[0], arrivals[0]);
+        assert!(
+            replanned[1] > replanned[0] + 60_000 + 60_000,
+            "{replanned:?}"
+        );
+        assert_eq!(eta.stops_ahead(), 1);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 use trackline_tests::TestServer;
 
-use crate::stops::{north, pick_up};
+use trackline_core::now_ms;
+
+use crate::stops::{arrive_at, north, pick_up, ride, ride_north};
 
 /// Creates `order` for `courier` going `door_m` north of the start, with a dwell of `dwell_s`
 /// at the door and, when `pickup_m` is set, a ready pickup that far north.
@@ -122,4 +124,100 @@ async fn a_bad_plan_is_refused_with_its_code_and_the_plan_in_place_stays() {
         .put(&plan_path("c-bad"), Some(&courier), &plan_body(&[]))
         .await
         .expect_error(403);
+}
+
+/// The door ETA of `order`, unix ms.
+async fn door_eta(server: &TestServer, order: &str) -> i64 {
+    arrive_at(&server.order_state(order).await["eta"])
+}
+
+fn window_width(state: &Value) -> i64 {
+    let window = &state["eta"]["window"];
+    window["latest_ms"].as_i64().unwrap() - window["earliest_ms"].as_i64().unwrap()
+}
+
+/// Rides `courier` 40 m north from the start, acked: its orders hear the courier's plan before
+/// its session may send the first fix.
+async fn ride_start(server: &TestServer, courier: &str, t0_ms: i64) {
+    ride(server, courier, &ride_north(t0_ms, 1, 0.0, 40.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_drop_is_later_than_the_first_by_the_leg_between_and_the_first_dwell() {
+    let server = TestServer::start();
+    create(&server, "o-first", "c-two", 1000.0, 300.0, None).await;
+    create(&server, "o-second", "c-two", 2000.0, 60.0, None).await;
+    // The same ride, for the leg from the first door to the second as the estimator prices it:
+    // a pickup (no wait, no handover) at the first door on the way to the second.
+    create(&server, "o-leg", "c-leg", 2000.0, 60.0, Some(1000.0)).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-two", t0).await;
+    ride_start(&server, "c-leg", t0).await;
+
+    let leg = server.order_state("o-leg").await;
+    let leg_ms = arrive_at(&leg["eta"]) - arrive_at(&leg["stops"][0]["eta"]);
+    assert!(leg_ms > 60_000, "a kilometre takes minutes: {leg}");
+    let first = server.order_state("o-first").await;
+    let second = server.order_state("o-second").await;
+    let (first_ms, second_ms) = (arrive_at(&first["eta"]), arrive_at(&second["eta"]));
+    assert!(
+        second_ms >= first_ms + 300_000 + leg_ms - 2_000,
+        "second {second_ms} is before first {first_ms} + 300 s + leg {leg_ms} ms"
+    );
+    assert_eq!(
+        second["stops"][0]["eta"]["arrive_at_ms"], second["eta"]["arrive_at_ms"],
+        "the dropoff's ETA is the order's: {second}"
+    );
+    assert!(
+        window_width(&second) > window_width(&first),
+        "a stop ahead widens the window: {first} {second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_that_reverses_the_drops_makes_the_first_order_the_later_one() {
+    let server = TestServer::start();
+    create(&server, "o-near", "c-rev", 1000.0, 60.0, None).await;
+    create(&server, "o-far", "c-rev", 2000.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-rev", t0).await;
+    assert!(door_eta(&server, "o-near").await < door_eta(&server, "o-far").await);
+
+    let reversed = [("o-far", "dropoff"), ("o-near", "dropoff")];
+    assert_eq!(
+        put_plan(&server, "c-rev", &reversed).await,
+        plan_body(&reversed)
+    );
+    assert_eq!(get_plan(&server, "c-rev").await, plan_body(&reversed));
+    ride(&server, "c-rev", &ride_north(t0, 10, 45.0, 60.0)).await;
+    let (near, far) = (
+        door_eta(&server, "o-near").await,
+        door_eta(&server, "o-far").await,
+    );
+    assert!(near > far, "near {near} is not after far {far}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_courier_with_one_order_estimates_it_as_before_plans() {
+    let server = TestServer::start();
+    // The same door and ride: one courier carries it alone, the other with a second order
+    // whose door comes after it, so nothing is planned before the first door of either.
+    create(&server, "o-solo", "c-solo", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-pair", "c-pair", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-pair-2", "c-pair", 2000.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-solo", t0).await;
+    ride_start(&server, "c-pair", t0).await;
+    let solo = server.order_state("o-solo").await;
+    let pair = server.order_state("o-pair").await;
+    assert_eq!(solo["stops"], pair["stops"], "{solo} {pair}");
+    assert_eq!(solo["eta"], pair["eta"], "{solo} {pair}");
+    assert_eq!(
+        get_plan(&server, "c-solo").await,
+        plan_body(&[("o-solo", "pickup"), ("o-solo", "dropoff")])
+    );
+    assert!(
+        door_eta(&server, "o-pair-2").await > arrive_at(&pair["eta"]),
+        "{pair}"
+    );
 }

@@ -136,7 +136,11 @@ impl Registry {
         let orders = self.couriers.entry(courier.clone()).or_default();
         if !orders.contains(&order) {
             orders.push(order);
+            let shared = orders.len() > 1;
             self.changed_routes(&courier);
+            if shared {
+                self.replan_later(&courier);
+            }
         }
     }
 
@@ -149,6 +153,8 @@ impl Registry {
                 self.plans.remove(courier);
             }
             self.changed_routes(courier);
+            // The orders left behind no longer plan for this one's stops.
+            self.replan_later(courier);
         }
     }
 
@@ -215,9 +221,15 @@ impl Registry {
                         (arbiter, None)
                     }
                 };
+                let shared_courier = (record.courier_id.clone())
+                    .filter(|c| self.couriers.get(c).is_some_and(|orders| orders.len() > 1));
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
                 *slot = Slot::Live(addr.clone(), thread);
+                if let Some(courier) = shared_courier {
+                    // It starts planning for its own stops only: give it the courier's plan.
+                    self.replan_later(&courier);
+                }
                 Some((addr, thread))
             }
         }
@@ -239,6 +251,7 @@ impl Actor for Registry {
         self.deps = Some(OrderDeps {
             store: self.store.clone(),
             relinks: ctx.address().recipient(),
+            replans: ctx.address().recipient(),
             settings: self.settings.clone(),
         });
         metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
