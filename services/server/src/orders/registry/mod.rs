@@ -1,5 +1,6 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
-//! order arbiters) and routes each courier's fixes to every active order assigned to it.
+//! order arbiters), routes each courier's fixes to every active order assigned to it, and keeps
+//! each courier's plan of the stops of those orders ([`plans`]).
 //!
 //! An order's actor runs on the thread of the courier session that feeds it: it is started
 //! there, or moved there when the courier's newest session asks for its routes from another
@@ -136,11 +137,10 @@ impl Registry {
         let orders = self.couriers.entry(courier.clone()).or_default();
         if !orders.contains(&order) {
             orders.push(order);
-            let shared = orders.len() > 1;
             self.changed_routes(&courier);
-            if shared {
-                self.replan_later(&courier);
-            }
+            // Its stops join the courier's plan (and a reassigned order leaves its old
+            // courier's stops behind, even as this courier's only order).
+            self.replan_later(&courier);
         }
     }
 
