@@ -221,3 +221,48 @@ async fn a_courier_with_one_order_estimates_it_as_before_plans() {
         "{pair}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pickup_wait_planned_first_delays_the_other_orders_door_and_not_once_planned_after() {
+    let server = TestServer::start();
+    let ready_at = now_ms() + 20 * 60 * 1000;
+    let (p, d) = (north(200.0), north(1000.0));
+    server
+        .ops_post(
+            "/v1/orders",
+            &json!({"order_id": "o-food", "courier_id": "c-wait",
+                    "destination": {"lat": d.lat, "lon": d.lon},
+                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
+                               "dwell_s": 300}}),
+            201,
+        )
+        .await;
+    create(&server, "o-parcel", "c-wait", 500.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-wait", t0).await;
+    let parcel = door_eta(&server, "o-parcel").await;
+    assert!(
+        parcel >= ready_at + 300_000,
+        "the parcel waits behind the food's pickup: {parcel} < {ready_at} + 300 s"
+    );
+
+    let parcel_first = [("o-parcel", "dropoff"), ("o-food", "pickup")];
+    let stored = put_plan(&server, "c-wait", &parcel_first).await;
+    assert_eq!(
+        stored,
+        plan_body(&[
+            ("o-parcel", "dropoff"),
+            ("o-food", "pickup"),
+            ("o-food", "dropoff")
+        ]),
+        "the food's dropoff, left out, follows"
+    );
+    ride(&server, "c-wait", &ride_north(t0, 10, 45.0, 60.0)).await;
+    let parcel = door_eta(&server, "o-parcel").await;
+    assert!(parcel < ready_at, "nothing before the parcel now: {parcel}");
+    let food = server.order_state("o-food").await;
+    assert!(
+        arrive_at(&food["stops"][0]["eta"]) > parcel + 60_000,
+        "the food's pickup comes after the parcel's door and its handover: {food}"
+    );
+}

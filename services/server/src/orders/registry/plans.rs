@@ -39,6 +39,7 @@ pub struct GetPlan {
     pub courier: CourierId,
 }
 
+/// The orders of `entries` as a plan is checked against them.
 fn carried(entries: &[PlanEntry]) -> Vec<CarriedOrder> {
     entries.iter().map(|e| e.carried.clone()).collect()
 }
