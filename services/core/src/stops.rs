@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::eta::{Handover, PlannedStop};
+use crate::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
 use crate::fix::LatLon;
 use crate::order::Eta;
 use crate::OrderId;
@@ -41,6 +41,42 @@ impl Pickup {
             },
         }
     }
+}
+
+/// The stops of an order still to visit: `pickup` when it is still to be collected (else
+/// `None`), then the destination along `route`. The door's handover ([`DEFAULT_DWELL_S`] when
+/// unset) only counts when another order's stop follows it in a courier's plan.
+pub fn order_stops(
+    pickup: Option<&Pickup>,
+    destination: LatLon,
+    destination_dwell_s: Option<f64>,
+    route: Option<Vec<LatLon>>,
+) -> Vec<PlannedStop> {
+    let door = PlannedStop {
+        at: destination,
+        route,
+        handover: Handover {
+            ready_at_ms: None,
+            dwell_s: destination_dwell_s.unwrap_or(DEFAULT_DWELL_S),
+        },
+    };
+    match pickup {
+        Some(pickup) => vec![pickup.planned(), door],
+        None => vec![door],
+    }
+}
+
+/// The estimator of an order alone ([`order_stops`]). The server and `trackctl replay` both
+/// build it here, so that a replayed ETA is the one the server published.
+pub fn order_estimator(
+    pickup: Option<&Pickup>,
+    destination: LatLon,
+    destination_dwell_s: Option<f64>,
+    route: Option<Vec<LatLon>>,
+    config: EtaConfig,
+) -> EtaEstimator {
+    let stops = order_stops(pickup, destination, destination_dwell_s, route);
+    EtaEstimator::with_stops(stops, config)
 }
 
 /// What a courier does at a stop.

@@ -117,6 +117,38 @@ pub struct PickupRequest {
     pub route: Option<Vec<[f64; 2]>>,
 }
 
+impl PickupRequest {
+    /// The pickup as an order stores it (no checks: for what the server has accepted already).
+    pub fn to_pickup(&self) -> trackline_core::stops::Pickup {
+        trackline_core::stops::Pickup {
+            at: LatLon::new(self.lat, self.lon),
+            ready_at_ms: self.ready_at_ms,
+            dwell_s: self.dwell_s,
+            route: self.route.as_ref().map(|route| {
+                route
+                    .iter()
+                    .map(|[lat, lon]| LatLon::new(*lat, *lon))
+                    .collect()
+            }),
+        }
+    }
+}
+
+impl From<&trackline_core::stops::Pickup> for PickupRequest {
+    fn from(pickup: &trackline_core::stops::Pickup) -> Self {
+        PickupRequest {
+            lat: pickup.at.lat,
+            lon: pickup.at.lon,
+            ready_at_ms: pickup.ready_at_ms,
+            dwell_s: pickup.dwell_s,
+            route: pickup
+                .route
+                .as_ref()
+                .map(|route| route.iter().map(|p| [p.lat, p.lon]).collect()),
+        }
+    }
+}
+
 /// `POST /v1/orders`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +225,9 @@ pub struct OrderDetail {
     /// offsets applied (device time = stored time - offset). Ops only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockAdjustments>,
+    /// The pickup as the order was created with it (absent without one). Ops only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pickup: Option<PickupRequest>,
 }
 
 impl OrderDetail {
@@ -580,11 +615,13 @@ mod tests {
             rejected: None,
             status_log: None,
             clock: None,
+            pickup: None,
         };
         let for_watcher = serde_json::to_value(&detail).unwrap();
         assert_eq!(for_watcher["route"], json!(null));
         assert!(for_watcher.get("rejected").is_none());
         assert!(for_watcher.get("status_log").is_none());
+        assert!(for_watcher.get("pickup").is_none());
         assert_eq!(for_watcher["order_id"], "o-1");
         detail.rejected = Some(BTreeMap::new());
         detail.status_log = Some(Vec::new());

@@ -474,6 +474,9 @@ Examples:
   # a GPX recording, resampled to one fix every 2 s
   trackctl simulate --secret dev-secret --rate 0.5 ride.gpx
 
+  # a delivery with a pickup 40 % into the trip: collected when the courier gets there
+  trackctl simulate --secret dev-secret --pickup-at 0.4 --deliver car_visnjan_hr.csv
+
   # 200 random couriers around Helsinki centre, 3 km radius, 20 min by car, reproducible
   trackctl simulate --secret dev-secret --random 60.1699,24.9384 --radius-m 3000 \\
       --duration 20m --speed-mps 12 --seed 7 -n 200
@@ -573,9 +576,16 @@ pub struct SimulateArgs {
     #[arg(long, overrides_with = "create_orders")]
     pub no_create_orders: bool,
 
-    /// Also mark each order picked up at the start and delivered when its trip ends
+    /// Also mark each order picked up at the start (with --pickup-at: when its courier gets
+    /// there) and delivered when its trip ends
     #[arg(long)]
     pub deliver: bool,
+
+    /// Give each created order a pickup at this fraction of its trip's duration (e.g. 0.4): the
+    /// trip's point there, no handover time (the recording did not stop), the planned route split
+    /// there into the route to the pickup and the route from it
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    pub pickup_at: Option<f64>,
 
     /// Fixes per frame, as an app that batches its uploads
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]

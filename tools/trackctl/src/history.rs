@@ -114,6 +114,7 @@ impl Source {
                     rejected: Some(record.rejected),
                     status_log: Some(record.status_log),
                     clock: Some(record.clock),
+                    pickup: record.pickup.as_ref().map(Into::into),
                 }))
             }
         }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use trackline_core::filter::Verdict;
 use trackline_core::fix::Fix;
 use trackline_core::order::OrderStatus;
+use trackline_core::stops::EtaWindow;
 use trackline_core::LatLon;
 
 use crate::track::{self, Step};
@@ -17,7 +18,7 @@ use trackline_rest::OrderDetail;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Fix(FixEvent),
+    Fix(Box<FixEvent>),
     Status(StatusEvent),
 }
 
@@ -39,10 +40,19 @@ pub struct FixEvent {
     pub verdict: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The ETA in force at this moment, seconds, and the arrival time it gives (unix ms).
+    /// The ETA at the door in force at this moment, seconds, and the arrival time it gives
+    /// (unix ms): what the order published as its `eta`.
     pub eta_s: Option<i64>,
     pub arrive_at_ms: Option<i64>,
-    /// The distance still to go, metres, and whether it was measured along the planned route.
+    /// The arrival window at the door in force (p10-p90, unix ms).
+    pub window: Option<EtaWindow>,
+    /// While the courier heads to the pickup: the ETA there, seconds, and its arrival time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickup_eta_s: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickup_arrive_at_ms: Option<i64>,
+    /// The distance still to go to the stop the courier heads to (the pickup first, when the
+    /// order has one), metres, and whether it was measured along the planned route.
     pub remaining_m: Option<f64>,
     pub on_route: Option<bool>,
 }
@@ -82,7 +92,10 @@ impl FixEvent {
                 _ => None,
             },
             eta_s: step.eta_seconds(),
-            arrive_at_ms: step.eta.map(|e| e.arrive_at_ms),
+            arrive_at_ms: step.door_arrive_at_ms,
+            window: step.window,
+            pickup_eta_s: step.pickup_eta_seconds(),
+            pickup_arrive_at_ms: step.pickup_arrive_at_ms,
             remaining_m: step.eta.map(|e| e.remaining_m),
             on_route: step.eta.map(|e| e.on_route),
         }
@@ -94,10 +107,10 @@ impl FixEvent {
 /// same millisecond as a fix comes after it (`arriving` is caused by a fix and stamped with its
 /// time).
 pub fn timeline(detail: &OrderDetail, fixes: &[Fix]) -> Vec<Event> {
-    let steps = track::run(fixes, detail.state.destination, detail.route_points());
+    let steps = track::run(fixes, detail);
     let mut events: Vec<Event> = steps
         .iter()
-        .map(|s| Event::Fix(FixEvent::from_step(s)))
+        .map(|s| Event::Fix(Box::new(FixEvent::from_step(s))))
         .collect();
     events.extend(detail.status_log.iter().flatten().map(|change| {
         Event::Status(StatusEvent {
@@ -144,8 +157,8 @@ pub fn thin(events: Vec<Event>, every_ms: i64) -> Vec<Event> {
 pub fn write_header(mut out: impl Write) -> io::Result<()> {
     writeln!(
         out,
-        "{:<8}  {:>7}  {:>10}  {:>11}  {:>6}  {:>7}  {:<8}  note",
-        "time", "elapsed", "lat", "lon", "km/h", "eta", "arrive"
+        "{:<8}  {:>7}  {:>10}  {:>11}  {:>6}  {:>7}  {:<8}  {:<11}  note",
+        "time", "elapsed", "lat", "lon", "km/h", "eta", "arrive", "window"
     )
 }
 
@@ -168,7 +181,14 @@ pub fn write_row(mut out: impl Write, event: &Event, start_ms: i64) -> io::Resul
                 .eta_s
                 .map_or_else(|| "-".to_string(), |s| format_span(s as f64));
             let arrive = f.arrive_at_ms.map_or_else(|| "-".to_string(), format_clock);
+            let window = f.window.map_or_else(
+                || "-".to_string(),
+                |w| format!("{}-{}", minutes(w.earliest_ms), minutes(w.latest_ms)),
+            );
             let mut notes: Vec<String> = Vec::new();
+            if let Some(pickup_s) = f.pickup_eta_s {
+                notes.push(format!("pickup in {}", format_span(pickup_s as f64)));
+            }
             match f.verdict {
                 "live" => {}
                 "history_only" => notes.push("not shown (out of order or poor accuracy)".into()),
@@ -179,7 +199,7 @@ pub fn write_row(mut out: impl Write, event: &Event, start_ms: i64) -> io::Resul
                 notes.push("off route: straight line".into());
             }
             let line = format!(
-                "{:<8}  {:>7}  {:>10.6}  {:>11.6}  {:>6}  {:>7}  {:<8}  {}",
+                "{:<8}  {:>7}  {:>10.6}  {:>11.6}  {:>6}  {:>7}  {:<8}  {:<11}  {}",
                 format_clock(f.time_ms),
                 elapsed,
                 f.lat,
@@ -187,11 +207,17 @@ pub fn write_row(mut out: impl Write, event: &Event, start_ms: i64) -> io::Resul
                 speed,
                 eta,
                 arrive,
+                window,
                 notes.join("; ")
             );
             writeln!(out, "{}", line.trim_end())
         }
     }
+}
+
+/// `12:05`: the hour and minute (UTC) of an instant, as an arrival window is read.
+fn minutes(ms: i64) -> String {
+    format_clock(ms).chars().take(5).collect()
 }
 
 /// `+4:05`, `+1:02:03`, `-0:03` (before the first fix).
@@ -208,33 +234,13 @@ fn format_elapsed(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trackline_core::order::{OrderView, StatusChange};
-    use trackline_core::OrderId;
 
     fn detail(log: &[(OrderStatus, i64)]) -> OrderDetail {
-        OrderDetail {
-            state: OrderView {
-                order_id: OrderId::new("o-1").unwrap(),
-                status: OrderStatus::PickedUp,
-                courier_id: None,
-                destination: LatLon::new(45.01, 13.0),
-                position: None,
-                eta: None,
-                offset: 0,
-                epoch: "e".into(),
-                updated_at_ms: 0,
-                promised_at_ms: None,
-                stops: Vec::new(),
-            },
-            route: Some(vec![[45.0, 13.0], [45.01, 13.0]]),
-            rejected: Some(Default::default()),
-            status_log: Some(
-                log.iter()
-                    .map(|&(status, at_ms)| StatusChange { status, at_ms })
-                    .collect(),
-            ),
-            clock: None,
-        }
+        crate::track::test_detail(
+            LatLon::new(45.01, 13.0),
+            Some(vec![[45.0, 13.0], [45.01, 13.0]]),
+            log,
+        )
     }
 
     fn fixes(n: u64) -> Vec<Fix> {

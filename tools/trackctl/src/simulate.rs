@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
 use trackline_core::order::OrderStatus;
 use trackline_core::{CourierId, OrderId};
-use trackline_rest::CreateOrder;
+use trackline_rest::{CreateOrder, PickupRequest};
 
 use crate::api::{Api, HttpError};
 use crate::courier::{
@@ -111,8 +111,11 @@ pub struct SimConfig {
     pub courier_prefix: String,
     /// Create each courier's order (destination: the trip's end, route: its simplified path).
     pub create_orders: bool,
-    /// Mark each order picked up at the start and delivered when its trip ends.
+    /// Mark each order picked up at the start (with `pickup_at`: when its courier gets there)
+    /// and delivered when its trip ends.
     pub deliver: bool,
+    /// A pickup for each created order at this fraction of its trip's duration.
+    pub pickup_at: Option<f64>,
     /// Fixes per frame.
     pub batch: usize,
     /// Ride the trips back and forth until stopped.
@@ -231,6 +234,7 @@ pub struct Simulation {
     tokens: Arc<TokenSource>,
     ops_token: Option<String>,
     deliver: bool,
+    pickup_at: Option<f64>,
 }
 
 /// The numbers of a finished run.
@@ -279,6 +283,10 @@ impl Simulation {
         ensure!(
             !config.deliver || config.create_orders,
             "--deliver needs the orders simulate creates; drop --no-create-orders"
+        );
+        ensure!(
+            config.pickup_at.is_none() || config.create_orders,
+            "--pickup-at gives the orders simulate creates a pickup; drop --no-create-orders"
         );
         let api = Api::new(&config.server)?;
         let credentials = resolve_credentials(
@@ -346,6 +354,7 @@ impl Simulation {
             tokens: Arc::new(tokens),
             ops_token: credentials.ops_token,
             deliver: config.deliver,
+            pickup_at: config.pickup_at,
         })
     }
 
@@ -385,7 +394,7 @@ impl Simulation {
         };
 
         let mut error = None;
-        if self.deliver {
+        if self.deliver && self.pickup_at.is_none() {
             if let Err(err) = self.set_all_statuses(OrderStatus::PickedUp).await {
                 error = Some(err);
             }
@@ -407,6 +416,23 @@ impl Simulation {
                     }
                     _ => None,
                 };
+                // With a pickup along the trip the order is collected when the courier gets
+                // there: that far into the trip's time, at the run's pace.
+                let pickup = match (&deliver, self.pickup_at) {
+                    (Some((api, token, order_id)), Some(fraction)) => {
+                        let trip = &plan.trip;
+                        let trip_s = trip.points[trip.index_at(fraction)].t_s - trip.points[0].t_s;
+                        let due = plan.start_delay
+                            + Duration::from_secs_f64(trip_s / self.settings.speedup);
+                        let (api, token, order_id) = (api.clone(), token.clone(), order_id.clone());
+                        Some(tokio::spawn(async move {
+                            tokio::time::sleep(due).await;
+                            api.set_status(&token, &order_id, OrderStatus::PickedUp)
+                                .await
+                        }))
+                    }
+                    _ => None,
+                };
                 let task = run_courier(
                     plan,
                     self.settings.clone(),
@@ -415,7 +441,16 @@ impl Simulation {
                     couriers_stop.clone(),
                 );
                 riders.spawn(async move {
-                    let report = task.await?;
+                    let report = task.await;
+                    if let Some(pickup) = pickup {
+                        if pickup.is_finished() || report.as_ref().is_ok_and(|r| r.completed) {
+                            pickup.await??;
+                        } else {
+                            // stopped before the courier got to the pickup
+                            pickup.abort();
+                        }
+                    }
+                    let report = report?;
                     if let Some((api, token, order_id)) = deliver {
                         if report.completed && report.unacked == 0 {
                             api.set_status(&token, &order_id, OrderStatus::Delivered)
@@ -513,20 +548,39 @@ async fn create_orders(
         let order_id = format!("{}{}", config.order_prefix, i + 1);
         OrderId::new(&order_id)
             .with_context(|| format!("order id {order_id:?} (from --order-prefix)"))?;
-        let route = plan
-            .trip
-            .simplified_route(config.route_spacing_m)
-            .iter()
-            .map(|p| [p.lat, p.lon])
-            .collect();
+        let trip = &plan.trip;
+        let last = trip.points.len() - 1;
+        // an empty plan is left out, as if there were none
+        let route_of = |leg: &Trip| {
+            let route: Vec<[f64; 2]> = leg
+                .simplified_route(config.route_spacing_m)
+                .iter()
+                .map(|p| [p.lat, p.lon])
+                .collect();
+            Some(route).filter(|route| route.len() >= 2)
+        };
+        let (route, pickup) = match config.pickup_at {
+            None => (route_of(trip), None),
+            Some(fraction) => {
+                let k = trip.index_at(fraction);
+                let at = trip.points[k].pos;
+                let pickup = PickupRequest {
+                    lat: at.lat,
+                    lon: at.lon,
+                    ready_at_ms: None,
+                    dwell_s: Some(0.0),
+                    route: route_of(&trip.leg(0..=k)),
+                };
+                (route_of(&trip.leg(k..=last)), Some(pickup))
+            }
+        };
         let order = CreateOrder {
             order_id,
-            destination: plan.trip.destination().into(),
+            destination: trip.destination().into(),
             courier_id: Some(plan.courier_id.clone()),
-            // an empty plan is left out, as if there were none
-            route: Some(route).filter(|route: &Vec<_>| !route.is_empty()),
+            route,
             promised_at_ms: None,
-            pickup: None,
+            pickup,
         };
         requests.push((order, plan));
     }

@@ -96,7 +96,7 @@ pub struct RouteStats {
 
 /// Measures `fixes` (the order's whole history, oldest first).
 pub fn measure(detail: &OrderDetail, fixes: &[Fix], rule: StopRule) -> RouteStats {
-    let steps = track::run(fixes, detail.state.destination, detail.route_points());
+    let steps = track::run(fixes, detail);
     let distance_raw_m = path_length(fixes.iter().map(|f| f.pos));
     let shown: Vec<(i64, LatLon)> = steps
         .iter()

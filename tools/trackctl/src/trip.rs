@@ -221,6 +221,22 @@ impl Trip {
         self.points.last().map_or(LatLon::new(0.0, 0.0), |p| p.pos)
     }
 
+    /// The index of the last point at or before `fraction` (0 to 1) of the trip's duration: where
+    /// a simulated pickup along the trip is.
+    pub fn index_at(&self, fraction: f64) -> usize {
+        let first = self.points.first().map_or(0.0, |p| p.t_s);
+        let at_s = first + self.duration_s() * fraction.clamp(0.0, 1.0);
+        self.points.iter().rposition(|p| p.t_s <= at_s).unwrap_or(0)
+    }
+
+    /// The points `range` of the trip, as a trip of their own (a leg of it).
+    pub fn leg(&self, range: std::ops::RangeInclusive<usize>) -> Trip {
+        Trip {
+            name: self.name.clone(),
+            points: self.points[range].to_vec(),
+        }
+    }
+
     /// Recorded duration in seconds.
     pub fn duration_s(&self) -> f64 {
         match (self.points.first(), self.points.last()) {

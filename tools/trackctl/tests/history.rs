@@ -124,6 +124,135 @@ fn replay_shows_every_fix_the_status_changes_and_the_eta_the_server_published() 
 }
 
 #[test]
+fn replay_shows_the_pickup_its_eta_and_the_window_the_server_published() {
+    let live = Live::start();
+    let trip = testdata_trip("run_vincennes_head.csv");
+    // A trip with no refused fix: a refused fix is never stored, so a replay could not give the
+    // filter the state the server's had after it, and the ETAs would differ by seconds.
+    // The pickup halfway along the trip; the food is ready half an hour from now, so the door
+    // ETA carries the wait, and the courier is never handed the order (no `picked_up`).
+    let middle = trip.points[trip.points.len() / 2].pos;
+    let mut new = live::order_request("o-pick", Some("c-pick"), &trip);
+    new.pickup = Some(trackline_rest::PickupRequest {
+        lat: middle.lat,
+        lon: middle.lon,
+        ready_at_ms: Some(trackline_core::now_ms() + 30 * 60 * 1000),
+        dwell_s: Some(300.0),
+        route: None,
+    });
+    live.create(&new);
+    live.stream("c-pick", &trip);
+    let served = live.order("o-pick");
+    assert!(served.pickup.is_some(), "ops see the pickup");
+    let published = served.state.eta.expect("an eta");
+
+    let text = stdout_of(&mut live.trackctl(&["replay", "o-pick", "--fast", "--json"]));
+    let events = json_lines(&text);
+    let fixes = of_type(&events, "fix");
+    let last = fixes.last().unwrap();
+    // the door ETA and the window recomputed at the last fix are the ones the server published
+    assert_eq!(last["arrive_at_ms"], published.arrive_at_ms);
+    let window = published.window.expect("a window");
+    assert_eq!(last["window"]["earliest_ms"], window.earliest_ms);
+    assert_eq!(last["window"]["latest_ms"], window.latest_ms);
+    // heading to the pickup all along: each live fix has its ETA there, before the door's
+    for fix in fixes.iter().filter(|f| f["verdict"] == "live") {
+        let pickup_s = fix["pickup_eta_s"].as_i64().expect("a pickup eta");
+        assert!(pickup_s < fix["eta_s"].as_i64().unwrap(), "{fix}");
+    }
+    assert!(
+        of_type(&events, "status")
+            .iter()
+            .any(|e| e["status"] == "at_pickup"),
+        "{text}"
+    );
+
+    let output = run(&mut live.trackctl(&["replay", "o-pick", "--fast"]));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.lines().next().unwrap().contains("window"), "{table}");
+    assert!(table.contains("pickup in "), "{table}");
+    assert!(table.contains("-- status at_pickup --"), "{table}");
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("stops: pickup "), "{stderr}");
+}
+
+#[test]
+fn a_simulated_pickup_is_reached_collected_and_replayed() {
+    // 80 s north at 10 m/s; the pickup at 40 % of it, 320 m up the road
+    let dir = tempfile::tempdir().unwrap();
+    let trip = dir.path().join("north.csv");
+    let mut csv = String::from("t_unix,lat,lon\n");
+    for i in 0..=80 {
+        csv.push_str(&format!(
+            "{},{:.7},13.0\n",
+            1_700_000_000 + i,
+            45.0 + i as f64 * 9e-5
+        ));
+    }
+    std::fs::write(&trip, csv).unwrap();
+    let live = Live::start();
+    let trip_arg = trip.to_str().unwrap();
+    stdout_of(&mut live.trackctl(&[
+        "simulate",
+        "--pickup-at",
+        "0.4",
+        "--deliver",
+        "--speedup",
+        "4",
+        "--order-prefix",
+        "o-sim",
+        "--courier-prefix",
+        "c-sim",
+        trip_arg,
+    ]));
+    let order = live.order("o-sim1");
+    let pickup = order.pickup.as_ref().expect("the order has a pickup");
+    assert!(
+        (pickup.lat - (45.0 + 32.0 * 9e-5)).abs() < 1e-6,
+        "{pickup:?}"
+    );
+    assert_eq!(pickup.dwell_s, Some(0.0));
+    assert!(pickup.route.as_ref().is_some_and(|r| r.len() >= 2));
+    let log: Vec<(String, i64)> = order
+        .status_log
+        .iter()
+        .flatten()
+        .map(|c| (c.status.to_string(), c.at_ms))
+        .collect();
+    let at = |status: &str| {
+        log.iter()
+            .find(|(s, _)| s == status)
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| panic!("no {status} in {log:?}"))
+    };
+    // reached (within the arrival radius, 100 m before it), then collected when the courier got
+    // there, then delivered at the end
+    assert!(at("at_pickup") <= at("picked_up"), "{log:?}");
+    assert!(at("picked_up") < at("delivered"), "{log:?}");
+    assert_eq!(order.state.stops.len(), 2);
+    assert!(order.state.stops.iter().all(|s| s.reached_at_ms.is_some()));
+
+    // the replay heads for the pickup until it was collected, then for the door
+    let text = stdout_of(&mut live.trackctl(&["replay", "o-sim1", "--fast", "--json"]));
+    let events = json_lines(&text);
+    let live_fixes: Vec<&Value> = of_type(&events, "fix")
+        .into_iter()
+        .filter(|f| f["verdict"] == "live")
+        .collect();
+    let picked_up_ms = at("picked_up");
+    let (before, after): (Vec<&&Value>, Vec<&&Value>) = live_fixes
+        .iter()
+        .partition(|f| f["time_ms"].as_i64().unwrap() <= picked_up_ms);
+    assert!(!before.is_empty() && !after.is_empty(), "{text}");
+    assert!(before.iter().all(|f| f["pickup_eta_s"].is_i64()), "{text}");
+    assert!(
+        after.iter().all(|f| f.get("pickup_eta_s").is_none()),
+        "{text}"
+    );
+}
+
+#[test]
 fn replay_to_order_restreams_the_route_as_the_other_orders_courier() {
     let live = Live::start();
     live.ride("o-run", "c-run", "run_vincennes_head.csv", true);

@@ -30,6 +30,7 @@ fn config(server: &str, trip: &str) -> SimConfig {
         courier_prefix: "c-".into(),
         create_orders: false,
         deliver: false,
+        pickup_at: None,
         batch: 1,
         looping: false,
         retry_for: Duration::from_secs(10),

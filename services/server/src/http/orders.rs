@@ -9,7 +9,7 @@ use trackline_core::stops::MAX_DWELL_S;
 use trackline_core::{now_ms, OrderId};
 use trackline_rest::{
     AssignCourier, ChangeStatus, CreateOrder, ErrorAnswer, GeoJsonHistory, History, HistoryQuery,
-    ListOrders, OrderCreated, OrderDetail, OrderList,
+    ListOrders, OrderCreated, OrderDetail, OrderList, PickupRequest,
 };
 
 use crate::http::auth::Caller;
@@ -200,8 +200,10 @@ pub async fn get_order(
         rejected: None,
         status_log: None,
         clock: None,
+        pickup: None,
     };
     if let (Role::Ops, Some(record)) = (&caller.role, record) {
+        detail.pickup = record.pickup.as_ref().map(PickupRequest::from);
         detail.rejected = Some(record.rejected);
         detail.status_log = Some(record.status_log);
         detail.clock = Some(record.clock);

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use trackline_core::filter::FilterConfig;
 use trackline_core::fix::Fix;
+use trackline_core::stops::StopKind;
 use trackline_core::OrderId;
 
 use crate::api::Api;
@@ -233,6 +234,24 @@ fn announce(detail: &OrderDetail, fixes: &[Fix], events: &[Event], pace: Pace) {
         format_clock(last.time_ms),
         format_span((last.time_ms - first.time_ms) as f64 / 1000.0),
     );
+    if !state.stops.is_empty() {
+        let stops: Vec<String> = state
+            .stops
+            .iter()
+            .map(|stop| {
+                let kind = match stop.kind {
+                    StopKind::Pickup => "pickup",
+                    StopKind::Dropoff => "dropoff",
+                };
+                let reached = stop.reached_at_ms.map_or_else(
+                    || "not reached".to_string(),
+                    |at| format!("reached {} UTC", format_clock(at)),
+                );
+                format!("{kind} {:.6},{:.6} {reached}", stop.lat, stop.lon)
+            })
+            .collect();
+        eprintln!("stops: {}", stops.join("; "));
+    }
 }
 
 /// The stored fixes as a trip the simulator can ride.

@@ -51,6 +51,7 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
             .unwrap_or_else(|| format!("{stamp}c")),
         create_orders: !args.no_create_orders,
         deliver: args.deliver,
+        pickup_at: args.pickup_at,
         batch,
         looping: args.looping,
         retry_for: args.retry_for,

@@ -64,24 +64,15 @@ impl Live {
         Api::new(&self.url).unwrap()
     }
 
-    /// Creates `order` for `courier` (none: unassigned): destination = the trip's end, route =
-    /// its path thinned to ~50 m (as simulate plans one).
+    /// Creates `order` for `courier` (none: unassigned), as [`order_request`] describes it.
     pub fn create_order(&self, order: &str, courier: Option<&str>, trip: &Trip) {
-        let new = CreateOrder {
-            order_id: order.into(),
-            destination: trip.destination().into(),
-            courier_id: courier.map(String::from),
-            route: Some(
-                trip.simplified_route(50.0)
-                    .iter()
-                    .map(|p| [p.lat, p.lon])
-                    .collect(),
-            ),
-            promised_at_ms: None,
-            pickup: None,
-        };
+        self.create(&order_request(order, courier, trip));
+    }
+
+    /// `POST /v1/orders` as ops.
+    pub fn create(&self, new: &CreateOrder) {
         self.runtime
-            .block_on(self.api().create_order(&self.ops_token(), &new))
+            .block_on(self.api().create_order(&self.ops_token(), new))
             .expect("creating the order");
     }
 
@@ -178,5 +169,23 @@ impl Live {
         // an address nothing listens on: a command that asked the server would fail loudly
         command.args(["--server", "http://127.0.0.1:9"]);
         command
+    }
+}
+
+/// The order `create_order` makes: destination = the trip's end, route = its path thinned to
+/// ~50 m (as simulate plans one), no pickup.
+pub fn order_request(order: &str, courier: Option<&str>, trip: &Trip) -> CreateOrder {
+    CreateOrder {
+        order_id: order.into(),
+        destination: trip.destination().into(),
+        courier_id: courier.map(String::from),
+        route: Some(
+            trip.simplified_route(50.0)
+                .iter()
+                .map(|p| [p.lat, p.lon])
+                .collect(),
+        ),
+        promised_at_ms: None,
+        pickup: None,
     }
 }

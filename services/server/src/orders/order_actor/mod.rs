@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use trackline_core::eta::{EtaConfig, EtaEstimator, Handover, PlannedStop};
+use trackline_core::eta::{EtaConfig, EtaEstimator, PlannedStop};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::now_ms;
 use trackline_core::order::{Eta, OrderRecord, OrderStatus, Position};
-use trackline_core::stops::{CarriedOrder, DEFAULT_DWELL_S};
+use trackline_core::stops::{self, CarriedOrder};
 use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
 use trackline_core::CourierId;
 
@@ -348,18 +348,17 @@ impl OrderActor {
 }
 
 /// The stops of `record` still to visit, for its estimator: the pickup while the order has not
-/// been picked up, then the door.
+/// been picked up, then the door (as `trackctl replay` builds them too).
 pub(super) fn own_stops(record: &OrderRecord) -> Vec<PlannedStop> {
-    let mut stops = Vec::with_capacity(2);
-    if let Some(pickup) = record
-        .pickup
-        .as_ref()
-        .filter(|_| before_pickup(record.status))
-    {
-        stops.push(pickup.planned());
-    }
-    stops.push(door(record));
-    stops
+    stops::order_stops(
+        record
+            .pickup
+            .as_ref()
+            .filter(|_| before_pickup(record.status)),
+        record.destination,
+        record.destination_dwell_s,
+        record.route.clone(),
+    )
 }
 
 /// Not picked up yet (the courier may be at the pickup, waiting).
@@ -368,18 +367,6 @@ fn before_pickup(status: OrderStatus) -> bool {
         status,
         OrderStatus::Created | OrderStatus::Assigned | OrderStatus::AtPickup
     )
-}
-
-/// The door of `record` as a stop: its handover counts once another order's stop follows it.
-fn door(record: &OrderRecord) -> PlannedStop {
-    PlannedStop {
-        at: record.destination,
-        route: record.route.clone(),
-        handover: Handover {
-            ready_at_ms: None,
-            dwell_s: record.destination_dwell_s.unwrap_or(DEFAULT_DWELL_S),
-        },
-    }
 }
 
 /// What a courier's plan needs of one of its orders.
@@ -399,9 +386,10 @@ pub fn plan_entry(record: &OrderRecord, courier: &CourierId) -> Option<PlanEntry
     if record.status.is_final() || record.courier_id.as_ref() != Some(courier) {
         return None;
     }
-    let pickup = (record.pickup.as_ref())
-        .filter(|_| before_pickup(record.status))
-        .map(|p| p.planned());
+    let mut stops = own_stops(record);
+    // unwrap: an order's stops always end at its door
+    let door = stops.pop().unwrap();
+    let pickup = stops.pop();
     let at_pickup = record.status == OrderStatus::AtPickup;
     Some(PlanEntry {
         carried: CarriedOrder {
@@ -410,7 +398,7 @@ pub fn plan_entry(record: &OrderRecord, courier: &CourierId) -> Option<PlanEntry
         },
         pickup,
         at_pickup,
-        door: door(record),
+        door,
     })
 }
 
