@@ -266,3 +266,43 @@ async fn a_pickup_wait_planned_first_delays_the_other_orders_door_and_not_once_p
         "the food's pickup comes after the parcel's door and its handover: {food}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_a_pickup_its_stop_leaves_the_plan_and_its_wait_still_delays_the_other_door() {
+    let server = TestServer::start();
+    let ready_at = now_ms() + 20 * 60 * 1000;
+    let (p, d) = (north(160.0), north(1000.0));
+    server
+        .ops_post(
+            "/v1/orders",
+            &json!({"order_id": "o-meal", "courier_id": "c-at",
+                    "destination": {"lat": d.lat, "lon": d.lon},
+                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
+                               "dwell_s": 300}}),
+            201,
+        )
+        .await;
+    create(&server, "o-box", "c-at", 500.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    // To the pickup, 160 m north (the arrival radius is 100 m).
+    ride(&server, "c-at", &ride_north(t0, 1, 0.0, 140.0)).await;
+    let meal = server.order_state("o-meal").await;
+    assert_eq!(meal["status"], "at_pickup", "{meal}");
+    assert_eq!(
+        get_plan(&server, "c-at").await,
+        plan_body(&[("o-meal", "dropoff"), ("o-box", "dropoff")])
+    );
+    // The registry hears of the pickup after the fix that reached it: the next fix is
+    // estimated from there.
+    ride(&server, "c-at", &ride_north(t0, 30, 145.0, 150.0)).await;
+    let meal_door = door_eta(&server, "o-meal").await;
+    let box_door = door_eta(&server, "o-box").await;
+    assert!(
+        box_door >= ready_at + 300_000,
+        "the box waits for the meal being collected: {box_door} < {ready_at} + 300 s"
+    );
+    assert!(
+        box_door > meal_door,
+        "the meal's door comes first: {meal_door} {box_door}"
+    );
+}
