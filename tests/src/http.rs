@@ -22,6 +22,12 @@ impl TestServer {
         send(request, token, format!("POST {path} {body}")).await
     }
 
+    /// `PUT path` with a JSON body and an optional bearer token.
+    pub async fn put(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        let request = self.http.put(self.http_url(path)).json(body);
+        send(request, token, format!("PUT {path} {body}")).await
+    }
+
     /// `GET path` as ops, expecting 200; the JSON body.
     pub async fn ops_get(&self, path: &str) -> Value {
         self.get(path, Some(&self.ops_token()))

@@ -208,6 +208,16 @@ struct Leg {
     handover: Handover,
 }
 
+impl From<PlannedStop> for Leg {
+    fn from(s: PlannedStop) -> Self {
+        Leg {
+            at: s.at,
+            route: s.route.and_then(Route::new),
+            handover: s.handover,
+        }
+    }
+}
+
 impl Leg {
     /// The distance of the leg from `from`, metres: along its route (plus the straight gaps
     /// at both ends, times the detour factor), else the straight line times the detour factor.
@@ -238,11 +248,7 @@ impl EtaEstimator {
     /// An estimator for a courier visiting `stops` in order (the estimate is for the last).
     /// With no stop at all it estimates towards 0/0, which no order has.
     pub fn with_stops(stops: Vec<PlannedStop>, config: EtaConfig) -> Self {
-        let mut legs = stops.into_iter().map(|s| Leg {
-            at: s.at,
-            route: s.route.and_then(Route::new),
-            handover: s.handover,
-        });
+        let mut legs = stops.into_iter().map(Leg::from);
         let first = legs.next().unwrap_or(Leg {
             at: LatLon::new(0.0, 0.0),
             route: None,
@@ -375,6 +381,30 @@ impl EtaEstimator {
             start_share: self.config.prior_weight_s / (self.config.prior_weight_s + watched_s),
             pace_variability: model.pace_variability(),
         }))
+    }
+
+    /// The courier's plan changed (another order's stop came or went before this one's): it
+    /// heads for `stops` from now on, with what was learnt of its speed. The matching on the
+    /// route is kept when the stop it heads to stays the same; otherwise the next update
+    /// estimates the new first leg afresh. Nothing changes with no stop at all.
+    pub fn replan(&mut self, stops: Vec<PlannedStop>) {
+        let mut legs = stops.into_iter().map(Leg::from);
+        let Some(first) = legs.next() else {
+            return;
+        };
+        self.ahead = legs.collect();
+        self.handover = first.handover;
+        if first.at == self.destination {
+            return;
+        }
+        self.destination = first.at;
+        self.route = first.route;
+        self.progress_m = None;
+        self.furthest_m = 0.0;
+        self.matched = None;
+        self.unmatched_since_ms = None;
+        self.off_route = false;
+        self.arrival_ms = None;
     }
 
     /// The courier left the stop it was heading to (the order was picked up): it heads to the

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use trackline_core::fix::{Fix, LatLon};
 use trackline_core::order::{ClockAdjustments, OrderStatus, OrderView, StatusChange};
+pub use trackline_core::stops::PlanStop;
 use trackline_core::{CourierId, OrderId};
 use utoipa::{IntoParams, ToSchema};
 
@@ -178,6 +179,15 @@ pub struct OrderCreated {
     pub watch_token: String,
     /// The live map page, `{public_url}/track/{id}?token=...`.
     pub watch_url: String,
+}
+
+/// `PUT /v1/couriers/{id}/plan`, and the answer of it and of `GET`: the order in which the
+/// courier visits the stops of its orders. A plan may leave stops out (an empty one names none):
+/// they follow in the order of assignment, each pickup before its dropoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CourierPlan {
+    pub stops: Vec<PlanStop>,
 }
 
 /// `POST /v1/orders/{id}/assign`; the answer is the order's [`OrderView`].

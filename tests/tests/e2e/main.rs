@@ -17,6 +17,7 @@ mod hostile_clients;
 mod limits;
 mod openapi;
 mod orders_rest;
+mod plans;
 mod presence;
 mod resume;
 mod retention;

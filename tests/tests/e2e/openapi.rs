@@ -111,6 +111,7 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
         let mut request = match method.as_str() {
             "get" => client.get(&url),
             "post" => client.post(&url).json(&json!({})),
+            "put" => client.put(&url).json(&json!({})),
             "delete" => client.delete(&url),
             other => panic!("{other} {path}: a method the server has no route of"),
         };

@@ -7,13 +7,13 @@ use trackline_proto::v1;
 use trackline_tests::{fix, TestServer};
 
 /// Where every courier of these tests starts (Joensuu, as the recorded trips).
-const START: LatLon = LatLon {
+pub(crate) const START: LatLon = LatLon {
     lat: 62.6,
     lon: 29.76,
 };
 
 /// `metres_north` of [`START`].
-fn north(metres_north: f64) -> LatLon {
+pub(crate) fn north(metres_north: f64) -> LatLon {
     LatLon::new(START.lat + metres_north / 111_195.0, START.lon)
 }
 
@@ -38,7 +38,7 @@ async fn create_with_pickup(server: &TestServer, order: &str, courier: &str, pic
 
 /// A courier riding north at 5 m/s from `from_m` to `to_m` north of [`START`], one fix a
 /// second: fix `seq` is at `t0_ms + seq` seconds, so consecutive rides continue one another.
-fn ride_north(t0_ms: i64, first_seq: u64, from_m: f64, to_m: f64) -> Vec<v1::Fix> {
+pub(crate) fn ride_north(t0_ms: i64, first_seq: u64, from_m: f64, to_m: f64) -> Vec<v1::Fix> {
     let n = ((to_m - from_m) / 5.0).round() as u64;
     (0..=n)
         .map(|i| {
@@ -53,7 +53,7 @@ fn ride_north(t0_ms: i64, first_seq: u64, from_m: f64, to_m: f64) -> Vec<v1::Fix
 }
 
 /// Sends `fixes` as `courier` and waits until all are acked (so durable and shown).
-async fn ride(server: &TestServer, courier: &str, fixes: &[trackline_proto::v1::Fix]) {
+pub(crate) async fn ride(server: &TestServer, courier: &str, fixes: &[trackline_proto::v1::Fix]) {
     let mut app = server.courier(courier).await;
     app.send(fixes).await;
     app.wait_ack(fixes.last().unwrap().seq).await;
@@ -61,14 +61,14 @@ async fn ride(server: &TestServer, courier: &str, fixes: &[trackline_proto::v1::
 }
 
 /// The courier says it has `order`; the order state answered.
-async fn pick_up(server: &TestServer, order: &str) -> Value {
+pub(crate) async fn pick_up(server: &TestServer, order: &str) -> Value {
     let path = format!("/v1/orders/{order}/status");
     server
         .ops_post(&path, &json!({"status": "picked_up"}), 200)
         .await
 }
 
-fn arrive_at(eta: &Value) -> i64 {
+pub(crate) fn arrive_at(eta: &Value) -> i64 {
     eta["arrive_at_ms"]
         .as_i64()
         .unwrap_or_else(|| panic!("no arrive_at_ms in {eta}"))

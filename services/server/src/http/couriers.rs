@@ -1,12 +1,15 @@
-//! `/v1/couriers/nearby`: the live couriers nearest a point.
+//! `/v1/couriers`: the live couriers nearest a point, and each courier's plan of stops.
 
 use actix_web::{web, HttpResponse};
-use trackline_rest::{ErrorAnswer, NearbyCourier, NearbyCouriers};
+use trackline_rest::{CourierPlan, ErrorAnswer, NearbyCourier, NearbyCouriers};
 
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{lat_lon, App};
+use crate::http::extract::{courier_id, lat_lon, App};
+use trackline_core::CourierId;
+
 use crate::live::NearbyQuery;
+use crate::orders::registry::plans::{GetPlan, SetPlan};
 
 /// The widest nearby search, metres.
 const MAX_NEARBY_RADIUS_M: f64 = 100_000.0;
@@ -65,4 +68,63 @@ pub async fn nearby(
         })
         .collect();
     Ok(HttpResponse::Ok().json(NearbyCouriers { couriers }))
+}
+
+/// Sets the order in which the courier visits the stops of the orders it carries.
+#[utoipa::path(
+    put,
+    path = "/v1/couriers/{id}/plan",
+    tag = "couriers",
+    params(("id" = CourierId, Path, description = "the courier id")),
+    request_body = CourierPlan,
+    responses(
+        (status = 200, description = "the effective plan, as `GET` answers it", body = CourierPlan),
+        (status = 400, description = "`plan_order_not_carried`, `plan_no_such_stop`, \
+                                      `plan_duplicate_stop`, `plan_dropoff_before_pickup`, \
+                                      `bad_courier_id`, `bad_json`, `bad_content_type`; the \
+                                      plan in place stays",
+         body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn set_plan(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+    body: web::Json<CourierPlan>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let courier = courier_id(&path)?;
+    let stops = body.into_inner().stops;
+    let plan = app
+        .registry
+        .send(SetPlan { courier, stops })
+        .await?
+        .map_err(|e| ApiError::BadRequest(e.code(), e.to_string()))?;
+    Ok(HttpResponse::Ok().json(CourierPlan { stops: plan }))
+}
+
+/// The order in which the courier visits the stops of the orders it carries: the plan set, then
+/// the stops it leaves out in the order of assignment.
+#[utoipa::path(
+    get,
+    path = "/v1/couriers/{id}/plan",
+    tag = "couriers",
+    params(("id" = CourierId, Path, description = "the courier id")),
+    responses(
+        (status = 200, description = "the effective plan (empty for a courier with no order)",
+         body = CourierPlan),
+        (status = 400, description = "`bad_courier_id`", body = ErrorAnswer),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get_plan(
+    caller: Caller,
+    app: App,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    caller.require_ops()?;
+    let courier = courier_id(&path)?;
+    let stops = app.registry.send(GetPlan { courier }).await?;
+    Ok(HttpResponse::Ok().json(CourierPlan { stops }))
 }

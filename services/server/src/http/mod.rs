@@ -51,6 +51,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, cors_origins: &[String]) {
             )
             .route("/couriers/nearby", web::get().to(couriers::nearby))
             .route("/couriers/within", web::get().to(pages::couriers_within))
+            .service(
+                web::resource("/couriers/{id}/plan")
+                    .route(web::put().to(couriers::set_plan))
+                    .route(web::get().to(couriers::get_plan)),
+            )
             .route("/courier/ws", web::get().to(streams::courier_stream))
             .route("/tokens", web::post().to(tokens::mint_token))
             .route("/admin/purge", web::post().to(admin::purge))

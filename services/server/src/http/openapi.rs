@@ -44,6 +44,8 @@ pub const TOKEN_QUERY: &str = "token_query";
         orders::history,
         streams::watch,
         couriers::nearby,
+        couriers::set_plan,
+        couriers::get_plan,
         pages::couriers_within,
         streams::courier_stream,
         tokens::mint_token,
@@ -126,7 +128,10 @@ impl Modify for SharedAnswers {
         for (path, item) in doc.paths.paths.iter_mut() {
             let order_call = path.starts_with("/v1/orders");
             // the only methods the server routes
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for operation in [&mut item.get, &mut item.post, &mut item.put]
+                .into_iter()
+                .flatten()
+            {
                 add_shared_answers(operation, order_call);
             }
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use trackline_core::fix::{Fix, RejectCode, Rejection};
 use trackline_core::order::{OrderStatus, OrderView};
+use trackline_core::stops::StopsThrough;
 use trackline_core::{CourierId, OrderId};
 
 use crate::orders::errors::OrderError;
@@ -74,4 +75,25 @@ pub struct Relink {
     pub order: OrderId,
     pub from: Option<CourierId>,
     pub to: Option<CourierId>,
+}
+
+/// What a courier's plan needs of one order ([`crate::orders::order_actor::PlanEntry`]);
+/// `None` when `courier` no longer carries it.
+#[derive(Message)]
+#[rtype(result = "Option<crate::orders::order_actor::PlanEntry>")]
+pub struct GetPlanEntry {
+    pub courier: CourierId,
+}
+
+/// The stops the order's courier visits up to the order's door, in its plan's order: the
+/// order's ETA counts every one of them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FollowPlan(pub StopsThrough);
+
+/// An order reached or left its pickup: the plan of `courier` changed for its other orders.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replan {
+    pub courier: CourierId,
 }

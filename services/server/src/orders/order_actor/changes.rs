@@ -8,11 +8,13 @@ use actix::prelude::*;
 use trackline_core::now_ms;
 use trackline_core::order::{OrderStatus, OrderView};
 
-use super::OrderActor;
+use super::{own_stops, plan_entry, OrderActor, PlanEntry};
 use crate::orders::errors::OrderError;
 use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
 use crate::orders::frames::Frame;
-use crate::orders::messages::{Assign, GetView, Relink, SetStatus};
+use crate::orders::messages::{
+    Assign, FollowPlan, GetPlanEntry, GetView, Relink, Replan, SetStatus,
+};
 use trackline_core::filter::GpsFilter;
 
 impl OrderActor {
@@ -167,17 +169,58 @@ impl Handler<SetStatus> for OrderActor {
                 }
             }
             let next = record.status.request(msg.status)?;
-            if next == OrderStatus::PickedUp && record.status != OrderStatus::PickedUp {
-                // Collected: the estimate heads for the door from here.
-                act.eta.advance();
+            let collected = next == OrderStatus::PickedUp && record.status != OrderStatus::PickedUp;
+            if collected {
+                // Collected: the estimate heads on from here. A plan that put another stop
+                // first is brought up to date by the registry, told below.
+                if act.own_pickup.take() == Some(0) {
+                    act.eta.advance();
+                }
                 record.pickup_eta = None;
             }
             record.set_status(next, now_ms());
+            if let Some(courier) = record.courier_id.clone().filter(|_| collected) {
+                act.deps.replans.do_send(Replan { courier });
+            }
             Ok(record.status.is_final().then(|| Relink {
                 order: record.order_id.clone(),
                 from: record.courier_id.clone(),
                 to: None,
             }))
         })
+    }
+}
+
+impl Handler<GetPlanEntry> for OrderActor {
+    type Result = ResponseFuture<Option<PlanEntry>>;
+
+    fn handle(&mut self, msg: GetPlanEntry, _: &mut Context<Self>) -> Self::Result {
+        if let Some(successor) = &self.moved_to {
+            let asked = successor.send(msg);
+            return Box::pin(async move { asked.await.ok().flatten() });
+        }
+        let entry = plan_entry(&self.record, &msg.courier);
+        Box::pin(async move { entry })
+    }
+}
+
+impl Handler<FollowPlan> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FollowPlan, _: &mut Context<Self>) {
+        if let Some(successor) = &self.moved_to {
+            successor.do_send(msg);
+            return;
+        }
+        let through = msg.0;
+        // A courier with this order alone: the estimator already plans for these stops, and
+        // keeps them untouched (the order's ETA is what it was without plans).
+        let only_own = through.stops == own_stops(&self.record);
+        if only_own && !self.following_plan {
+            return;
+        }
+        self.following_plan = !only_own;
+        self.own_pickup = through.own_pickup;
+        self.eta.replan(through.stops);
     }
 }

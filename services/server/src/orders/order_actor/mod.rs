@@ -16,18 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use trackline_core::eta::{EtaConfig, EtaEstimator};
+use trackline_core::eta::{EtaConfig, EtaEstimator, PlannedStop};
 use trackline_core::filter::{FilterConfig, GpsFilter, Verdict};
 use trackline_core::fix::Fix;
 use trackline_core::history::{HistoryStore, Progress, WriteBatch};
 use trackline_core::now_ms;
 use trackline_core::order::{Eta, OrderRecord, OrderStatus, Position};
-use trackline_core::stops;
+use trackline_core::stops::{self, CarriedOrder};
 use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
+use trackline_core::CourierId;
 
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
-use crate::orders::messages::{Ingest, IngestFailure, IngestReport, Relink};
+use crate::orders::messages::{Ingest, IngestFailure, IngestReport, Relink, Replan};
 use crate::orders::resume_buffer::ResumeLimits;
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
@@ -45,6 +46,9 @@ pub struct OrderDeps {
     pub store: HistoryStore,
     /// Where the order's changes of courier go (the registry, which routes fixes by them).
     pub relinks: Recipient<Relink>,
+    /// Where an order says that it reached or left its pickup (the registry, which keeps each
+    /// courier's plan).
+    pub replans: Recipient<Replan>,
     pub settings: Arc<OrderSettings>,
 }
 
@@ -103,11 +107,19 @@ pub struct OrderActor {
     queued_events: Vec<WebhookEvent>,
     /// When the last fix of the courier arrived (or the actor started).
     last_heard: std::time::Instant,
+    /// Where the order's own pickup is among the stops the estimator plans for (0: heading
+    /// there); `None` once it is left, or for an order without one.
+    own_pickup: Option<usize>,
+    /// The estimator plans for other orders' stops too ([`FollowPlan`]): set while the courier's
+    /// plan puts any before the order's door.
+    following_plan: bool,
 }
 
 impl OrderActor {
     pub fn new(record: OrderRecord, deps: OrderDeps) -> Self {
-        let eta = estimator_for(&record, &deps.settings.eta);
+        let own_stops = own_stops(&record);
+        let own_pickup = (own_stops.len() > 1).then_some(0);
+        let eta = EtaEstimator::with_stops(own_stops, deps.settings.eta.clone());
         let filter = GpsFilter::new(deps.settings.filter.clone());
         let hook_state = deps
             .store
@@ -141,6 +153,8 @@ impl OrderActor {
             events,
             queued_events: Vec::new(),
             last_heard: std::time::Instant::now(),
+            own_pickup,
+            following_plan: false,
         }
     }
 
@@ -292,43 +306,100 @@ impl OrderActor {
     /// Applies one validated fix that the filter let through to the live state.
     fn apply_live(&mut self, fix: &Fix, shown: trackline_core::LatLon) {
         let estimate = self.eta.update(fix, shown);
-        let heading_to_pickup = self.eta.stops_ahead() > 0;
+        let heading_to_pickup = self.own_pickup == Some(0);
         self.record.position = Some(Position::shown(fix, shown));
-        // The order's ETA is its door's, past the stops ahead; a pickup ahead has its own.
-        let door_ms = self.eta.arrivals_ms().last().copied();
+        // The order's ETA is its door's, past the stops ahead (its pickup's, and those of the
+        // courier's other orders that its plan puts first); its pickup has its own.
+        let arrivals = self.eta.arrivals_ms();
+        let door_ms = arrivals.last().copied();
         self.record.eta = Some(Eta {
             window: self.eta.window(),
             ..Eta::arriving(fix.time_ms, door_ms.unwrap_or(estimate.arrive_at_ms))
         });
-        self.record.pickup_eta = heading_to_pickup.then(|| estimate.into());
+        self.record.pickup_eta = self
+            .own_pickup
+            .and_then(|i| arrivals.get(i))
+            .map(|&ms| Eta::arriving(fix.time_ms, ms));
         let arrived = estimate.to_destination_m <= self.deps.settings.arrival_radius_m;
+        let heading_to_door = self.eta.stops_ahead() == 0;
         let reached = match self.record.status {
             OrderStatus::Assigned if heading_to_pickup => Some(OrderStatus::AtPickup),
-            OrderStatus::PickedUp if !heading_to_pickup => Some(OrderStatus::Arriving),
+            OrderStatus::PickedUp if heading_to_door => Some(OrderStatus::Arriving),
             _ => None,
         };
         if let (Some(status), true) = (reached, arrived) {
             self.record.set_status(status, fix.time_ms);
             self.record_changed = true;
+            if status == OrderStatus::AtPickup {
+                self.tell_plan_changed();
+            }
         }
         self.next_frame();
     }
+
+    /// Tells the registry that the courier's plan changed with this order's status.
+    fn tell_plan_changed(&self) {
+        if let Some(courier) = &self.record.courier_id {
+            self.deps.replans.do_send(Replan {
+                courier: courier.clone(),
+            });
+        }
+    }
 }
 
-/// The estimator of `record` as it stands: towards the pickup first while the order has not
-/// been picked up, else straight to the door.
-pub(super) fn estimator_for(record: &OrderRecord, config: &EtaConfig) -> EtaEstimator {
-    let before_pickup = matches!(
-        record.status,
-        OrderStatus::Created | OrderStatus::Assigned | OrderStatus::AtPickup
-    );
-    stops::order_estimator(
-        record.pickup.as_ref().filter(|_| before_pickup),
+/// The stops of `record` still to visit, for its estimator: the pickup while the order has not
+/// been picked up, then the door (as `trackctl replay` builds them too).
+pub(super) fn own_stops(record: &OrderRecord) -> Vec<PlannedStop> {
+    stops::order_stops(
+        record
+            .pickup
+            .as_ref()
+            .filter(|_| before_pickup(record.status)),
         record.destination,
         record.destination_dwell_s,
         record.route.clone(),
-        config.clone(),
     )
+}
+
+/// Not picked up yet (the courier may be at the pickup, waiting).
+fn before_pickup(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Created | OrderStatus::Assigned | OrderStatus::AtPickup
+    )
+}
+
+/// What a courier's plan needs of one of its orders.
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    pub carried: CarriedOrder,
+    /// The pickup while the order has not been picked up.
+    pub pickup: Option<PlannedStop>,
+    /// The courier is at the pickup (reached, not left): no stop to plan, but its wait and
+    /// handover come before every other stop.
+    pub at_pickup: bool,
+    pub door: PlannedStop,
+}
+
+/// `record` as `courier`'s plan sees it; `None` when `courier` does not carry it.
+pub fn plan_entry(record: &OrderRecord, courier: &CourierId) -> Option<PlanEntry> {
+    if record.status.is_final() || record.courier_id.as_ref() != Some(courier) {
+        return None;
+    }
+    let mut stops = own_stops(record);
+    // unwrap: an order's stops always end at its door
+    let door = stops.pop().unwrap();
+    let pickup = stops.pop();
+    let at_pickup = record.status == OrderStatus::AtPickup;
+    Some(PlanEntry {
+        carried: CarriedOrder {
+            order_id: record.order_id.clone(),
+            pickup_pending: pickup.is_some() && !at_pickup,
+        },
+        pickup,
+        at_pickup,
+        door,
+    })
 }
 
 impl Actor for OrderActor {

@@ -18,6 +18,12 @@ impl Handler<Relink> for NoRelinks {
     fn handle(&mut self, _: Relink, _: &mut Context<Self>) {}
 }
 
+impl Handler<Replan> for NoRelinks {
+    type Result = ();
+
+    fn handle(&mut self, _: Replan, _: &mut Context<Self>) {}
+}
+
 const START: LatLon = LatLon {
     lat: 48.85,
     lon: 2.35,
@@ -58,10 +64,11 @@ fn an_active_order_actor_holds_at_most_16_kib() {
             slow_watcher_timeout: Duration::from_secs(10),
             ..Default::default()
         });
-        let relinks = NoRelinks.start().recipient();
+        let registry = NoRelinks.start();
         let deps = OrderDeps {
             store: store.clone(),
-            relinks,
+            relinks: registry.clone().recipient(),
+            replans: registry.recipient(),
             settings,
         };
         let courier = CourierId::new("courier-m").unwrap();

@@ -84,34 +84,47 @@ impl Handler<Lookup> for Registry {
         let thread = near.map(|near| near.thread);
         let courier = msg.courier;
         Box::pin(
-            fut::wrap_future(join_all(moving)).map(move |moved, act: &mut Self, _| {
-                let mut any_moved = false;
-                for (order, old, new) in moved {
-                    let Some(new) = new else {
-                        actors.push(old);
-                        continue;
-                    };
-                    if let Some(slot @ Slot::Live(..)) = act.orders.get_mut(&order) {
-                        if matches!(slot, Slot::Live(addr, _) if *addr == old) {
-                            *slot = Slot::Live(new.clone(), thread);
-                            any_moved = true;
+            fut::wrap_future(join_all(moving))
+                .map(move |moved, act: &mut Self, _| {
+                    let mut any_moved = false;
+                    for (order, old, new) in moved {
+                        let Some(new) = new else {
+                            actors.push(old);
+                            continue;
+                        };
+                        if let Some(slot @ Slot::Live(..)) = act.orders.get_mut(&order) {
+                            if matches!(slot, Slot::Live(addr, _) if *addr == old) {
+                                *slot = Slot::Live(new.clone(), thread);
+                                any_moved = true;
+                            }
                         }
+                        actors.push(new);
                     }
-                    actors.push(new);
-                }
-                // Another open session of the courier (`--max-connections-per-courier` above 1)
-                // still routes to the old addresses: it asks again. Not for every move: the one
-                // that asked has the new addresses, and a lookup per move would be wasted.
-                let sessions = act.sessions.get(&courier).map_or(0, VecDeque::len);
-                if any_moved && sessions > 1 {
-                    act.changed_routes(&courier);
-                }
-                Routes {
-                    version,
-                    stamp,
-                    actors: actors.into(),
-                }
-            }),
+                    // Another open session of the courier (`--max-connections-per-courier` above 1)
+                    // still routes to the old addresses: it asks again. Not for every move: the one
+                    // that asked has the new addresses, and a lookup per move would be wasted.
+                    let sessions = act.sessions.get(&courier).map_or(0, VecDeque::len);
+                    if any_moved && sessions > 1 {
+                        act.changed_routes(&courier);
+                    }
+                    let routes = Routes {
+                        version,
+                        stamp,
+                        actors: actors.into(),
+                    };
+                    (courier, routes)
+                })
+                .then(|(courier, routes), act, _| {
+                    // The orders hear the courier's plan before the session has routes to send
+                    // fixes by: an actor just started plans for its own stops only, and the
+                    // courier's first fixes must be estimated along the plan, as its other orders'.
+                    fut::wrap_future(act.plan_entries(&courier)).map(
+                        move |entries, act: &mut Self, _| {
+                            act.follow(&courier, &entries);
+                            routes
+                        },
+                    )
+                }),
         )
     }
 }

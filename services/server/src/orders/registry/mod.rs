@@ -1,5 +1,6 @@
 //! The registry of active orders: finds an order's actor (starting it on demand, spread over the
-//! order arbiters) and routes each courier's fixes to every active order assigned to it.
+//! order arbiters), routes each courier's fixes to every active order assigned to it, and keeps
+//! each courier's plan of the stops of those orders ([`plans`]).
 //!
 //! An order's actor runs on the thread of the courier session that feeds it: it is started
 //! there, or moved there when the courier's newest session asks for its routes from another
@@ -15,6 +16,7 @@
 //! goes through the registry.
 
 pub mod courier_routes;
+pub mod plans;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,6 +93,8 @@ pub struct Registry {
     topology: Topology,
     /// The count of changes of each courier's routes, as held by its sessions.
     stamps: HashMap<CourierId, Weak<RouteStamp>>,
+    /// The plans ops gave couriers that carry orders ([`plans`]).
+    plans: HashMap<CourierId, Vec<trackline_core::stops::PlanStop>>,
 }
 
 impl Registry {
@@ -117,6 +121,7 @@ impl Registry {
             settings,
             topology,
             stamps: HashMap::new(),
+            plans: HashMap::new(),
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
@@ -133,6 +138,9 @@ impl Registry {
         if !orders.contains(&order) {
             orders.push(order);
             self.changed_routes(&courier);
+            // Its stops join the courier's plan (and a reassigned order leaves its old
+            // courier's stops behind, even as this courier's only order).
+            self.replan_later(&courier);
         }
     }
 
@@ -141,8 +149,12 @@ impl Registry {
             list.retain(|o| o != order);
             if list.is_empty() {
                 self.couriers.remove(courier);
+                // Nothing left to plan: the next orders start from the order of assignment.
+                self.plans.remove(courier);
             }
             self.changed_routes(courier);
+            // The orders left behind no longer plan for this one's stops.
+            self.replan_later(courier);
         }
     }
 
@@ -209,9 +221,15 @@ impl Registry {
                         (arbiter, None)
                     }
                 };
+                let shared_courier = (record.courier_id.clone())
+                    .filter(|c| self.couriers.get(c).is_some_and(|orders| orders.len() > 1));
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
                 *slot = Slot::Live(addr.clone(), thread);
+                if let Some(courier) = shared_courier {
+                    // It starts planning for its own stops only: give it the courier's plan.
+                    self.replan_later(&courier);
+                }
                 Some((addr, thread))
             }
         }
@@ -233,6 +251,7 @@ impl Actor for Registry {
         self.deps = Some(OrderDeps {
             store: self.store.clone(),
             relinks: ctx.address().recipient(),
+            replans: ctx.address().recipient(),
             settings: self.settings.clone(),
         });
         metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);

@@ -1,0 +1,167 @@
+//! Each courier's plan: the order in which it visits the stops of all the orders it carries
+//! (`PUT`/`GET /v1/couriers/{id}/plan`), kept by the registry, which knows those orders.
+//!
+//! Only the explicit plan ops gave is kept (in memory: after a restart every courier is back to
+//! the order of assignment); the effective plan is derived from it and from the orders' states.
+//! It is derived again, and each order told the stops before its door ([`FollowPlan`]), only
+//! when it can change: a plan is set, an order is linked or unlinked (assigned, ended), reaches
+//! or leaves its pickup ([`Replan`]), or starts its actor, and before a courier session gets its routes. A fix costs no plan work: each order's
+//! estimator prices the stops it was given with the speed it learns anyway.
+//!
+//! Broker mode: only the orders this node owns are planned for.
+
+use std::future::Future;
+
+use actix::prelude::*;
+use futures_util::future::{join_all, BoxFuture};
+use trackline_core::stops::{
+    check_plan, effective_plan, stops_through, CarriedOrder, PlanError, PlanStop, StopKind,
+};
+use trackline_core::CourierId;
+
+use super::{Registry, Slot};
+use crate::orders::messages::{FollowPlan, GetPlanEntry, Replan};
+use crate::orders::order_actor::{plan_entry, PlanEntry};
+
+/// Replace `courier`'s plan; the answer is the effective plan, or why nothing changed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<PlanStop>, PlanError>")]
+pub struct SetPlan {
+    pub courier: CourierId,
+    /// Empty: back to the order of assignment.
+    pub stops: Vec<PlanStop>,
+}
+
+/// `courier`'s effective plan.
+#[derive(Message)]
+#[rtype(result = "Vec<PlanStop>")]
+pub struct GetPlan {
+    pub courier: CourierId,
+}
+
+/// The orders of `entries` as a plan is checked against them.
+fn carried(entries: &[PlanEntry]) -> Vec<CarriedOrder> {
+    entries.iter().map(|e| e.carried.clone()).collect()
+}
+
+impl Registry {
+    /// What the plan needs of each order `courier` carries, in the order of assignment, as
+    /// their states stand now.
+    pub(super) fn plan_entries(
+        &self,
+        courier: &CourierId,
+    ) -> impl Future<Output = Vec<PlanEntry>> + 'static {
+        let entries: Vec<BoxFuture<'static, Option<PlanEntry>>> = self
+            .couriers
+            .get(courier)
+            .into_iter()
+            .flatten()
+            .filter_map(|order| match self.orders.get(order)? {
+                // Read where it lies: a plan is no reason to start a dormant order's actor.
+                Slot::Dormant(record) => {
+                    let entry = plan_entry(record, courier);
+                    Some(Box::pin(async move { entry }) as BoxFuture<_>)
+                }
+                Slot::Live(actor, _) => {
+                    let asked = actor.send(GetPlanEntry {
+                        courier: courier.clone(),
+                    });
+                    Some(Box::pin(async move { asked.await.ok().flatten() }) as BoxFuture<_>)
+                }
+            })
+            .collect();
+        async move { join_all(entries).await.into_iter().flatten().collect() }
+    }
+
+    /// The explicit plan of `courier` (empty: none).
+    fn explicit_plan(&self, courier: &CourierId) -> &[PlanStop] {
+        self.plans.get(courier).map_or(&[], Vec::as_slice)
+    }
+
+    /// Derives `courier`'s plan again, soon (after the change being handled is applied).
+    pub(super) fn replan_later(&self, courier: &CourierId) {
+        if let Some(deps) = &self.deps {
+            deps.replans.do_send(Replan {
+                courier: courier.clone(),
+            });
+        }
+    }
+
+    /// Tells each running order of `courier` the stops before its door in the effective plan.
+    pub(super) fn follow(&self, courier: &CourierId, entries: &[PlanEntry]) {
+        let plan = effective_plan(self.explicit_plan(courier), &carried(entries));
+        // Where the courier is now: every order's way goes on from these pickups.
+        let current: Vec<_> = entries
+            .iter()
+            .filter(|e| e.at_pickup)
+            .filter_map(|e| Some((&e.carried.order_id, e.pickup.as_ref()?)))
+            .collect();
+        let stop_of = |stop: &PlanStop| {
+            let entry = entries
+                .iter()
+                .find(|e| e.carried.order_id == stop.order_id)?;
+            match stop.kind {
+                StopKind::Pickup => entry.pickup.as_ref().filter(|_| !entry.at_pickup),
+                StopKind::Dropoff => Some(&entry.door),
+            }
+        };
+        for entry in entries {
+            let order = &entry.carried.order_id;
+            let Some(Slot::Live(actor, _)) = self.orders.get(order) else {
+                continue; // started later, it asks for the plan then
+            };
+            if let Some(through) = stops_through(order, &current, &plan, stop_of) {
+                actor.do_send(FollowPlan(through));
+            }
+        }
+    }
+}
+
+impl Handler<SetPlan> for Registry {
+    type Result = ResponseActFuture<Self, Result<Vec<PlanStop>, PlanError>>;
+
+    fn handle(&mut self, msg: SetPlan, _: &mut Context<Self>) -> Self::Result {
+        let entries = self.plan_entries(&msg.courier);
+        Box::pin(
+            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
+                let carried = carried(&entries);
+                check_plan(&msg.stops, &carried)?;
+                let plan = effective_plan(&msg.stops, &carried);
+                if msg.stops.is_empty() {
+                    act.plans.remove(&msg.courier);
+                } else {
+                    act.plans.insert(msg.courier.clone(), msg.stops);
+                }
+                // Sent before the answer: a fix the courier sends after it is estimated by the plan.
+                act.follow(&msg.courier, &entries);
+                Ok(plan)
+            }),
+        )
+    }
+}
+
+impl Handler<GetPlan> for Registry {
+    type Result = ResponseActFuture<Self, Vec<PlanStop>>;
+
+    fn handle(&mut self, msg: GetPlan, _: &mut Context<Self>) -> Self::Result {
+        let entries = self.plan_entries(&msg.courier);
+        Box::pin(
+            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
+                effective_plan(act.explicit_plan(&msg.courier), &carried(&entries))
+            }),
+        )
+    }
+}
+
+impl Handler<Replan> for Registry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Replan, _: &mut Context<Self>) -> Self::Result {
+        let entries = self.plan_entries(&msg.courier);
+        Box::pin(
+            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
+                act.follow(&msg.courier, &entries);
+            }),
+        )
+    }
+}

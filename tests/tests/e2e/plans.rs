@@ -1,0 +1,308 @@
+//! A courier's plan of the stops of all its orders (issue 16): `PUT`/`GET
+//! /v1/couriers/{id}/plan`, its 400s, and the ETAs that count the stops before an order's own.
+
+use serde_json::{json, Value};
+use trackline_tests::TestServer;
+
+use trackline_core::now_ms;
+
+use crate::stops::{arrive_at, north, pick_up, ride, ride_north};
+
+/// Creates `order` for `courier` going `door_m` north of the start, with a dwell of `dwell_s`
+/// at the door and, when `pickup_m` is set, a ready pickup that far north.
+async fn create(
+    server: &TestServer,
+    order: &str,
+    courier: &str,
+    door_m: f64,
+    dwell_s: f64,
+    pickup_m: Option<f64>,
+) {
+    let door = north(door_m);
+    let mut body = json!({"order_id": order, "courier_id": courier,
+                          "destination": {"lat": door.lat, "lon": door.lon, "dwell_s": dwell_s}});
+    if let Some(pickup_m) = pickup_m {
+        let p = north(pickup_m);
+        body["pickup"] = json!({"lat": p.lat, "lon": p.lon, "dwell_s": 0});
+    }
+    server.ops_post("/v1/orders", &body, 201).await;
+}
+
+fn plan_path(courier: &str) -> String {
+    format!("/v1/couriers/{courier}/plan")
+}
+
+/// `[(order, kind), ...]` as a plan's body.
+fn plan_body(stops: &[(&str, &str)]) -> Value {
+    let stops: Vec<Value> = stops
+        .iter()
+        .map(|(order, kind)| json!({"order_id": order, "kind": kind}))
+        .collect();
+    json!({ "stops": stops })
+}
+
+async fn put_plan(server: &TestServer, courier: &str, stops: &[(&str, &str)]) -> Value {
+    server
+        .put(
+            &plan_path(courier),
+            Some(&server.ops_token()),
+            &plan_body(stops),
+        )
+        .await
+        .expect_status(200)
+}
+
+async fn get_plan(server: &TestServer, courier: &str) -> Value {
+    server.ops_get(&plan_path(courier)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_plan_the_stops_follow_assignment_and_reached_ones_drop_out() {
+    let server = TestServer::start();
+    create(&server, "o-a", "c-plan", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-b", "c-plan", 2000.0, 60.0, None).await;
+    let expected = plan_body(&[("o-a", "pickup"), ("o-a", "dropoff"), ("o-b", "dropoff")]);
+    assert_eq!(get_plan(&server, "c-plan").await, expected);
+
+    pick_up(&server, "o-a").await;
+    let expected = plan_body(&[("o-a", "dropoff"), ("o-b", "dropoff")]);
+    assert_eq!(get_plan(&server, "c-plan").await, expected);
+    let path = "/v1/orders/o-a/status";
+    server
+        .ops_post(path, &json!({"status": "delivered"}), 200)
+        .await;
+    assert_eq!(
+        get_plan(&server, "c-plan").await,
+        plan_body(&[("o-b", "dropoff")])
+    );
+    assert_eq!(get_plan(&server, "c-none").await, plan_body(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_plan_is_refused_with_its_code_and_the_plan_in_place_stays() {
+    let server = TestServer::start();
+    create(&server, "o-p1", "c-bad", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-p2", "c-bad", 2000.0, 60.0, None).await;
+    create(&server, "o-other", "c-else", 2000.0, 60.0, None).await;
+    let good = [("o-p2", "dropoff"), ("o-p1", "pickup"), ("o-p1", "dropoff")];
+    assert_eq!(put_plan(&server, "c-bad", &good).await, plan_body(&good));
+
+    let cases = [
+        (
+            plan_body(&[("o-other", "dropoff")]),
+            "plan_order_not_carried",
+        ),
+        (
+            plan_body(&[("o-nope", "dropoff")]),
+            "plan_order_not_carried",
+        ),
+        (plan_body(&[("o-p2", "pickup")]), "plan_no_such_stop"),
+        (
+            plan_body(&[("o-p2", "dropoff"), ("o-p2", "dropoff")]),
+            "plan_duplicate_stop",
+        ),
+        (
+            plan_body(&[("o-p1", "dropoff"), ("o-p1", "pickup")]),
+            "plan_dropoff_before_pickup",
+        ),
+        (plan_body(&[("o-p1", "detour")]), "bad_json"),
+        (json!({"stops": "o-p1"}), "bad_json"),
+        (json!({"stop": []}), "bad_json"),
+    ];
+    let ops = server.ops_token();
+    for (body, code) in cases {
+        let got = server
+            .put(&plan_path("c-bad"), Some(&ops), &body)
+            .await
+            .expect_error(400);
+        assert_eq!(got, code, "{body}");
+        assert_eq!(get_plan(&server, "c-bad").await, plan_body(&good), "{body}");
+    }
+    // A courier's token plans nothing, not even its own stops.
+    let courier = server.courier_token("c-bad");
+    server
+        .put(&plan_path("c-bad"), Some(&courier), &plan_body(&[]))
+        .await
+        .expect_error(403);
+}
+
+/// The door ETA of `order`, unix ms.
+async fn door_eta(server: &TestServer, order: &str) -> i64 {
+    arrive_at(&server.order_state(order).await["eta"])
+}
+
+fn window_width(state: &Value) -> i64 {
+    let window = &state["eta"]["window"];
+    window["latest_ms"].as_i64().unwrap() - window["earliest_ms"].as_i64().unwrap()
+}
+
+/// Rides `courier` 40 m north from the start, acked: its orders hear the courier's plan before
+/// its session may send the first fix.
+async fn ride_start(server: &TestServer, courier: &str, t0_ms: i64) {
+    ride(server, courier, &ride_north(t0_ms, 1, 0.0, 40.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_drop_is_later_than_the_first_by_the_leg_between_and_the_first_dwell() {
+    let server = TestServer::start();
+    create(&server, "o-first", "c-two", 1000.0, 300.0, None).await;
+    create(&server, "o-second", "c-two", 2000.0, 60.0, None).await;
+    // The same ride, for the leg from the first door to the second as the estimator prices it:
+    // a pickup (no wait, no handover) at the first door on the way to the second.
+    create(&server, "o-leg", "c-leg", 2000.0, 60.0, Some(1000.0)).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-two", t0).await;
+    ride_start(&server, "c-leg", t0).await;
+
+    let leg = server.order_state("o-leg").await;
+    let leg_ms = arrive_at(&leg["eta"]) - arrive_at(&leg["stops"][0]["eta"]);
+    assert!(leg_ms > 60_000, "a kilometre takes minutes: {leg}");
+    let first = server.order_state("o-first").await;
+    let second = server.order_state("o-second").await;
+    let (first_ms, second_ms) = (arrive_at(&first["eta"]), arrive_at(&second["eta"]));
+    assert!(
+        second_ms >= first_ms + 300_000 + leg_ms - 2_000,
+        "second {second_ms} is before first {first_ms} + 300 s + leg {leg_ms} ms"
+    );
+    assert_eq!(
+        second["stops"][0]["eta"]["arrive_at_ms"], second["eta"]["arrive_at_ms"],
+        "the dropoff's ETA is the order's: {second}"
+    );
+    assert!(
+        window_width(&second) > window_width(&first),
+        "a stop ahead widens the window: {first} {second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_that_reverses_the_drops_makes_the_first_order_the_later_one() {
+    let server = TestServer::start();
+    create(&server, "o-near", "c-rev", 1000.0, 60.0, None).await;
+    create(&server, "o-far", "c-rev", 2000.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-rev", t0).await;
+    assert!(door_eta(&server, "o-near").await < door_eta(&server, "o-far").await);
+
+    let reversed = [("o-far", "dropoff"), ("o-near", "dropoff")];
+    assert_eq!(
+        put_plan(&server, "c-rev", &reversed).await,
+        plan_body(&reversed)
+    );
+    assert_eq!(get_plan(&server, "c-rev").await, plan_body(&reversed));
+    ride(&server, "c-rev", &ride_north(t0, 10, 45.0, 60.0)).await;
+    let (near, far) = (
+        door_eta(&server, "o-near").await,
+        door_eta(&server, "o-far").await,
+    );
+    assert!(near > far, "near {near} is not after far {far}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_courier_with_one_order_estimates_it_as_before_plans() {
+    let server = TestServer::start();
+    // The same door and ride: one courier carries it alone, the other with a second order
+    // whose door comes after it, so nothing is planned before the first door of either.
+    create(&server, "o-solo", "c-solo", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-pair", "c-pair", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-pair-2", "c-pair", 2000.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-solo", t0).await;
+    ride_start(&server, "c-pair", t0).await;
+    let solo = server.order_state("o-solo").await;
+    let pair = server.order_state("o-pair").await;
+    assert_eq!(solo["stops"], pair["stops"], "{solo} {pair}");
+    assert_eq!(solo["eta"], pair["eta"], "{solo} {pair}");
+    assert_eq!(
+        get_plan(&server, "c-solo").await,
+        plan_body(&[("o-solo", "pickup"), ("o-solo", "dropoff")])
+    );
+    assert!(
+        door_eta(&server, "o-pair-2").await > arrive_at(&pair["eta"]),
+        "{pair}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pickup_wait_planned_first_delays_the_other_orders_door_and_not_once_planned_after() {
+    let server = TestServer::start();
+    let ready_at = now_ms() + 20 * 60 * 1000;
+    let (p, d) = (north(200.0), north(1000.0));
+    server
+        .ops_post(
+            "/v1/orders",
+            &json!({"order_id": "o-food", "courier_id": "c-wait",
+                    "destination": {"lat": d.lat, "lon": d.lon},
+                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
+                               "dwell_s": 300}}),
+            201,
+        )
+        .await;
+    create(&server, "o-parcel", "c-wait", 500.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-wait", t0).await;
+    let parcel = door_eta(&server, "o-parcel").await;
+    assert!(
+        parcel >= ready_at + 300_000,
+        "the parcel waits behind the food's pickup: {parcel} < {ready_at} + 300 s"
+    );
+
+    let parcel_first = [("o-parcel", "dropoff"), ("o-food", "pickup")];
+    let stored = put_plan(&server, "c-wait", &parcel_first).await;
+    assert_eq!(
+        stored,
+        plan_body(&[
+            ("o-parcel", "dropoff"),
+            ("o-food", "pickup"),
+            ("o-food", "dropoff")
+        ]),
+        "the food's dropoff, left out, follows"
+    );
+    ride(&server, "c-wait", &ride_north(t0, 10, 45.0, 60.0)).await;
+    let parcel = door_eta(&server, "o-parcel").await;
+    assert!(parcel < ready_at, "nothing before the parcel now: {parcel}");
+    let food = server.order_state("o-food").await;
+    assert!(
+        arrive_at(&food["stops"][0]["eta"]) > parcel + 60_000,
+        "the food's pickup comes after the parcel's door and its handover: {food}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_a_pickup_its_stop_leaves_the_plan_and_its_wait_still_delays_the_other_door() {
+    let server = TestServer::start();
+    let ready_at = now_ms() + 20 * 60 * 1000;
+    let (p, d) = (north(160.0), north(1000.0));
+    server
+        .ops_post(
+            "/v1/orders",
+            &json!({"order_id": "o-meal", "courier_id": "c-at",
+                    "destination": {"lat": d.lat, "lon": d.lon},
+                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
+                               "dwell_s": 300}}),
+            201,
+        )
+        .await;
+    create(&server, "o-box", "c-at", 500.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    // To the pickup, 160 m north (the arrival radius is 100 m).
+    ride(&server, "c-at", &ride_north(t0, 1, 0.0, 140.0)).await;
+    let meal = server.order_state("o-meal").await;
+    assert_eq!(meal["status"], "at_pickup", "{meal}");
+    assert_eq!(
+        get_plan(&server, "c-at").await,
+        plan_body(&[("o-meal", "dropoff"), ("o-box", "dropoff")])
+    );
+    // The registry hears of the pickup after the fix that reached it: the next fix is
+    // estimated from there.
+    ride(&server, "c-at", &ride_north(t0, 30, 145.0, 150.0)).await;
+    let meal_door = door_eta(&server, "o-meal").await;
+    let box_door = door_eta(&server, "o-box").await;
+    assert!(
+        box_door >= ready_at + 300_000,
+        "the box waits for the meal being collected: {box_door} < {ready_at} + 300 s"
+    );
+    assert!(
+        box_door > meal_door,
+        "the meal's door comes first: {meal_door} {box_door}"
+    );
+}
