@@ -142,6 +142,24 @@ impl Api {
         Ok(())
     }
 
+    /// `PUT /v1/couriers/{id}/plan`: the order in which `courier` visits its orders' stops.
+    ///
+    /// # Errors
+    /// When the server is unreachable or refuses the plan.
+    pub async fn set_plan(
+        &self,
+        token: &str,
+        courier: &str,
+        plan: &trackline_rest::CourierPlan,
+    ) -> anyhow::Result<()> {
+        let url = self.url(&format!("/v1/couriers/{courier}/plan"));
+        let response = self
+            .send(self.http.put(url).bearer_auth(token).json(plan))
+            .await?;
+        check(response, &format!("setting the plan of courier {courier}")).await?;
+        Ok(())
+    }
+
     /// `GET /v1/orders/{id}` with an ops token: the state, route, status log and rejected counts.
     /// `None` when the server does not know the order.
     ///

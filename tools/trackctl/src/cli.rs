@@ -477,6 +477,9 @@ Examples:
   # a delivery with a pickup 40 % into the trip: collected when the courier gets there
   trackctl simulate --secret dev-secret --pickup-at 0.4 --deliver car_visnjan_hr.csv
 
+  # one courier, three drops along its trip, visited in that order (its plan)
+  trackctl simulate --secret dev-secret --orders-per-courier 3 --deliver car_visnjan_hr.csv
+
   # 200 random couriers around Helsinki centre, 3 km radius, 20 min by car, reproducible
   trackctl simulate --secret dev-secret --random 60.1699,24.9384 --radius-m 3000 \\
       --duration 20m --speed-mps 12 --seed 7 -n 200
@@ -586,6 +589,12 @@ pub struct SimulateArgs {
     /// there into the route to the pickup and the route from it
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
     pub pickup_at: Option<f64>,
+
+    /// Orders each courier carries (multi-drop): its trip cut into N equal stretches of time, a
+    /// drop at the end of each, the courier's plan set to visit them in that order; with
+    /// --deliver each is delivered when its courier gets there. Order ids are PREFIX{i}-{j}
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20), conflicts_with = "pickup_at")]
+    pub orders_per_courier: u32,
 
     /// Fixes per frame, as an app that batches its uploads
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=500))]

@@ -16,8 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use trackline_core::auth::{TokenKeys, DEFAULT_TTL_S};
 use trackline_core::order::OrderStatus;
+use trackline_core::stops::{PlanStop, StopKind};
 use trackline_core::{CourierId, OrderId};
-use trackline_rest::{CreateOrder, PickupRequest};
+use trackline_rest::{CreateOrder, Destination, PickupRequest};
 
 use crate::api::{Api, HttpError};
 use crate::courier::{
@@ -116,6 +117,9 @@ pub struct SimConfig {
     pub deliver: bool,
     /// A pickup for each created order at this fraction of its trip's duration.
     pub pickup_at: Option<f64>,
+    /// Orders each courier carries: its trip cut into this many equal stretches of time, one
+    /// drop at the end of each, visited in that order.
+    pub orders_per_courier: usize,
     /// Fixes per frame.
     pub batch: usize,
     /// Ride the trips back and forth until stopped.
@@ -288,6 +292,15 @@ impl Simulation {
             config.pickup_at.is_none() || config.create_orders,
             "--pickup-at gives the orders simulate creates a pickup; drop --no-create-orders"
         );
+        ensure!(
+            config.orders_per_courier >= 1,
+            "--orders-per-courier must be at least 1"
+        );
+        ensure!(
+            config.orders_per_courier == 1 || (config.create_orders && config.pickup_at.is_none()),
+            "--orders-per-courier creates the orders itself, without a pickup: drop \
+             --no-create-orders and --pickup-at"
+        );
         let api = Api::new(&config.server)?;
         let credentials = resolve_credentials(
             config.secret.as_deref(),
@@ -405,34 +418,44 @@ impl Simulation {
         let mut riders = JoinSet::new();
         if error.is_none() {
             for plan in self.plans.iter().cloned() {
-                let order_id = self
+                let orders: Vec<String> = self
                     .orders
                     .iter()
-                    .find(|o| o.courier_id == plan.courier_id)
-                    .map(|o| o.order_id.clone());
-                let deliver = match (self.deliver, &self.ops_token, order_id) {
-                    (true, Some(token), Some(order_id)) => {
-                        Some((self.api.clone(), token.clone(), order_id))
+                    .filter(|o| o.courier_id == plan.courier_id)
+                    .map(|o| o.order_id.clone())
+                    .collect();
+                let ops = match (self.deliver, &self.ops_token) {
+                    (true, Some(token)) if !orders.is_empty() => {
+                        Some((self.api.clone(), token.clone()))
                     }
                     _ => None,
                 };
-                // With a pickup along the trip the order is collected when the courier gets
-                // there: that far into the trip's time, at the run's pace.
-                let pickup = match (&deliver, self.pickup_at) {
-                    (Some((api, token, order_id)), Some(fraction)) => {
+                // What happens along the trip, when the courier gets there at the run's pace: the
+                // pickup collected (--pickup-at), or each drop but the last delivered.
+                let mut along: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
+                if let Some((api, token)) = &ops {
+                    let due = |fraction: f64| {
                         let trip = &plan.trip;
                         let trip_s = trip.points[trip.index_at(fraction)].t_s - trip.points[0].t_s;
-                        let due = plan.start_delay
-                            + Duration::from_secs_f64(trip_s / self.settings.speedup);
-                        let (api, token, order_id) = (api.clone(), token.clone(), order_id.clone());
-                        Some(tokio::spawn(async move {
+                        plan.start_delay + Duration::from_secs_f64(trip_s / self.settings.speedup)
+                    };
+                    let mut at = |order: &str, status: OrderStatus, due: Duration| {
+                        let (api, token, order) = (api.clone(), token.clone(), order.to_string());
+                        along.push(tokio::spawn(async move {
                             tokio::time::sleep(due).await;
-                            api.set_status(&token, &order_id, OrderStatus::PickedUp)
-                                .await
-                        }))
+                            api.set_status(&token, &order, status).await
+                        }));
+                    };
+                    if let Some(fraction) = self.pickup_at {
+                        at(&orders[0], OrderStatus::PickedUp, due(fraction));
                     }
-                    _ => None,
-                };
+                    let drops = orders.len();
+                    for (j, order) in orders.iter().enumerate().take(drops - 1) {
+                        at(order, OrderStatus::Delivered, due(drop_fraction(j, drops)));
+                    }
+                }
+                let last_drop =
+                    ops.map(|(api, token)| (api, token, orders[orders.len() - 1].clone()));
                 let task = run_courier(
                     plan,
                     self.settings.clone(),
@@ -442,16 +465,16 @@ impl Simulation {
                 );
                 riders.spawn(async move {
                     let report = task.await;
-                    if let Some(pickup) = pickup {
-                        if pickup.is_finished() || report.as_ref().is_ok_and(|r| r.completed) {
-                            pickup.await??;
+                    for change in along {
+                        if change.is_finished() || report.as_ref().is_ok_and(|r| r.completed) {
+                            change.await??;
                         } else {
-                            // stopped before the courier got to the pickup
-                            pickup.abort();
+                            // stopped before the courier got there
+                            change.abort();
                         }
                     }
                     let report = report?;
-                    if let Some((api, token, order_id)) = deliver {
+                    if let Some((api, token, order_id)) = last_drop {
                         if report.completed && report.unacked == 0 {
                             api.set_status(&token, &order_id, OrderStatus::Delivered)
                                 .await?;
@@ -543,11 +566,9 @@ async fn create_orders(
     plans: &[CourierPlan],
     config: &SimConfig,
 ) -> anyhow::Result<Vec<OrderInfo>> {
-    let mut requests = Vec::with_capacity(plans.len());
+    let drops = config.orders_per_courier;
+    let mut requests = Vec::with_capacity(plans.len() * drops);
     for (i, plan) in plans.iter().enumerate() {
-        let order_id = format!("{}{}", config.order_prefix, i + 1);
-        OrderId::new(&order_id)
-            .with_context(|| format!("order id {order_id:?} (from --order-prefix)"))?;
         let trip = &plan.trip;
         let last = trip.points.len() - 1;
         // an empty plan is left out, as if there were none
@@ -559,30 +580,52 @@ async fn create_orders(
                 .collect();
             Some(route).filter(|route| route.len() >= 2)
         };
-        let (route, pickup) = match config.pickup_at {
-            None => (route_of(trip), None),
-            Some(fraction) => {
-                let k = trip.index_at(fraction);
-                let at = trip.points[k].pos;
-                let pickup = PickupRequest {
+        let mut from = 0;
+        for j in 0..drops {
+            let order_id = if drops == 1 {
+                format!("{}{}", config.order_prefix, i + 1)
+            } else {
+                format!("{}{}-{}", config.order_prefix, i + 1, j + 1)
+            };
+            OrderId::new(&order_id)
+                .with_context(|| format!("order id {order_id:?} (from --order-prefix)"))?;
+            let to = if j + 1 == drops {
+                last
+            } else {
+                trip.index_at(drop_fraction(j, drops))
+            };
+            let (route, pickup) = match config.pickup_at {
+                None => (route_of(&trip.leg(from..=to)), None),
+                Some(fraction) => {
+                    let k = trip.index_at(fraction);
+                    let at = trip.points[k].pos;
+                    let pickup = PickupRequest {
+                        lat: at.lat,
+                        lon: at.lon,
+                        ready_at_ms: None,
+                        dwell_s: Some(0.0),
+                        route: route_of(&trip.leg(0..=k)),
+                    };
+                    (route_of(&trip.leg(k..=last)), Some(pickup))
+                }
+            };
+            let at = trip.points[to].pos;
+            let order = CreateOrder {
+                order_id,
+                destination: Destination {
                     lat: at.lat,
                     lon: at.lon,
-                    ready_at_ms: None,
-                    dwell_s: Some(0.0),
-                    route: route_of(&trip.leg(0..=k)),
-                };
-                (route_of(&trip.leg(k..=last)), Some(pickup))
-            }
-        };
-        let order = CreateOrder {
-            order_id,
-            destination: trip.destination().into(),
-            courier_id: Some(plan.courier_id.clone()),
-            route,
-            promised_at_ms: None,
-            pickup,
-        };
-        requests.push((order, plan));
+                    // the recording did not stop at a drop along the way: no handover time
+                    dwell_s: (drops > 1).then_some(0.0),
+                },
+                courier_id: Some(plan.courier_id.clone()),
+                route,
+                promised_at_ms: None,
+                pickup,
+            };
+            requests.push((order, plan));
+            from = to;
+        }
     }
     let created: Vec<OrderInfo> = stream::iter(requests)
         .map(|(order, plan)| async move {
@@ -607,7 +650,36 @@ async fn create_orders(
         .buffered(SETUP_CONCURRENCY)
         .try_collect()
         .await?;
+    if drops > 1 {
+        // The orders were created concurrently, so their order of assignment is not the trip's:
+        // each courier's plan says it, as a dispatcher's would.
+        stream::iter(plans)
+            .map(|plan| {
+                let stops = created
+                    .iter()
+                    .filter(|o| o.courier_id == plan.courier_id)
+                    .map(|o| {
+                        Ok(PlanStop {
+                            order_id: OrderId::new(&o.order_id)?,
+                            kind: StopKind::Dropoff,
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>();
+                async move {
+                    let plan_of = trackline_rest::CourierPlan { stops: stops? };
+                    api.set_plan(ops_token, &plan.courier_id, &plan_of).await
+                }
+            })
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
     Ok(created)
+}
+
+/// Where drop `j` (from 0) of `drops` is along a trip: the end of its equal stretch of time.
+fn drop_fraction(j: usize, drops: usize) -> f64 {
+    (j + 1) as f64 / drops as f64
 }
 
 impl Summary {

@@ -177,11 +177,9 @@ fn replay_shows_the_pickup_its_eta_and_the_window_the_server_published() {
     assert!(stderr.contains("stops: pickup "), "{stderr}");
 }
 
-#[test]
-fn a_simulated_pickup_is_reached_collected_and_replayed() {
-    // 80 s north at 10 m/s; the pickup at 40 % of it, 320 m up the road
-    let dir = tempfile::tempdir().unwrap();
-    let trip = dir.path().join("north.csv");
+/// A trip file of 80 s north at 10 m/s (9e-5 degrees a second).
+fn northwards_trip(dir: &std::path::Path) -> std::path::PathBuf {
+    let trip = dir.join("north.csv");
     let mut csv = String::from("t_unix,lat,lon\n");
     for i in 0..=80 {
         csv.push_str(&format!(
@@ -191,6 +189,32 @@ fn a_simulated_pickup_is_reached_collected_and_replayed() {
         ));
     }
     std::fs::write(&trip, csv).unwrap();
+    trip
+}
+
+/// The statuses of an order's log with their times.
+fn status_times(detail: &trackline_rest::OrderDetail) -> Vec<(String, i64)> {
+    detail
+        .status_log
+        .iter()
+        .flatten()
+        .map(|c| (c.status.to_string(), c.at_ms))
+        .collect()
+}
+
+/// When `status` took effect in `log`.
+fn time_of(log: &[(String, i64)], status: &str) -> i64 {
+    log.iter()
+        .find(|(s, _)| s == status)
+        .map(|(_, at)| *at)
+        .unwrap_or_else(|| panic!("no {status} in {log:?}"))
+}
+
+#[test]
+fn a_simulated_pickup_is_reached_collected_and_replayed() {
+    // the pickup at 40 % of the trip, 320 m up the road
+    let dir = tempfile::tempdir().unwrap();
+    let trip = northwards_trip(dir.path());
     let live = Live::start();
     let trip_arg = trip.to_str().unwrap();
     stdout_of(&mut live.trackctl(&[
@@ -214,18 +238,8 @@ fn a_simulated_pickup_is_reached_collected_and_replayed() {
     );
     assert_eq!(pickup.dwell_s, Some(0.0));
     assert!(pickup.route.as_ref().is_some_and(|r| r.len() >= 2));
-    let log: Vec<(String, i64)> = order
-        .status_log
-        .iter()
-        .flatten()
-        .map(|c| (c.status.to_string(), c.at_ms))
-        .collect();
-    let at = |status: &str| {
-        log.iter()
-            .find(|(s, _)| s == status)
-            .map(|(_, at)| *at)
-            .unwrap_or_else(|| panic!("no {status} in {log:?}"))
-    };
+    let log = status_times(&order);
+    let at = |status: &str| time_of(&log, status);
     // reached (within the arrival radius, 100 m before it), then collected when the courier got
     // there, then delivered at the end
     assert!(at("at_pickup") <= at("picked_up"), "{log:?}");
@@ -250,6 +264,47 @@ fn a_simulated_pickup_is_reached_collected_and_replayed() {
         after.iter().all(|f| f.get("pickup_eta_s").is_none()),
         "{text}"
     );
+}
+
+#[test]
+fn a_simulated_multi_drop_courier_delivers_its_orders_in_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let trip = northwards_trip(dir.path());
+    let live = Live::start();
+    stdout_of(&mut live.trackctl(&[
+        "simulate",
+        "--orders-per-courier",
+        "2",
+        "--deliver",
+        "--speedup",
+        "4",
+        "--order-prefix",
+        "o-md",
+        "--courier-prefix",
+        "c-md",
+        trip.to_str().unwrap(),
+    ]));
+    let first = live.order("o-md1-1");
+    let second = live.order("o-md1-2");
+    // the first drop halfway (40 s, 360 m up the road), the second at the end
+    assert!((first.state.destination.lat - (45.0 + 40.0 * 9e-5)).abs() < 1e-6);
+    assert!((second.state.destination.lat - (45.0 + 80.0 * 9e-5)).abs() < 1e-6);
+    let courier =
+        |d: &trackline_rest::OrderDetail| d.state.courier_id.as_ref().map(|c| c.to_string());
+    assert_eq!(courier(&first).as_deref(), Some("c-md1"));
+    assert_eq!(courier(&second), courier(&first));
+    let (first_log, second_log) = (status_times(&first), status_times(&second));
+    // each delivered when the courier got there, the first before the second
+    let first_delivered = time_of(&first_log, "delivered");
+    assert!(
+        first_delivered < time_of(&second_log, "delivered"),
+        "{first_log:?} {second_log:?}"
+    );
+    assert!(
+        time_of(&first_log, "arriving") <= first_delivered,
+        "{first_log:?}"
+    );
+    assert!(time_of(&second_log, "arriving") > time_of(&first_log, "arriving"));
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn config(server: &str, trip: &str) -> SimConfig {
         create_orders: false,
         deliver: false,
         pickup_at: None,
+        orders_per_courier: 1,
         batch: 1,
         looping: false,
         retry_for: Duration::from_secs(10),

@@ -52,6 +52,7 @@ pub fn run(global: &GlobalArgs, args: &SimulateArgs) -> anyhow::Result<ExitCode>
         create_orders: !args.no_create_orders,
         deliver: args.deliver,
         pickup_at: args.pickup_at,
+        orders_per_courier: args.orders_per_courier as usize,
         batch,
         looping: args.looping,
         retry_for: args.retry_for,
