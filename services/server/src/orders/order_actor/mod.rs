@@ -293,6 +293,12 @@ impl OrderActor {
 
     /// Writes `courier.offline` when the courier has been silent too long with the order.
     fn check_courier_silence(&mut self, ctx: &mut Context<Self>) {
+        if !ctx.connected() && self.in_flight == 0 {
+            // No address of the order is held any more: no fix, status or watcher can reach it,
+            // and this interval is all that would keep it running.
+            ctx.stop();
+            return;
+        }
         if self.moved_to.is_some() {
             return;
         }

@@ -62,6 +62,12 @@ fn an_active_order_actor_holds_at_most_16_kib() {
         let settings = Arc::new(OrderSettings {
             arrival_radius_m: 50.0,
             slow_watcher_timeout: Duration::from_secs(10),
+            // The courier-silence check, a quarter of this, is what stops an actor whose
+            // addresses are all dropped: soon enough to measure what is left without them.
+            webhooks: TrackerSettings {
+                courier_offline_after: Duration::from_millis(400),
+                ..Default::default()
+            },
             ..Default::default()
         });
         let registry = NoRelinks.start();
@@ -112,8 +118,9 @@ fn an_active_order_actor_holds_at_most_16_kib() {
             }
         }
         drop(actors);
-        // The actors stop once their addresses are gone, on this thread: let them.
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        // The actors stop once their addresses are gone, at their next silence check on this
+        // thread: let them (a check comes every 100 ms).
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
         let left = (counting::live_bytes() - before) / ORDERS as isize;
         (per_order, left)
     });

@@ -5,8 +5,9 @@
 //! the order of assignment); the effective plan is derived from it and from the orders' states.
 //! It is derived again, and each order told the stops before its door ([`FollowPlan`]), only
 //! when it can change: a plan is set, an order is linked or unlinked (assigned, ended), reaches
-//! or leaves its pickup ([`Replan`]), or starts its actor, and before a courier session gets its routes. A fix costs no plan work: each order's
-//! estimator prices the stops it was given with the speed it learns anyway.
+//! or leaves its pickup ([`Replan`]), or starts its actor, and before a courier session gets its
+//! routes. A fix costs no plan work: each order's estimator prices the stops it was given with
+//! the speed it learns anyway.
 //!
 //! Broker mode: only the orders this node owns are planned for.
 
