@@ -232,6 +232,11 @@ impl Leg {
     }
 }
 
+/// `at_ms` as published: `now_ms` plus a whole number of seconds.
+fn whole_seconds_from(now_ms: i64, at_ms: f64) -> i64 {
+    now_ms + ((at_ms - now_ms as f64) / 1000.0).round() as i64 * 1000
+}
+
 impl EtaEstimator {
     /// An estimator for a single drop: the destination and the planned route to it.
     pub fn new(destination: LatLon, route: Option<Vec<LatLon>>, config: EtaConfig) -> Self {
@@ -307,7 +312,7 @@ impl EtaEstimator {
         };
         self.arrivals()
             .into_iter()
-            .map(|t| now + ((t - now as f64) / 1000.0).round() as i64 * 1000)
+            .map(|t| whole_seconds_from(now, t))
             .collect()
     }
 
@@ -338,8 +343,7 @@ impl EtaEstimator {
     }
 
     /// How long of the time to the last stop is spent waiting for orders to be ready, ms.
-    fn waiting_ms(&self) -> i64 {
-        let arrivals = self.arrivals();
+    fn waiting_ms(&self, arrivals: &[f64]) -> i64 {
         let mut handovers =
             std::iter::once(&self.handover).chain(self.ahead.iter().map(|l| &l.handover));
         let waits = arrivals
@@ -364,7 +368,9 @@ impl EtaEstimator {
     /// None before the first update.
     pub fn window(&self) -> Option<crate::stops::EtaWindow> {
         let (now, _) = self.last?;
-        let door = *self.arrivals_ms().last()?;
+        // One pass over the stops for the door and the waits (this runs with every live fix).
+        let arrivals = self.arrivals();
+        let door = whole_seconds_from(now, *arrivals.last()?);
         let model = if self.last_on_route_model {
             &self.route_speed
         } else {
@@ -372,7 +378,7 @@ impl EtaEstimator {
         };
         let watched_s = (now - self.started_ms.unwrap_or(now)) as f64 / 1000.0;
         // Waiting for an order to be ready is known, not guessed: only the riding is uncertain.
-        let waiting_ms = self.waiting_ms();
+        let waiting_ms = self.waiting_ms(&arrivals);
         Some(self.config.window.window(crate::stops::Uncertainty {
             now_ms: now,
             arrive_at_ms: door,
@@ -393,18 +399,25 @@ impl EtaEstimator {
             return;
         };
         self.ahead = legs.collect();
-        self.handover = first.handover;
         if first.at == self.destination {
+            self.handover = first.handover;
             return;
         }
-        self.destination = first.at;
-        self.route = first.route;
+        self.head_for(first);
+        self.arrival_ms = None;
+    }
+
+    /// Heads for `leg` from where the courier is: its route matched afresh, the speed learnt
+    /// kept.
+    fn head_for(&mut self, leg: Leg) {
+        self.destination = leg.at;
+        self.route = leg.route;
+        self.handover = leg.handover;
         self.progress_m = None;
         self.furthest_m = 0.0;
         self.matched = None;
         self.unmatched_since_ms = None;
         self.off_route = false;
-        self.arrival_ms = None;
     }
 
     /// The courier left the stop it was heading to (the order was picked up): it heads to the
@@ -414,14 +427,7 @@ impl EtaEstimator {
             return false;
         };
         let leg_s = self.leg_seconds(&next, self.destination);
-        self.destination = next.at;
-        self.route = next.route;
-        self.handover = next.handover;
-        self.progress_m = None;
-        self.furthest_m = 0.0;
-        self.matched = None;
-        self.unmatched_since_ms = None;
-        self.off_route = false;
+        self.head_for(next);
         // The smoothing goes on from the arrival the courier leaves with, so the published ETA
         // does not jump at the handover.
         self.arrival_ms = self.last.map(|(t, _)| t as f64 + leg_s * 1000.0);
