@@ -118,26 +118,38 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Reads what the plan needs of `courier`'s orders, then runs `then` with them on the
+    /// registry: the shape of every plan message.
+    fn with_plan_entries<R: 'static>(
+        &self,
+        courier: &CourierId,
+        then: impl FnOnce(&mut Self, Vec<PlanEntry>) -> R + 'static,
+    ) -> ResponseActFuture<Self, R> {
+        let entries = self.plan_entries(courier);
+        Box::pin(
+            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| then(act, entries)),
+        )
+    }
+}
+
 impl Handler<SetPlan> for Registry {
     type Result = ResponseActFuture<Self, Result<Vec<PlanStop>, PlanError>>;
 
     fn handle(&mut self, msg: SetPlan, _: &mut Context<Self>) -> Self::Result {
-        let entries = self.plan_entries(&msg.courier);
-        Box::pin(
-            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
-                let carried = carried(&entries);
-                check_plan(&msg.stops, &carried)?;
-                let plan = effective_plan(&msg.stops, &carried);
-                if msg.stops.is_empty() {
-                    act.plans.remove(&msg.courier);
-                } else {
-                    act.plans.insert(msg.courier.clone(), msg.stops);
-                }
-                // Sent before the answer: a fix the courier sends after it is estimated by the plan.
-                act.follow(&msg.courier, &entries);
-                Ok(plan)
-            }),
-        )
+        self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
+            let carried = carried(&entries);
+            check_plan(&msg.stops, &carried)?;
+            let plan = effective_plan(&msg.stops, &carried);
+            if msg.stops.is_empty() {
+                act.plans.remove(&msg.courier);
+            } else {
+                act.plans.insert(msg.courier.clone(), msg.stops);
+            }
+            // Sent before the answer: a fix the courier sends after it is estimated by the plan.
+            act.follow(&msg.courier, &entries);
+            Ok(plan)
+        })
     }
 }
 
@@ -145,12 +157,9 @@ impl Handler<GetPlan> for Registry {
     type Result = ResponseActFuture<Self, Vec<PlanStop>>;
 
     fn handle(&mut self, msg: GetPlan, _: &mut Context<Self>) -> Self::Result {
-        let entries = self.plan_entries(&msg.courier);
-        Box::pin(
-            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
-                effective_plan(act.explicit_plan(&msg.courier), &carried(&entries))
-            }),
-        )
+        self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
+            effective_plan(act.explicit_plan(&msg.courier), &carried(&entries))
+        })
     }
 }
 
@@ -158,11 +167,8 @@ impl Handler<Replan> for Registry {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Replan, _: &mut Context<Self>) -> Self::Result {
-        let entries = self.plan_entries(&msg.courier);
-        Box::pin(
-            fut::wrap_future(entries).map(move |entries, act: &mut Self, _| {
-                act.follow(&msg.courier, &entries);
-            }),
-        )
+        self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
+            act.follow(&msg.courier, &entries);
+        })
     }
 }
