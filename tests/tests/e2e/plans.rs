@@ -28,6 +28,28 @@ async fn create(
     server.ops_post("/v1/orders", &body, 201).await;
 }
 
+/// An order of `courier` whose food is ready only at `ready_at_ms`: its pickup `pickup_m` north
+/// of the start with a 300 s handover, its door 1,000 m north.
+async fn create_waiting(
+    server: &TestServer,
+    order: &str,
+    courier: &str,
+    pickup_m: f64,
+    ready_at_ms: i64,
+) {
+    let (p, d) = (north(pickup_m), north(1000.0));
+    server
+        .ops_post(
+            "/v1/orders",
+            &json!({"order_id": order, "courier_id": courier,
+                    "destination": {"lat": d.lat, "lon": d.lon},
+                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at_ms,
+                               "dwell_s": 300}}),
+            201,
+        )
+        .await;
+}
+
 fn plan_path(courier: &str) -> String {
     format!("/v1/couriers/{courier}/plan")
 }
@@ -226,17 +248,7 @@ async fn a_courier_with_one_order_estimates_it_as_before_plans() {
 async fn a_pickup_wait_planned_first_delays_the_other_orders_door_and_not_once_planned_after() {
     let server = TestServer::start();
     let ready_at = now_ms() + 20 * 60 * 1000;
-    let (p, d) = (north(200.0), north(1000.0));
-    server
-        .ops_post(
-            "/v1/orders",
-            &json!({"order_id": "o-food", "courier_id": "c-wait",
-                    "destination": {"lat": d.lat, "lon": d.lon},
-                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
-                               "dwell_s": 300}}),
-            201,
-        )
-        .await;
+    create_waiting(&server, "o-food", "c-wait", 200.0, ready_at).await;
     create(&server, "o-parcel", "c-wait", 500.0, 60.0, None).await;
     let t0 = now_ms() - 600_000;
     ride_start(&server, "c-wait", t0).await;
@@ -271,17 +283,7 @@ async fn a_pickup_wait_planned_first_delays_the_other_orders_door_and_not_once_p
 async fn at_a_pickup_its_stop_leaves_the_plan_and_its_wait_still_delays_the_other_door() {
     let server = TestServer::start();
     let ready_at = now_ms() + 20 * 60 * 1000;
-    let (p, d) = (north(160.0), north(1000.0));
-    server
-        .ops_post(
-            "/v1/orders",
-            &json!({"order_id": "o-meal", "courier_id": "c-at",
-                    "destination": {"lat": d.lat, "lon": d.lon},
-                    "pickup": {"lat": p.lat, "lon": p.lon, "ready_at_ms": ready_at,
-                               "dwell_s": 300}}),
-            201,
-        )
-        .await;
+    create_waiting(&server, "o-meal", "c-at", 160.0, ready_at).await;
     create(&server, "o-box", "c-at", 500.0, 60.0, None).await;
     let t0 = now_ms() - 600_000;
     // To the pickup, 160 m north (the arrival radius is 100 m).
