@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{stream, SinkExt, StreamExt, TryStreamExt};
-use hdrhistogram::Histogram;
 use prost::Message as _;
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -43,7 +42,7 @@ use trackline_rest::{CreateOrder, OrderCreated, Point};
 
 use crate::course::{DeviceClock, Schedule};
 use crate::peers::{Peer, SECRET};
-use crate::stats::{new_histogram, CpuMeter, LatencySummary};
+use crate::stats::{CpuMeter, LatencySummary, SharedHistogram};
 use crate::wire::{self, MqttParser, NatsIn, NatsParser, Resp, Ws};
 
 /// Send instants kept per courier: the counters a late update may still carry. At one fix per
@@ -51,6 +50,15 @@ use crate::wire::{self, MqttParser, NatsIn, NatsParser, Resp, Ws};
 const RING: usize = 1 << 14;
 /// The same for the fleet pace: at one fix per second or slower, over four minutes.
 const FLEET_RING: usize = 256;
+
+/// The send instants kept per courier at `per_courier` fixes per second: 16 s of them, at least
+/// [`FLEET_RING`]. A ring is 16 bytes per fix kept, and thousands of slow couriers each with
+/// [`RING`] would allocate gigabytes while the load runs.
+fn ring_for_rate(per_courier: f64) -> usize {
+    ((per_courier * 16.0).ceil() as usize)
+        .next_power_of_two()
+        .clamp(FLEET_RING, RING)
+}
 /// Orders created and connections opened at once while a load is set up (not measured).
 const SETUP_CONCURRENCY: usize = 32;
 
@@ -375,20 +383,28 @@ fn times_of(peer: Peer, payload: &[u8], out: &mut Vec<i64>) {
     }
 }
 
+/// The latencies of one load, as every courier and watcher task records them.
+#[derive(Default)]
+struct Latencies {
+    /// Fix sent -> a watcher received it.
+    e2e: SharedHistogram,
+    /// trackline: fix sent -> its ack.
+    ack: SharedHistogram,
+}
+
 struct WatchOutcome {
-    e2e: Histogram<u64>,
     delivered: u64,
     errors: u64,
 }
 
 async fn run_watcher(
     conn: WatchConn,
-    lane: Arc<Lane>,
+    (i, lane): (usize, Arc<Lane>),
     clock: Arc<Clock>,
+    latencies: Arc<Latencies>,
     limit: usize,
 ) -> WatchOutcome {
     let mut out = WatchOutcome {
-        e2e: new_histogram(),
         delivered: 0,
         errors: 0,
     };
@@ -418,7 +434,7 @@ async fn run_watcher(
                 continue;
             }
             out.delivered += 1;
-            let _ = out.e2e.record(now_ns.saturating_sub(sent).max(1));
+            latencies.e2e.record(i, now_ns.saturating_sub(sent).max(1));
         }
     };
     match conn {
@@ -508,7 +524,6 @@ enum Sender {
 
 struct CourierOutcome {
     sent: u64,
-    ack: Histogram<u64>,
     errors: u64,
     stalls: u64,
 }
@@ -561,14 +576,18 @@ async fn open_courier(
     })
 }
 
+/// Reads what comes back to courier `i` until its socket closes; the answer is its errors.
 async fn drain_back(
     peer: Peer,
     back: Back,
-    lane: Arc<Lane>,
+    (i, lane): (usize, Arc<Lane>),
     clock: Arc<Clock>,
-) -> (Histogram<u64>, u64) {
+    latencies: Arc<Latencies>,
+) -> u64 {
     match back {
-        Back::Ws(stream) => drain_courier_stream(peer, stream, lane, clock).await,
+        Back::Ws(stream) => {
+            drain_courier_stream(peer, stream, (i, lane), clock, &latencies.ack).await
+        }
         Back::Redis(r) => {
             let mut r = BufReader::new(r);
             let mut errors = 0;
@@ -579,9 +598,9 @@ async fn drain_back(
                     Err(_) => break,
                 }
             }
-            (new_histogram(), errors)
+            errors
         }
-        Back::None => (new_histogram(), 0),
+        Back::None => 0,
     }
 }
 
@@ -589,10 +608,10 @@ async fn drain_back(
 async fn drain_courier_stream(
     peer: Peer,
     mut stream: SplitStream<Ws>,
-    lane: Arc<Lane>,
+    (i, lane): (usize, Arc<Lane>),
     clock: Arc<Clock>,
-) -> (Histogram<u64>, u64) {
-    let mut ack = new_histogram();
+    ack: &SharedHistogram,
+) -> u64 {
     let mut errors = 0;
     while let Some(msg) = stream.next().await {
         let Ok(Message::Binary(b)) = msg else {
@@ -609,14 +628,14 @@ async fn drain_courier_stream(
                 let now = Instant::now();
                 let sent = lane.sent(a.seq).load(Ordering::Relaxed);
                 if sent != 0 && clock.in_window(now) {
-                    let _ = ack.record(clock.ns().saturating_sub(sent).max(1));
+                    ack.record(i, clock.ns().saturating_sub(sent).max(1));
                 }
             }
             Some(server_frame::Kind::Rejected(_)) => errors += 1,
             None => errors += 1,
         }
     }
-    (ack, errors)
+    errors
 }
 
 fn resp_fix_commands(i: usize, fix: &Fix, payload: &[u8], out: &mut Vec<u8>) {
@@ -727,7 +746,6 @@ async fn run_courier(
 ) -> CourierOutcome {
     let mut out = CourierOutcome {
         sent: 0,
-        ack: new_histogram(),
         errors: 0,
         stalls: 0,
     };
@@ -946,6 +964,7 @@ where
         .await?;
     pending.sort_unstable_by_key(|(i, _)| *i);
     let pending: Vec<(Sender, Back)> = pending.into_iter().map(|(_, conn)| conn).collect();
+    let latencies = Arc::new(Latencies::default());
     let lead = Duration::from_millis(100);
     let (now, wall_ms) = (Instant::now(), now_ms());
     let start = now + lead;
@@ -969,14 +988,21 @@ where
                     };
                     Lane::new(FLEET_RING, limit, Some(device))
                 }
-                _ => Lane::new(RING, limit, None),
+                Pace::Rate(per_courier) => Lane::new(ring_for_rate(per_courier), limit, None),
+                Pace::Window(_) => Lane::new(RING, limit, None),
             })
         })
         .collect();
     let mut readers = JoinSet::new();
     let mut senders = Vec::with_capacity(n);
     for (i, (sender, back)) in pending.into_iter().enumerate() {
-        readers.spawn(drain_back(peer, back, lanes[i].clone(), clock.clone()));
+        readers.spawn(drain_back(
+            peer,
+            back,
+            (i, lanes[i].clone()),
+            clock.clone(),
+            latencies.clone(),
+        ));
         senders.push(sender);
     }
     tokio::time::sleep_until(tokio::time::Instant::from_std(start)).await;
@@ -984,7 +1010,13 @@ where
     let mut watchers = JoinSet::new();
     for (i, j, conn) in conns {
         let limit = if j == 0 { limit } else { 0 };
-        watchers.spawn(run_watcher(conn, lanes[i].clone(), clock.clone(), limit));
+        watchers.spawn(run_watcher(
+            conn,
+            (i, lanes[i].clone()),
+            clock.clone(),
+            latencies.clone(),
+            limit,
+        ));
     }
     let mut couriers = JoinSet::new();
     for (i, s) in senders.into_iter().enumerate() {
@@ -1017,26 +1049,21 @@ where
         client_cpu_cores: client_cpu,
         ..Default::default()
     };
-    let mut e2e = new_histogram();
-    let mut ack = new_histogram();
     while let Some(c) = couriers.join_next().await {
         let c = c?;
         result.sent += c.sent;
         result.errors += c.errors;
         result.stalls += c.stalls;
-        ack.add(&c.ack)?;
     }
     while let Some(w) = watchers.join_next().await {
         let w = w?;
         result.delivered += w.delivered;
         result.errors += w.errors;
-        e2e.add(&w.e2e)?;
     }
     // Courier readers end when the server closes the sockets; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(r) = readers.join_next().await {
-            if let Ok((h, errors)) = r {
-                let _ = ack.add(&h);
+            if let Ok(errors) = r {
                 result.errors += errors;
             }
         }
@@ -1046,8 +1073,8 @@ where
     let secs = spec.duration.as_secs_f64();
     result.offered_fixes_per_s = result.sent as f64 / secs;
     result.delivered_fixes_per_s = result.delivered as f64 / secs;
-    result.e2e = LatencySummary::of(&e2e);
-    result.ack = LatencySummary::of(&ack);
+    result.e2e = LatencySummary::of(&latencies.e2e.merged());
+    result.ack = LatencySummary::of(&latencies.ack.merged());
     Ok((result, observed))
 }
 
