@@ -55,7 +55,6 @@ fn record_commit(stats: CommitStats) {
 }
 
 /// `GET /metrics`: the Prometheus text format.
-/// `GET /metrics`: the Prometheus text format.
 #[utoipa::path(
     get,
     path = "/metrics",

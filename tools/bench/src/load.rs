@@ -103,6 +103,8 @@ pub struct LoadResult {
     pub server_cpu_cores: f64,
     pub server_rss_mib: f64,
     pub client_cpu_cores: f64,
+    /// The e2e latencies of each second measured (added after the fields above).
+    pub e2e_by_second: Vec<LatencySecond>,
 }
 
 /// What a courier and its watcher share.
@@ -384,12 +386,68 @@ fn times_of(peer: Peer, payload: &[u8], out: &mut Vec<i64>) {
 }
 
 /// The latencies of one load, as every courier and watcher task records them.
-#[derive(Default)]
 struct Latencies {
     /// Fix sent -> a watcher received it.
     e2e: SharedHistogram,
     /// trackline: fix sent -> its ack.
     ack: SharedHistogram,
+    /// The e2e latencies of each second of the measured window: where a bad p99 comes from.
+    seconds: Vec<SecondCounters>,
+}
+
+/// What the watchers received in one second of the measured window.
+#[derive(Default)]
+struct SecondCounters {
+    count: AtomicU64,
+    over_20ms: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+/// The e2e latencies of one second of the measured window.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct LatencySecond {
+    /// Seconds since the window opened.
+    pub second: u64,
+    pub count: u64,
+    pub over_20ms: u64,
+    pub max_us: f64,
+}
+
+impl Latencies {
+    fn new(window: Duration) -> Self {
+        Self {
+            e2e: SharedHistogram::new(),
+            ack: SharedHistogram::new(),
+            seconds: (0..=window.as_secs())
+                .map(|_| SecondCounters::default())
+                .collect(),
+        }
+    }
+
+    /// Records one delivery `ns` after its fix was sent, `since_t0` into the measured window.
+    fn delivered(&self, key: usize, ns: u64, since_t0: Duration) {
+        self.e2e.record(key, ns);
+        let at = (since_t0.as_secs() as usize).min(self.seconds.len() - 1);
+        let second = &self.seconds[at];
+        second.count.fetch_add(1, Ordering::Relaxed);
+        if ns > 20_000_000 {
+            second.over_20ms.fetch_add(1, Ordering::Relaxed);
+        }
+        second.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn by_second(&self) -> Vec<LatencySecond> {
+        self.seconds
+            .iter()
+            .enumerate()
+            .map(|(at, s)| LatencySecond {
+                second: at as u64,
+                count: s.count.load(Ordering::Relaxed),
+                over_20ms: s.over_20ms.load(Ordering::Relaxed),
+                max_us: s.max_ns.load(Ordering::Relaxed) as f64 / 1000.0,
+            })
+            .collect()
+    }
 }
 
 struct WatchOutcome {
@@ -434,7 +492,11 @@ async fn run_watcher(
                 continue;
             }
             out.delivered += 1;
-            latencies.e2e.record(i, now_ns.saturating_sub(sent).max(1));
+            latencies.delivered(
+                i,
+                now_ns.saturating_sub(sent).max(1),
+                now.saturating_duration_since(clock.t0),
+            );
         }
     };
     match conn {
@@ -964,7 +1026,7 @@ where
         .await?;
     pending.sort_unstable_by_key(|(i, _)| *i);
     let pending: Vec<(Sender, Back)> = pending.into_iter().map(|(_, conn)| conn).collect();
-    let latencies = Arc::new(Latencies::default());
+    let latencies = Arc::new(Latencies::new(spec.duration));
     let lead = Duration::from_millis(100);
     let (now, wall_ms) = (Instant::now(), now_ms());
     let start = now + lead;
@@ -1075,12 +1137,30 @@ where
     result.delivered_fixes_per_s = result.delivered as f64 / secs;
     result.e2e = LatencySummary::of(&latencies.e2e.merged());
     result.ack = LatencySummary::of(&latencies.ack.merged());
+    result.e2e_by_second = latencies.by_second();
     Ok((result, observed))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_second_counts_its_deliveries_and_those_over_the_bar() {
+        let latencies = Latencies::new(Duration::from_secs(2));
+        latencies.delivered(0, 1_000_000, Duration::from_millis(10));
+        latencies.delivered(1, 30_000_000, Duration::from_millis(1500));
+        latencies.delivered(2, 5_000_000, Duration::from_millis(1900));
+        // Late arrivals after the window count in its last second.
+        latencies.delivered(3, 2_000_000, Duration::from_secs(9));
+        let seconds = latencies.by_second();
+        let of = |s: &LatencySecond| (s.second, s.count, s.over_20ms, s.max_us);
+        assert_eq!(
+            seconds.iter().map(of).collect::<Vec<_>>(),
+            [(0, 1, 0, 1000.0), (1, 2, 1, 30000.0), (2, 1, 0, 2000.0)]
+        );
+        assert_eq!(LatencySummary::of(&latencies.e2e.merged()).count, 4);
+    }
 
     #[test]
     fn fixes_move_plausibly_and_forward_in_time() {
