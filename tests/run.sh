@@ -104,7 +104,9 @@ tests/webhooks/verify.sh || status=$?
 
 # Browser tests: the real server binary (target/debug/trackline) and trackctl, headless Chromium
 # driven by playwright-core. Screenshots go to tests/artifacts/ (not committed).
-(cd tests/browser && node --test --test-concurrency=1 test/) || status=$?
+# --test-force-exit: a failed test may leave a watcher reconnecting; report it and end instead
+# of waiting for it forever.
+(cd tests/browser && node --test --test-force-exit --test-concurrency=1 test/) || status=$?
 # The JavaScript watcher (clients/js) against the same binaries, with the browser tests' packages.
-(cd clients/js && node --test --test-concurrency=1 test/) || status=$?
+(cd clients/js && node --test --test-force-exit --test-concurrency=1 test/) || status=$?
 exit "$status"

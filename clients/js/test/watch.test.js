@@ -23,6 +23,9 @@ const COURIER = 'courier-js-1';
 let server, opsToken, courier;
 let seq = Date.now() * 1000;
 let fixTime = Date.now() - 3600 * 1000;
+// Fixes sent so far: where the courier is. Not taken from `seq`, whose start follows the clock
+// and once put the courier at the destination (an `arriving` order) one run in a hundred.
+let steps = 0;
 
 /** An order assigned to the test courier and picked up; answers its watch token. */
 async function newOrder(orderId) {
@@ -33,12 +36,14 @@ async function newOrder(orderId) {
   return created.body.watch_token;
 }
 
-/** Sends `n` fixes north along a meridian, one frame each (every one moves the marker). */
+/** Sends `n` fixes north along a meridian, one frame each (every one moves the marker), from
+ * 11 km north of the orders' destination and away from it. */
 async function sendFixes(n, extra = {}) {
   for (let i = 0; i < n; i++) {
     fixTime += 5000;
     seq += 1;
-    await courier.send([{ seq, time_ms: fixTime, lat: 60.1 + (seq % 100000) * 1e-4, lon: 24.9, accuracy_m: 4.5, speed_mps: 7.3, heading_deg: 12.5, ...extra }]);
+    steps += 1;
+    await courier.send([{ seq, time_ms: fixTime, lat: 60.3 + steps * 1e-4, lon: 24.9, accuracy_m: 4.5, speed_mps: 7.3, heading_deg: 12.5, ...extra }]);
   }
 }
 
