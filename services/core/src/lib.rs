@@ -14,6 +14,7 @@ pub mod ids;
 pub mod links;
 pub mod order;
 pub mod plane;
+pub mod plans;
 pub mod spatial;
 pub mod stops;
 pub mod webhooks;

@@ -16,6 +16,7 @@ use trackline_core::auth::TokenKeys;
 use trackline_core::history::{HistoryStore, StoreOptions, WriterGuard};
 use trackline_core::links::LinkStore;
 use trackline_core::order::OrderRecord;
+use trackline_core::plans::PlanStore;
 use trackline_core::spatial::SpatialIndex;
 use trackline_core::{CourierId, OrderId};
 
@@ -28,7 +29,7 @@ use crate::http;
 use crate::live::LiveIndex;
 use crate::metrics;
 use crate::orders::order_actor::OrderSettings;
-use crate::orders::registry::Registry;
+use crate::orders::registry::{Kept, Registry};
 use crate::orders::resume_buffer::ResumeLimits;
 use crate::state::AppState;
 use crate::topology::{BrokerNode, Topology};
@@ -203,7 +204,11 @@ fn start_actors(
         order_settings.clone(),
         config.max_connections_per_courier,
         topology.clone(),
-        links,
+        Kept {
+            links,
+            plans: recovered.plans,
+            plan_store: recovered.plan_store,
+        },
     )
     .start();
     let live_index = LiveIndex::new(recovered.live, config.live_ttl_s, sharing);
@@ -306,6 +311,9 @@ struct Recovered {
     orders: Vec<OrderRecord>,
     /// The couriers of active orders with a recent position.
     live: SpatialIndex,
+    /// The plans ops gave couriers, and where they are kept.
+    plans: Vec<(CourierId, Vec<trackline_core::stops::PlanStop>)>,
+    plan_store: PlanStore,
 }
 
 /// Opens the history store at the data dir (its writer's guard too).
@@ -337,9 +345,13 @@ fn recover(store: &HistoryStore, live_ttl_s: i64) -> anyhow::Result<Recovered> {
         Some((r.courier_id.clone()?, p.lat_lon(), p.time_ms))
     });
     let live = SpatialIndex::bulk_load(live);
+    let plan_store = PlanStore::open(store).context("opening the courier plans")?;
+    let plans = plan_store.all().context("reading the courier plans")?;
     Ok(Recovered {
         orders: records,
         live,
+        plans,
+        plan_store,
     })
 }
 

@@ -308,3 +308,39 @@ async fn at_a_pickup_its_stop_leaves_the_plan_and_its_wait_still_delays_the_othe
         "the meal's door comes first: {meal_door} {box_door}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_outlives_a_restart_and_ends_with_the_couriers_last_order() {
+    let mut server = TestServer::start();
+    create(&server, "o-near", "c-kept", 1000.0, 60.0, None).await;
+    create(&server, "o-far", "c-kept", 2000.0, 60.0, None).await;
+    let reversed = [("o-far", "dropoff"), ("o-near", "dropoff")];
+    put_plan(&server, "c-kept", &reversed).await;
+
+    server.restart();
+    assert_eq!(get_plan(&server, "c-kept").await, plan_body(&reversed));
+    // And the ETAs follow it, as before the restart.
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-kept", t0).await;
+    ride(&server, "c-kept", &ride_north(t0, 10, 45.0, 60.0)).await;
+    let (near, far) = (
+        door_eta(&server, "o-near").await,
+        door_eta(&server, "o-far").await,
+    );
+    assert!(near > far, "near {near} is not after far {far}");
+
+    // With its last order ended the plan is forgotten: the next orders follow assignment,
+    // after another restart too.
+    for order in ["o-far", "o-near"] {
+        let path = format!("/v1/orders/{order}/status");
+        server
+            .ops_post(&path, &json!({"status": "cancelled"}), 200)
+            .await;
+    }
+    create(&server, "o-next1", "c-kept", 1000.0, 60.0, None).await;
+    create(&server, "o-next2", "c-kept", 2000.0, 60.0, None).await;
+    let assigned = plan_body(&[("o-next1", "dropoff"), ("o-next2", "dropoff")]);
+    assert_eq!(get_plan(&server, "c-kept").await, assigned);
+    server.restart();
+    assert_eq!(get_plan(&server, "c-kept").await, assigned);
+}

@@ -9,7 +9,7 @@ use crate::http::extract::{courier_id, lat_lon, App};
 use trackline_core::CourierId;
 
 use crate::live::NearbyQuery;
-use crate::orders::registry::plans::{GetPlan, SetPlan};
+use crate::orders::registry::plans::{GetPlan, SetPlan, SetPlanError};
 
 /// The widest nearby search, metres.
 const MAX_NEARBY_RADIUS_M: f64 = 100_000.0;
@@ -100,7 +100,10 @@ pub async fn set_plan(
         .registry
         .send(SetPlan { courier, stops })
         .await?
-        .map_err(|e| ApiError::BadRequest(e.code(), e.to_string()))?;
+        .map_err(|e| match e {
+            SetPlanError::Invalid(e) => ApiError::BadRequest(e.code(), e.to_string()),
+            SetPlanError::Store(e) => e.into(),
+        })?;
     Ok(HttpResponse::Ok().json(CourierPlan { stops: plan }))
 }
 

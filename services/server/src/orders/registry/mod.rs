@@ -25,6 +25,7 @@ use std::thread::ThreadId;
 
 use actix::prelude::*;
 use trackline_core::order::OrderRecord;
+use trackline_core::plans::PlanStore;
 use trackline_core::{CourierId, OrderId};
 
 use crate::orders::errors::OrderError;
@@ -95,11 +96,22 @@ pub struct Registry {
     stamps: HashMap<CourierId, Weak<RouteStamp>>,
     /// The plans ops gave couriers that carry orders ([`plans`]).
     plans: HashMap<CourierId, Vec<trackline_core::stops::PlanStop>>,
+    /// Where those plans are kept across restarts.
+    plan_store: PlanStore,
+}
+
+/// What the registry reads back at start besides the orders.
+pub struct Kept {
+    /// The links of the couriers homed here to orders of other nodes (broker mode).
+    pub links: Vec<(CourierId, OrderId)>,
+    /// The plans ops gave couriers, as kept.
+    pub plans: Vec<(CourierId, Vec<trackline_core::stops::PlanStop>)>,
+    pub plan_store: PlanStore,
 }
 
 impl Registry {
-    /// A registry over the active (not delivered, not cancelled) orders of `records`, and the
-    /// links of the couriers homed here to orders of other nodes (broker mode).
+    /// A registry over the active (not delivered, not cancelled) orders of `records`, with what
+    /// was `kept` of their couriers.
     pub fn new(
         records: Vec<OrderRecord>,
         arbiters: Vec<ArbiterHandle>,
@@ -107,7 +119,7 @@ impl Registry {
         settings: Arc<OrderSettings>,
         max_sessions_per_courier: usize,
         topology: Topology,
-        links: Vec<(CourierId, OrderId)>,
+        kept: Kept,
     ) -> Self {
         let mut registry = Self {
             orders: HashMap::new(),
@@ -122,12 +134,20 @@ impl Registry {
             topology,
             stamps: HashMap::new(),
             plans: HashMap::new(),
+            plan_store: kept.plan_store,
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
         }
-        for (courier, order) in links {
+        for (courier, order) in kept.links {
             registry.link(courier, order);
+        }
+        // Plans of couriers that carry nothing any more are not taken back (and were forgotten
+        // when their last order ended, unless the server stopped first).
+        for (courier, stops) in kept.plans {
+            if registry.couriers.contains_key(&courier) {
+                registry.plans.insert(courier, stops);
+            }
         }
         registry
     }
@@ -150,7 +170,11 @@ impl Registry {
             if list.is_empty() {
                 self.couriers.remove(courier);
                 // Nothing left to plan: the next orders start from the order of assignment.
-                self.plans.remove(courier);
+                if self.plans.remove(courier).is_some() {
+                    if let Err(error) = self.plan_store.forget(courier) {
+                        tracing::warn!(%courier, %error, "cannot forget the plan of a courier");
+                    }
+                }
             }
             self.changed_routes(courier);
             // The orders left behind no longer plan for this one's stops.

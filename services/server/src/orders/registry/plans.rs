@@ -1,8 +1,9 @@
 //! Each courier's plan: the order in which it visits the stops of all the orders it carries
 //! (`PUT`/`GET /v1/couriers/{id}/plan`), kept by the registry, which knows those orders.
 //!
-//! Only the explicit plan ops gave is kept (in memory: after a restart every courier is back to
-//! the order of assignment); the effective plan is derived from it and from the orders' states.
+//! Only the explicit plan ops gave is kept (in memory, and durably in the store before the
+//! answer, so that it outlives a restart); the effective plan is derived from it and from the
+//! orders' states.
 //! It is derived again, and each order told the stops before its door ([`FollowPlan`]), only
 //! when it can change: a plan is set, an order is linked or unlinked (assigned, ended), reaches
 //! or leaves its pickup ([`Replan`]), or starts its actor, and before a courier session gets its
@@ -24,9 +25,18 @@ use super::{Registry, Slot};
 use crate::orders::messages::{FollowPlan, GetPlanEntry, Replan};
 use crate::orders::order_actor::{plan_entry, PlanEntry};
 
+/// Why a plan was not set.
+#[derive(Debug)]
+pub enum SetPlanError {
+    /// The plan does not fit the orders the courier carries.
+    Invalid(PlanError),
+    /// The plan could not be stored; the one in place stays.
+    Store(trackline_core::history::StoreError),
+}
+
 /// Replace `courier`'s plan; the answer is the effective plan, or why nothing changed.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<PlanStop>, PlanError>")]
+#[rtype(result = "Result<Vec<PlanStop>, SetPlanError>")]
 pub struct SetPlan {
     pub courier: CourierId,
     /// Empty: back to the order of assignment.
@@ -134,12 +144,17 @@ impl Registry {
 }
 
 impl Handler<SetPlan> for Registry {
-    type Result = ResponseActFuture<Self, Result<Vec<PlanStop>, PlanError>>;
+    type Result = ResponseActFuture<Self, Result<Vec<PlanStop>, SetPlanError>>;
 
     fn handle(&mut self, msg: SetPlan, _: &mut Context<Self>) -> Self::Result {
         self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
             let carried = carried(&entries);
-            check_plan(&msg.stops, &carried)?;
+            check_plan(&msg.stops, &carried).map_err(SetPlanError::Invalid)?;
+            // Blocking, on the registry's thread: a plan is an ops call, seldom made, and the
+            // answer must mean it is kept.
+            act.plan_store
+                .set(&msg.courier, &msg.stops)
+                .map_err(SetPlanError::Store)?;
             let plan = effective_plan(&msg.stops, &carried);
             if msg.stops.is_empty() {
                 act.plans.remove(&msg.courier);
