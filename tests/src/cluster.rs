@@ -239,11 +239,17 @@ impl Cluster {
     /// Starts every node of [`NODES`] against `broker`, in parallel; returns once every node's
     /// `/readyz` answers 200.
     pub fn start(broker: &Broker) -> Self {
+        Self::start_with(broker, &[])
+    }
+
+    /// [`Cluster::start`], every node also given the flags `extra`.
+    pub fn start_with(broker: &Broker, extra: &[&str]) -> Self {
         let prefix = unique_prefix();
         let nodes = std::thread::scope(|scope| {
             let starting: Vec<_> = (0..NODES.len())
                 .map(|i| {
-                    let args = node_args(broker, &prefix, i);
+                    let mut args = node_args(broker, &prefix, i);
+                    args.extend(extra.iter().map(|a| a.to_string()));
                     scope.spawn(move || {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
                         TestServer::start_binary(&args)

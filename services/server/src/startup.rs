@@ -181,6 +181,7 @@ fn start_actors(
         resume: ResumeLimits::from_config(&config),
         slow_watcher_timeout: Duration::from_secs(config.slow_watcher_timeout_s),
         webhooks: config.webhook_tracking(),
+        silence_told_by_home: joined.is_some(),
         ..Default::default()
     });
     // The one place that tells one node from a cluster.

@@ -14,11 +14,11 @@ use trackline_core::links::LinkStore;
 use trackline_core::{CourierId, OrderId};
 
 use crate::cluster::client::Cluster;
-use crate::cluster::protocol::{CallError, IngestCall, Kind, RouteCall};
+use crate::cluster::protocol::{CallError, IngestCall, Kind, RemoteError, RouteCall, SilentCall};
 use crate::cluster::remote_watch::RemoteWatches;
 use crate::cluster::replay;
 use crate::orders::errors::OrderError;
-use crate::orders::messages::{IngestFailure, IngestReport};
+use crate::orders::messages::{CourierSilent, IngestFailure, IngestReport};
 
 /// How this node stands among others.
 #[derive(Clone)]
@@ -63,6 +63,14 @@ impl Topology {
         match self {
             Topology::Alone => None,
             Topology::Broker(broker) => Some(broker.cluster.broker_connected()),
+        }
+    }
+
+    /// Whether `courier` is homed here (alone, every courier is).
+    pub fn is_home_of(&self, courier: &CourierId) -> bool {
+        match self {
+            Topology::Alone => true,
+            Topology::Broker(broker) => broker.cluster.is_home_of(courier),
         }
     }
 
@@ -191,6 +199,34 @@ impl Topology {
                 Ok(None) => Forwarded::OrderEnded,
                 Err(e) => Forwarded::Report(unstored(e)),
             }
+        })
+    }
+
+    /// Tells the owner of `order` that the order's courier, homed here, went silent: the
+    /// owner's answer, when that is another node (`None`: the order is owned here).
+    pub fn silent_at_owner(
+        &self,
+        order: &OrderId,
+        silent: &CourierSilent,
+    ) -> Option<impl Future<Output = Result<(), String>> + 'static> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        if broker.cluster.owns(order) {
+            return None;
+        }
+        let cluster = broker.cluster.clone();
+        let owner = cluster.owner_of(order).to_string();
+        let call = SilentCall {
+            order: order.clone(),
+            silent: silent.clone(),
+        };
+        Some(async move {
+            cluster
+                .call::<_, Result<(), RemoteError>>(&owner, Kind::Silent, &call)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
         })
     }
 

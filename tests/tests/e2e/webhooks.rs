@@ -649,3 +649,103 @@ async fn in_broker_mode_each_event_is_sent_once_by_the_owner_of_its_order() {
         assert_eq!(reply.expect_error(404), "not_found", "on node {node}");
     }
 }
+
+/// Broker mode: a courier's silence is decided by its home node, which routes every fix of the
+/// courier, and written by the owner of each order it carries. While the home node is down the
+/// owners hear nothing from the courier, yet do not call it offline on their own; once the home
+/// node is back and the courier still silent, every order gets one `courier.offline`, then one
+/// `courier.online` with the next fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_broker_mode_a_couriers_home_node_decides_its_silence_for_every_order() {
+    use trackline_tests::cluster::{Broker, Cluster, CourierApp};
+    let mut flags = vec!["--courier-offline-s", "1"];
+    flags.extend(FAST_RETRIES);
+    let (_broker, mut cluster) = tokio::task::block_in_place(|| {
+        let broker = Broker::start();
+        let cluster = Cluster::start_with(&broker, &flags);
+        (broker, cluster)
+    });
+    let (home, connected_to) = (0, 1);
+    let courier = Cluster::id_on(home, "silent-courier");
+    let orders: Vec<String> = [1, 2]
+        .into_iter()
+        .map(|owner| Cluster::id_on(owner, "silent-order"))
+        .collect();
+    let receiver = Receiver::start(SECRET, Faults::default()).await;
+    let ops = cluster.node(connected_to).ops_token();
+    let events = json!(["courier.offline", "courier.online"]);
+    let body = json!({"url": receiver.url(), "secret": SECRET, "events": events});
+    let (reply, _) = cluster
+        .post(connected_to, "/v1/webhooks", Some(&ops), &body)
+        .await;
+    reply.expect_status(201);
+    for order in &orders {
+        let new = NewOrder::new(order, DESTINATION).courier(&courier);
+        let (reply, _) = cluster
+            .post(connected_to, "/v1/orders", Some(&ops), &new.to_json())
+            .await;
+        reply.expect_status(201);
+    }
+    let start = LatLon::new(52.5, 13.4);
+    let mut app = CourierApp::new(&courier);
+    app.deliver(
+        cluster.node(connected_to),
+        &trackline_tests::walk(start, 1, 3),
+        Duration::from_secs(20),
+    )
+    .await;
+    app.disconnect().await;
+
+    tokio::task::block_in_place(|| cluster.node_mut(home).kill());
+    // Four times the silence that counts, with the owners up and hearing nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        receiver.received().is_empty(),
+        "an owner called the courier offline without its home node: {:?}",
+        receiver
+            .received()
+            .iter()
+            .map(|r| &r.body)
+            .collect::<Vec<_>>()
+    );
+
+    tokio::task::block_in_place(|| cluster.node_mut(home).start_again());
+    let kinds_of = |got: &[Received], order: &str| -> Vec<String> {
+        got.iter()
+            .filter(|r| r.body["data"]["order_id"] == order)
+            .map(|r| r.body["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let got = receiver
+        .wait_for(Duration::from_secs(20), |got| got.len() >= 2)
+        .await;
+    for order in &orders {
+        assert_eq!(kinds_of(&got, order), ["courier.offline"], "{order}");
+    }
+    app.deliver(
+        cluster.node(connected_to),
+        &trackline_tests::walk(start, 4, 1),
+        Duration::from_secs(20),
+    )
+    .await;
+    receiver
+        .wait_for(Duration::from_secs(20), |got| got.len() >= 4)
+        .await;
+    // Nothing more comes: one decision per courier, each order told once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received();
+    assert_eq!(
+        got.len(),
+        4,
+        "{:?}",
+        got.iter().map(|r| &r.body).collect::<Vec<_>>()
+    );
+    for order in &orders {
+        assert_eq!(
+            kinds_of(&got, order),
+            ["courier.offline", "courier.online"],
+            "{order}"
+        );
+    }
+    check_deliveries(&got);
+}

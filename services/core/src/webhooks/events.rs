@@ -26,6 +26,14 @@ impl Default for TrackerSettings {
     }
 }
 
+impl TrackerSettings {
+    /// How often to look for a courier's silence: a quarter of the silence that counts, so
+    /// `courier.offline` is at most that late.
+    pub fn silence_check_every(&self) -> Duration {
+        (self.courier_offline_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(15))
+    }
+}
+
 /// One order's side of its events: what they were last derived from.
 #[derive(Debug, Clone)]
 pub struct EventTracker {

@@ -9,6 +9,7 @@ use trackline_core::{CourierId, LatLon, OrderId};
 
 use crate::orders::fanout::Resume;
 use crate::orders::frames::WireFrame;
+use crate::orders::messages::CourierSilent;
 
 /// Headers of a forwarded REST call and of its answer.
 pub mod headers {
@@ -39,10 +40,12 @@ pub enum Kind {
     Unwatch,
     /// The next frame of an order that the receiver watches (no reply).
     Update,
+    /// A courier went silent while carrying an order the receiver owns, from its home node.
+    Silent,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Http,
         Kind::Route,
         Kind::Ingest,
@@ -50,6 +53,7 @@ impl Kind {
         Kind::Watch,
         Kind::Unwatch,
         Kind::Update,
+        Kind::Silent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Kind {
             Kind::Watch => "watch",
             Kind::Unwatch => "unwatch",
             Kind::Update => "update",
+            Kind::Silent => "silent",
         }
     }
 
@@ -98,6 +103,13 @@ pub struct LinkCall {
     pub courier: CourierId,
     pub order: OrderId,
     pub linked: bool,
+}
+
+/// A courier's silence, from its home node to the owner of one of its orders.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SilentCall {
+    pub order: OrderId,
+    pub silent: CourierSilent,
 }
 
 /// A node's request to watch (or keep watching) an order from its owner.

@@ -21,13 +21,14 @@ use trackline_rest::ErrorAnswer;
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
-    headers, IngestCall, Kind, LinkCall, RemoteError, RouteCall, UnwatchNote, UpdateNote,
-    WatchAnswer, WatchCall,
+    headers, IngestCall, Kind, LinkCall, RemoteError, RouteCall, SilentCall, UnwatchNote,
+    UpdateNote, WatchAnswer, WatchCall,
 };
 use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
 use crate::live::LiveIndex;
 use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
 use crate::orders::registry::courier_routes::{IngestHere, Route};
+use crate::orders::registry::presence::SilentHere;
 use crate::orders::registry::{Find, LinkChanged, Registry};
 
 /// Outlets are watchers too; their ids count down from the top so they never meet a session's.
@@ -150,6 +151,20 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
             };
             let outcome = store_link(serving, call).await;
             cluster.reply_json(&message, &outcome).await;
+        }
+        Kind::Silent => {
+            let Some(call) = parse::<SilentCall>(&message) else {
+                return;
+            };
+            let told = in_order(&serving.registry)
+                .send(SilentHere {
+                    order: call.order,
+                    silent: call.silent,
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+                .map_err(RemoteError::Store);
+            cluster.reply_json(&message, &told).await;
         }
         Kind::Watch => {
             let Some(call) = parse::<WatchCall>(&message) else {

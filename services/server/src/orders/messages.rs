@@ -97,3 +97,12 @@ pub struct FollowPlan(pub StopsThrough);
 pub struct Replan {
     pub courier: CourierId,
 }
+
+/// Broker mode, from the courier's home node: `courier` has sent no fix for the silence that
+/// makes `courier.offline`. Answered once the event is durable (or there is none to write); the
+/// error when it could not be stored.
+#[derive(Message, Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "Result<(), String>")]
+pub struct CourierSilent {
+    pub courier: CourierId,
+}

@@ -28,7 +28,7 @@ use trackline_core::CourierId;
 
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
-use crate::orders::messages::{Ingest, IngestFailure, IngestReport, Relink, Replan};
+use crate::orders::messages::{CourierSilent, Ingest, IngestFailure, IngestReport, Relink, Replan};
 use crate::orders::resume_buffer::ResumeLimits;
 
 /// How long a delivered or cancelled order's actor stays up to serve late watchers.
@@ -64,6 +64,9 @@ pub struct OrderSettings {
     pub eta: EtaConfig,
     /// When the ETA and a courier's silence make webhook events.
     pub webhooks: TrackerSettings,
+    /// Broker mode: the courier's home node, which sees all of its fixes, says when it went
+    /// silent ([`CourierSilent`]); the order does not decide it by itself.
+    pub silence_told_by_home: bool,
 }
 
 /// Move to the thread of `0`, between commits; the answer is the new actor (`None`: it stays,
@@ -107,6 +110,8 @@ pub struct OrderActor {
     queued_events: Vec<WebhookEvent>,
     /// When the last fix of the courier arrived (or the actor started).
     last_heard: std::time::Instant,
+    /// Whether a fix arrived since the actor started.
+    heard_since_start: bool,
     /// Where the order's own pickup is among the stops the estimator plans for (0: heading
     /// there); `None` once it is left, or for an order without one.
     own_pickup: Option<usize>,
@@ -153,6 +158,7 @@ impl OrderActor {
             events,
             queued_events: Vec::new(),
             last_heard: std::time::Instant::now(),
+            heard_since_start: false,
             own_pickup,
             following_plan: false,
         }
@@ -299,7 +305,7 @@ impl OrderActor {
             ctx.stop();
             return;
         }
-        if self.moved_to.is_some() {
+        if self.moved_to.is_some() || self.deps.settings.silence_told_by_home {
             return;
         }
         let silent_for = self.last_heard.elapsed();
@@ -307,6 +313,25 @@ impl OrderActor {
             self.queued_events.push(event);
             ctx.spawn(self.persist(Vec::new()).map(|_, _, _| ()));
         }
+    }
+
+    /// `courier.offline`, as the courier's home node decided it (broker mode).
+    fn told_courier_silent(
+        &mut self,
+        msg: &CourierSilent,
+    ) -> Option<impl ActorFuture<Self, Output = Result<(), String>>> {
+        if self.record.courier_id.as_ref() != Some(&msg.courier) {
+            return None; // reassigned meanwhile: the new courier's silence is not this one's
+        }
+        let silence = self.events.settings().courier_offline_after;
+        if self.heard_since_start && self.last_heard.elapsed() < silence / 2 {
+            // A fix reached the order after the home node's last one (they crossed): the home
+            // node has it too by now.
+            return None;
+        }
+        let event = self.events.silence(&self.record, silence, now_ms())?;
+        self.queued_events.push(event);
+        Some(self.persist(Vec::new()))
     }
 
     /// Applies one validated fix that the filter let through to the live state.
@@ -413,14 +438,29 @@ impl Actor for OrderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!("trackline_order_actors").increment(1.0);
-        // A quarter of the silence that counts, so `courier.offline` is at most that late.
-        let every = (self.events.settings().courier_offline_after / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(15));
+        let every = self.events.settings().silence_check_every();
         ctx.run_interval(every, Self::check_courier_silence);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         metrics::gauge!("trackline_order_actors").decrement(1.0);
+    }
+}
+
+impl Handler<CourierSilent> for OrderActor {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: CourierSilent, _: &mut Context<Self>) -> Self::Result {
+        if let Some(successor) = &self.moved_to {
+            let asked = successor.send(msg);
+            return Box::pin(fut::wrap_future(async move {
+                asked.await.map_err(|e| format!("order actor: {e}"))?
+            }));
+        }
+        match self.told_courier_silent(&msg) {
+            Some(persisted) => Box::pin(persisted),
+            None => Box::pin(fut::ready(Ok(()))),
+        }
     }
 }
 
@@ -476,6 +516,7 @@ impl Handler<Ingest> for OrderActor {
         let fills_gap = self.resend_from.is_some() && first_new.is_some();
         if !msg.fixes.is_empty() {
             self.last_heard = std::time::Instant::now();
+            self.heard_since_start = true;
             if let Some(event) = self.events.heard_from_courier(&self.record, now_ms()) {
                 self.queued_events.push(event);
             }

@@ -154,6 +154,7 @@ impl Handler<Route> for Registry {
         if let Some(routed) = via_home {
             return Box::pin(routed);
         }
+        self.heard_from(&msg.courier, &msg.fixes);
         let orders = self.couriers.get(&msg.courier).cloned().unwrap_or_default();
         let registry = ctx.address();
         let deliveries: Vec<_> = orders

@@ -17,6 +17,7 @@
 
 pub mod courier_routes;
 pub mod plans;
+pub mod presence;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +99,8 @@ pub struct Registry {
     plans: HashMap<CourierId, Vec<trackline_core::stops::PlanStop>>,
     /// Where those plans are kept across restarts.
     plan_store: PlanStore,
+    /// Broker mode: whether the couriers homed here are heard from ([`presence`]).
+    presence: HashMap<CourierId, presence::Presence>,
 }
 
 /// What the registry reads back at start besides the orders.
@@ -135,6 +138,7 @@ impl Registry {
             stamps: HashMap::new(),
             plans: HashMap::new(),
             plan_store: kept.plan_store,
+            presence: HashMap::new(),
         };
         for record in records.into_iter().filter(|r| !r.status.is_final()) {
             registry.insert(record);
@@ -157,6 +161,7 @@ impl Registry {
         let orders = self.couriers.entry(courier.clone()).or_default();
         if !orders.contains(&order) {
             orders.push(order);
+            self.presence_linked(&courier);
             self.changed_routes(&courier);
             // Its stops join the courier's plan (and a reassigned order leaves its old
             // courier's stops behind, even as this courier's only order).
@@ -169,6 +174,7 @@ impl Registry {
             list.retain(|o| o != order);
             if list.is_empty() {
                 self.couriers.remove(courier);
+                self.presence_unlinked(courier);
                 // Nothing left to plan: the next orders start from the order of assignment.
                 if self.plans.remove(courier).is_some() {
                     if let Err(error) = self.plan_store.forget(courier) {
@@ -279,6 +285,10 @@ impl Actor for Registry {
             settings: self.settings.clone(),
         });
         metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
+        if self.settings.silence_told_by_home {
+            let every = self.settings.webhooks.silence_check_every();
+            ctx.run_interval(every, Self::check_presence);
+        }
     }
 }
 
