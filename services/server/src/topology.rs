@@ -242,9 +242,22 @@ impl Topology {
         req: &HttpRequest,
         body: impl FnOnce() -> Bytes,
     ) -> Result<Vec<T>, HttpResponse> {
+        self.ask_others_to(req, &replay::Call::of(req), body).await
+    }
+
+    /// [`Self::ask_others`] for another call than `req`'s (made with its token).
+    ///
+    /// # Errors
+    /// As [`Self::ask_others`].
+    pub async fn ask_others_to<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &HttpRequest,
+        call: &replay::Call,
+        body: impl FnOnce() -> Bytes,
+    ) -> Result<Vec<T>, HttpResponse> {
         match self {
             Topology::Broker(broker) if !replay::is_forwarded(req) => {
-                replay::ask_others(&broker.cluster, req, body()).await
+                replay::ask_others(&broker.cluster, req, call, body()).await
             }
             _ => Ok(Vec::new()),
         }

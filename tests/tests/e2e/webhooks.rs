@@ -749,3 +749,76 @@ async fn in_broker_mode_a_couriers_home_node_decides_its_silence_for_every_order
     }
     check_deliveries(&got);
 }
+
+/// How many webhooks node `node` of `cluster` has.
+async fn listed_on(cluster: &trackline_tests::cluster::Cluster, node: usize, ops: &str) -> usize {
+    let (reply, _) = cluster.get(node, "/v1/webhooks", Some(ops)).await;
+    reply.expect_status(200)["webhooks"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+async fn delete_on_0(
+    cluster: &trackline_tests::cluster::Cluster,
+    path: &str,
+    ops: &str,
+) -> trackline_tests::Reply {
+    let method = reqwest::Method::DELETE;
+    cluster.request(0, method, path, Some(ops), None).await.0
+}
+
+/// Broker mode: a registration that some node cannot take is taken back on the others (its
+/// caller is told it failed, and a generated secret was never shown), and a removal that some
+/// node missed is finished by asking again, on any node.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_broker_mode_a_registration_or_removal_some_node_missed_is_undone_or_finished() {
+    use trackline_tests::cluster::{Broker, Cluster};
+    let (_broker, mut cluster) = tokio::task::block_in_place(|| {
+        let broker = Broker::start();
+        let cluster = Cluster::start(&broker);
+        (broker, cluster)
+    });
+    let ops = cluster.node(0).ops_token();
+    let url = "http://127.0.0.1:9/hook";
+
+    tokio::task::block_in_place(|| cluster.node_mut(2).kill());
+    let (reply, _) = cluster
+        .post(0, "/v1/webhooks", Some(&ops), &json!({"url": url}))
+        .await;
+    assert_eq!(reply.expect_error(503), "owner_unavailable");
+    for node in [0, 1] {
+        assert_eq!(
+            listed_on(&cluster, node, &ops).await,
+            0,
+            "taken back on node {node}"
+        );
+    }
+    tokio::task::block_in_place(|| cluster.node_mut(2).start_again());
+
+    let body = json!({"url": url, "secret": SECRET});
+    let (reply, _) = cluster.post(0, "/v1/webhooks", Some(&ops), &body).await;
+    let id = reply.expect_status(201)["id"].as_str().unwrap().to_string();
+    tokio::task::block_in_place(|| cluster.node_mut(1).kill());
+    let path = format!("/v1/webhooks/{id}");
+    assert_eq!(delete_on_0(&cluster, &path, &ops).await.status, 503);
+    tokio::task::block_in_place(|| cluster.node_mut(1).start_again());
+    assert_eq!(
+        listed_on(&cluster, 1, &ops).await,
+        1,
+        "missed by the down node"
+    );
+    let again = delete_on_0(&cluster, &path, &ops).await;
+    assert_eq!(again.status, 204, "{}", again.text);
+    for node in 0..3 {
+        assert_eq!(
+            listed_on(&cluster, node, &ops).await,
+            0,
+            "removed on node {node}"
+        );
+    }
+    let (reply, _) = cluster
+        .request(0, reqwest::Method::DELETE, &path, Some(&ops), None)
+        .await;
+    assert_eq!(reply.expect_error(404), "not_found");
+}

@@ -7,7 +7,7 @@ mod store;
 
 pub use events::{EventTracker, TrackerSettings};
 pub use store::{
-    DeliveryState, DeliveryStatus, Endpoint, OrderHookState, PendingHead, WebhookResult,
+    DeliveryState, DeliveryStatus, Endpoint, OrderHookState, PendingHead, Put, WebhookResult,
     WebhookStore, MAX_ENDPOINTS,
 };
 

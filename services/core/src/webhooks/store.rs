@@ -102,6 +102,16 @@ pub struct PendingHead {
     pub state: DeliveryState,
 }
 
+/// What [`WebhookStore::put_endpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Added,
+    /// One with the same id was there: it is replaced.
+    Replaced,
+    /// Nothing: [`MAX_ENDPOINTS`] are kept already.
+    Full,
+}
+
 /// The webhook tree, and the endpoints in memory (read at every event write).
 #[derive(Clone)]
 pub struct WebhookStore {
@@ -305,26 +315,32 @@ impl WebhookStore {
         self.read_endpoints().iter().find(|e| e.id == id).cloned()
     }
 
-    /// Adds (or replaces) an endpoint, durably; false when [`MAX_ENDPOINTS`] are kept already.
+    /// Adds (or replaces) an endpoint, durably.
     ///
     /// # Errors
     /// When sled fails.
-    pub fn put_endpoint(&self, endpoint: Endpoint) -> Result<bool> {
+    pub fn put_endpoint(&self, endpoint: Endpoint) -> Result<Put> {
         let mut endpoints = self.write_endpoints();
         let known = endpoints.iter().position(|e| e.id == endpoint.id);
         if known.is_none() && endpoints.len() >= MAX_ENDPOINTS {
-            return Ok(false);
+            return Ok(Put::Full);
         }
         self.tree
             .insert(endpoint_key(&endpoint.id), encode(&endpoint))?;
         self.tree.flush()?;
-        match known {
-            Some(i) => endpoints[i] = endpoint,
-            None => endpoints.push(endpoint),
-        }
+        let put = match known {
+            Some(i) => {
+                endpoints[i] = endpoint;
+                Put::Replaced
+            }
+            None => {
+                endpoints.push(endpoint);
+                Put::Added
+            }
+        };
         drop(endpoints);
         self.wake.notify_one();
-        Ok(true)
+        Ok(put)
     }
 
     /// Removes an endpoint and its deliveries; false when there was none.
@@ -534,12 +550,13 @@ mod tests {
     #[test]
     fn heads_are_the_oldest_pending_event_of_each_order_for_each_endpoint() {
         let (_dir, store) = store();
-        assert!(store
-            .put_endpoint(endpoint("all", &EventType::ALL))
-            .unwrap());
-        assert!(store
-            .put_endpoint(endpoint("eta", &[EventType::OrderEta]))
-            .unwrap());
+        for hook in [
+            endpoint("all", &EventType::ALL),
+            endpoint("eta", &[EventType::OrderEta]),
+        ] {
+            assert_eq!(store.put_endpoint(hook.clone()).unwrap(), Put::Added);
+            assert_eq!(store.put_endpoint(hook).unwrap(), Put::Replaced);
+        }
         let events = [
             event("a", 1, EventType::OrderCreated),
             event("a", 2, EventType::OrderEta),

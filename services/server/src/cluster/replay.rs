@@ -15,6 +15,27 @@ pub fn is_forwarded(req: &HttpRequest) -> bool {
     req.headers().contains_key(headers::FORWARDED)
 }
 
+/// A call for another node to answer: method, path and query.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: actix_web::http::Method,
+    pub path: String,
+}
+
+impl Call {
+    /// The call `req` is.
+    pub fn of(req: &HttpRequest) -> Self {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
+        Self {
+            method: req.method().clone(),
+            path,
+        }
+    }
+}
+
 /// Has `node` answer `req` (method, path and query, token, `body`) as if it had been asked.
 pub async fn replay_at(
     cluster: &Cluster,
@@ -22,13 +43,20 @@ pub async fn replay_at(
     req: &HttpRequest,
     body: Bytes,
 ) -> Result<async_nats::Message, CallError> {
+    replay_as(cluster, node, req, &Call::of(req), body).await
+}
+
+/// Has `node` answer `call`, made with `req`'s token and content type, as if it had been asked.
+pub async fn replay_as(
+    cluster: &Cluster,
+    node: &str,
+    req: &HttpRequest,
+    call: &Call,
+    body: Bytes,
+) -> Result<async_nats::Message, CallError> {
     let mut forwarded = HeaderMap::new();
-    forwarded.insert(headers::METHOD, req.method().as_str());
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.path().to_string(), |p| p.as_str().to_string());
-    forwarded.insert(headers::PATH, path.as_str());
+    forwarded.insert(headers::METHOD, call.method.as_str());
+    forwarded.insert(headers::PATH, call.path.as_str());
     for (name, header_name) in [
         (headers::AUTHORIZATION, header::AUTHORIZATION),
         (headers::CONTENT_TYPE, header::CONTENT_TYPE),
@@ -46,11 +74,12 @@ pub async fn replay_at(
 pub async fn ask_others<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     req: &HttpRequest,
+    call: &Call,
     body: Bytes,
 ) -> Result<Vec<T>, HttpResponse> {
     let asked = cluster
         .others()
-        .map(|node| replay_at(cluster, node, req, body.clone()));
+        .map(|node| replay_as(cluster, node, req, call, body.clone()));
     let mut parsed = Vec::new();
     for answer in futures_util::future::join_all(asked).await {
         let answer = answer.map_err(|e| ApiError::from(e).error_response())?;

@@ -84,6 +84,8 @@ pub async fn nearby(
                                       `bad_courier_id`, `bad_json`, `bad_content_type`; the \
                                       plan in place stays",
          body = ErrorAnswer),
+        (status = 500, description = "`internal`: the plan could not be stored; the plan in \
+                                      place stays", body = ErrorAnswer),
     ),
     security(("bearer" = [])),
 )]

@@ -127,19 +127,26 @@ impl Modify for SharedAnswers {
         );
         for (path, item) in doc.paths.paths.iter_mut() {
             let order_call = path.starts_with("/v1/orders");
+            // Registered on every node: any node may fail to answer.
+            let fleet_call = path.starts_with("/v1/webhooks");
             // the only methods the server routes
-            for operation in [&mut item.get, &mut item.post, &mut item.put]
-                .into_iter()
-                .flatten()
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
-                add_shared_answers(operation, order_call);
+                add_shared_answers(operation, order_call, fleet_call);
             }
         }
     }
 }
 
 /// The refusals `operation` shares with every route like it.
-fn add_shared_answers(operation: &mut Operation, order_call: bool) {
+fn add_shared_answers(operation: &mut Operation, order_call: bool, fleet_call: bool) {
     let authenticated = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let has_query = operation
         .parameters
@@ -178,6 +185,13 @@ fn add_shared_answers(operation: &mut Operation, order_call: bool) {
         add(
             "503",
             "`owner_unavailable` (broker mode): the node owning the order cannot be reached",
+        );
+    }
+    if fleet_call {
+        add(
+            "503",
+            "`owner_unavailable` (broker mode): a node did not answer; a registration is taken \
+             back, a removal is finished by asking again",
         );
     }
 }

@@ -5,14 +5,14 @@ use bytes::Bytes;
 use trackline_core::now_ms;
 use trackline_core::webhooks::signature::{decode_secret, generate_secret};
 use trackline_core::webhooks::{
-    DeliveryStatus, Endpoint, EventType, WebhookResult, WebhookStore, MAX_ENDPOINTS,
+    DeliveryStatus, Endpoint, EventType, Put, WebhookResult, WebhookStore, MAX_ENDPOINTS,
 };
 use trackline_rest::{
     CreateWebhook, DeliveriesQuery, Delivery, DeliveryList, ErrorAnswer, Redeliver, Redelivered,
     Webhook, WebhookCreated, WebhookList, EVENT_TYPES,
 };
 
-use crate::cluster::replay::is_forwarded;
+use crate::cluster::replay::{is_forwarded, Call};
 use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::App;
@@ -189,7 +189,8 @@ pub async fn create_webhook(
         events: names(&endpoint.events),
         secret: endpoint.secret.clone(),
     };
-    if !blocking(&app, move |store| store.put_endpoint(endpoint)).await? {
+    let put = blocking(&app, move |store| store.put_endpoint(endpoint)).await?;
+    if put == Put::Full {
         return Err(ApiError::Conflict(
             "webhook_limit",
             format!("{MAX_ENDPOINTS} webhooks are registered already: remove one first"),
@@ -206,9 +207,47 @@ pub async fn create_webhook(
         Bytes::from(serde_json::to_vec(&request).unwrap())
     };
     if let Err(response) = on_other_nodes::<WebhookCreated>(&app, &req, same).await {
+        if put == Put::Added {
+            undo_create(&app, &req, &answer.id).await;
+        }
         return Ok(response);
     }
     Ok(status_for(&req, actix_web::http::StatusCode::CREATED).json(answer))
+}
+
+/// Takes back a new endpoint that some node could not register: a caller told it failed must
+/// not have its events sent anywhere (with a generated secret nobody has seen). Best effort on
+/// the other nodes; a node that could not be reached may keep it, and `DELETE` on any node
+/// removes it there too.
+async fn undo_create(app: &App, req: &HttpRequest, id: &str) {
+    let asked = id.to_string();
+    if let Err(error) = blocking(app, move |store| store.remove_endpoint(&asked)).await {
+        tracing::warn!(
+            webhook = id,
+            ?error,
+            "taking back a webhook that failed to register"
+        );
+    }
+    let call = Call {
+        method: actix_web::http::Method::DELETE,
+        path: format!("/v1/webhooks/{id}"),
+    };
+    let undone = app
+        .topology
+        .ask_others_to::<Removed>(req, &call, Bytes::new)
+        .await;
+    if undone.is_err() {
+        tracing::warn!(
+            webhook = id,
+            "a webhook that failed to register stays on a node that cannot be reached"
+        );
+    }
+}
+
+/// A node's answer to a forwarded `DELETE`: whether it had the endpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Removed {
+    removed: bool,
 }
 
 /// Every registered receiver (without secrets).
@@ -270,14 +309,18 @@ pub async fn delete_webhook(
     caller.require_ops()?;
     let id = id.into_inner();
     let asked = id.clone();
-    if !blocking(&app, move |store| store.remove_endpoint(&asked)).await? {
-        return Err(not_found(&id));
-    }
-    if let Err(response) = on_other_nodes::<serde_json::Value>(&app, &req, Bytes::new).await {
-        return Ok(response);
-    }
+    let removed = blocking(&app, move |store| store.remove_endpoint(&asked)).await?;
     if is_forwarded(&req) {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({})));
+        return Ok(HttpResponse::Ok().json(Removed { removed }));
+    }
+    // Asked of every node even when this one has none: a delete (or create) that some node
+    // missed is finished by asking again.
+    let elsewhere = match on_other_nodes::<Removed>(&app, &req, Bytes::new).await {
+        Ok(answers) => answers.iter().any(|a| a.removed),
+        Err(response) => return Ok(response),
+    };
+    if !removed && !elsewhere {
+        return Err(not_found(&id));
     }
     Ok(HttpResponse::NoContent().finish())
 }
