@@ -173,7 +173,7 @@ pub struct EtaEstimator {
 }
 
 /// A stop the estimator plans for: where, the planned route to it, and what happens there.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedStop {
     pub at: LatLon,
     /// The planned route from the previous stop (or the courier) to this one.
@@ -182,7 +182,7 @@ pub struct PlannedStop {
 }
 
 /// What keeps a courier at a stop: waiting for the order to be ready, then handing it over.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Handover {
     /// Not before this (unix ms): when the order is ready to be collected.
     pub ready_at_ms: Option<i64>,

@@ -132,7 +132,7 @@ pub struct PlanStop {
 }
 
 /// An active order a courier carries, as a plan sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarriedOrder {
     pub order_id: OrderId,
     /// The order has a pickup the courier has not left yet (not picked up).
@@ -240,7 +240,7 @@ pub fn effective_plan(explicit: &[PlanStop], carried: &[CarriedOrder]) -> Vec<Pl
 
 /// What an order's estimator plans for in its courier's plan: every stop up to its own dropoff
 /// (the last), and where its own pickup is among them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopsThrough {
     pub stops: Vec<PlannedStop>,
     pub own_pickup: Option<usize>,

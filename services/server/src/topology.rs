@@ -11,14 +11,19 @@ use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::Bytes;
 use trackline_core::links::LinkStore;
+use trackline_core::stops::StopsThrough;
 use trackline_core::{CourierId, OrderId};
 
 use crate::cluster::client::Cluster;
-use crate::cluster::protocol::{CallError, IngestCall, Kind, RemoteError, RouteCall, SilentCall};
+use crate::cluster::protocol::{
+    CallError, FollowPlanNote, IngestCall, Kind, PlanEntryCall, RemoteError, ReplanNote, RouteCall,
+    SilentCall,
+};
 use crate::cluster::remote_watch::RemoteWatches;
 use crate::cluster::replay;
 use crate::orders::errors::OrderError;
 use crate::orders::messages::{CourierSilent, IngestFailure, IngestReport};
+use crate::orders::order_actor::PlanEntry;
 
 /// How this node stands among others.
 #[derive(Clone)]
@@ -228,6 +233,72 @@ impl Topology {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
         })
+    }
+
+    /// What `courier`'s plan needs of `order`, from the order's owner when that is another
+    /// node (`None`: owned here). An owner that cannot be asked counts as not carrying it.
+    pub fn plan_entry_at_owner(
+        &self,
+        order: &OrderId,
+        courier: &CourierId,
+    ) -> Option<impl Future<Output = Option<PlanEntry>> + 'static> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        if broker.cluster.owns(order) {
+            return None;
+        }
+        let cluster = broker.cluster.clone();
+        let owner = cluster.owner_of(order).to_string();
+        let call = PlanEntryCall {
+            order: order.clone(),
+            courier: courier.clone(),
+        };
+        Some(async move {
+            cluster
+                .call(&owner, Kind::PlanEntry, &call)
+                .await
+                .map_err(|error| tracing::warn!(%error, "asking for an order's plan entry failed"))
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// Tells the owner of `order` the stops before its door, when that is another node; whether
+    /// it was (false: the order is owned here).
+    pub fn follow_at_owner(&self, order: &OrderId, through: &StopsThrough) -> bool {
+        let Topology::Broker(broker) = self else {
+            return false;
+        };
+        if broker.cluster.owns(order) {
+            return false;
+        }
+        let cluster = broker.cluster.clone();
+        let owner = cluster.owner_of(order).to_string();
+        let note = FollowPlanNote {
+            order: order.clone(),
+            through: through.clone(),
+        };
+        actix_rt::spawn(async move { cluster.notify(&owner, Kind::FollowPlan, &note).await });
+        true
+    }
+
+    /// Has `courier`'s home node derive its plan again, when that is another node; whether it
+    /// was (false: homed here).
+    pub fn replan_at_home(&self, courier: &CourierId) -> bool {
+        let Topology::Broker(broker) = self else {
+            return false;
+        };
+        if broker.cluster.is_home_of(courier) {
+            return false;
+        }
+        let cluster = broker.cluster.clone();
+        let home = cluster.home_of(courier).to_string();
+        let note = ReplanNote {
+            courier: courier.clone(),
+        };
+        actix_rt::spawn(async move { cluster.notify(&home, Kind::Replan, &note).await });
+        true
     }
 
     /// For a call about the whole fleet (`GET /v1/orders`, the purge): the same call, with the

@@ -344,3 +344,81 @@ async fn a_plan_outlives_a_restart_and_ends_with_the_couriers_last_order() {
     server.restart();
     assert_eq!(get_plan(&server, "c-kept").await, assigned);
 }
+
+/// Broker mode: a courier's orders owned by two other nodes; its plan is set and read through
+/// any node, kept by the courier's home node (which answers), and moves the ETAs the owners
+/// publish; it outlives a restart of the home node.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_broker_mode_the_plan_is_kept_at_the_couriers_home_and_moves_etas_on_other_nodes() {
+    use trackline_tests::cluster::{Broker, Cluster, CourierApp, NODES};
+    let (_broker, mut cluster) = tokio::task::block_in_place(|| {
+        let broker = Broker::start();
+        let cluster = Cluster::start(&broker);
+        (broker, cluster)
+    });
+    let home = 0;
+    let courier = Cluster::id_on(home, "plan-courier");
+    let (near, far) = (
+        Cluster::id_on(1, "plan-near"),
+        Cluster::id_on(2, "plan-far"),
+    );
+    let ops = cluster.node(1).ops_token();
+    for (order, door_m) in [(&near, 1000.0), (&far, 2000.0)] {
+        let door = north(door_m);
+        let body = json!({"order_id": order, "courier_id": courier,
+                          "destination": {"lat": door.lat, "lon": door.lon, "dwell_s": 60}});
+        let (reply, _) = cluster.post(1, "/v1/orders", Some(&ops), &body).await;
+        reply.expect_status(201);
+    }
+    let plan = |node: usize, method: reqwest::Method, body: Option<Value>| {
+        let (cluster, ops, path) = (&cluster, ops.clone(), plan_path(&courier));
+        async move {
+            cluster
+                .request(node, method, &path, Some(&ops), body.as_ref())
+                .await
+        }
+    };
+    let (reply, answered_by) = plan(2, reqwest::Method::GET, None).await;
+    let in_assignment = [(near.as_str(), "dropoff"), (far.as_str(), "dropoff")];
+    assert_eq!(reply.expect_status(200), plan_body(&in_assignment));
+    assert_eq!(answered_by, NODES[home], "the courier's home node answers");
+
+    let door_eta = |order: &str| {
+        let (cluster, ops, path) = (&cluster, ops.clone(), format!("/v1/orders/{order}"));
+        async move { arrive_at(&cluster.get(0, &path, Some(&ops)).await.0.expect_status(200)["eta"]) }
+    };
+    let t0 = now_ms() - 600_000;
+    let mut app = CourierApp::new(&courier);
+    let within = std::time::Duration::from_secs(20);
+    app.deliver(cluster.node(1), &ride_north(t0, 1, 0.0, 40.0), within)
+        .await;
+    assert!(door_eta(&near).await < door_eta(&far).await);
+
+    let reversed = [(far.as_str(), "dropoff"), (near.as_str(), "dropoff")];
+    let (reply, answered_by) = plan(1, reqwest::Method::PUT, Some(plan_body(&reversed))).await;
+    assert_eq!(reply.expect_status(200), plan_body(&reversed));
+    assert_eq!(answered_by, NODES[home]);
+    let (reply, _) = plan(2, reqwest::Method::GET, None).await;
+    assert_eq!(reply.expect_status(200), plan_body(&reversed));
+    app.deliver(cluster.node(1), &ride_north(t0, 10, 45.0, 60.0), within)
+        .await;
+    let (near_eta, far_eta) = (door_eta(&near).await, door_eta(&far).await);
+    assert!(
+        near_eta > far_eta,
+        "near {near_eta} is not after far {far_eta}"
+    );
+
+    let unknown = plan_body(&[("plan-nobody", "dropoff")]);
+    let (reply, _) = plan(2, reqwest::Method::PUT, Some(unknown)).await;
+    assert_eq!(reply.expect_error(400), "plan_order_not_carried");
+
+    app.disconnect().await;
+    tokio::task::block_in_place(|| cluster.node_mut(home).kill());
+    tokio::task::block_in_place(|| cluster.node_mut(home).start_again());
+    let (reply, _) = cluster.get(1, &plan_path(&courier), Some(&ops)).await;
+    assert_eq!(
+        reply.expect_status(200),
+        plan_body(&reversed),
+        "after the home's restart"
+    );
+}

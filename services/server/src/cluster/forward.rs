@@ -1,4 +1,5 @@
-//! Broker mode: REST calls on an order that another node owns go to the owner.
+//! Broker mode: REST calls on an order that another node owns go to the owner, and calls on a
+//! courier's plan to the courier's home node, which keeps it.
 //!
 //! The ingress hashes requests by order id, but its hash is not ours (and pods come and go), so
 //! any node may receive any call. A call on a foreign order is sent to its owner over the broker
@@ -12,10 +13,11 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpResponse, ResponseError};
 use bytes::Bytes;
-use trackline_core::OrderId;
+use trackline_core::{CourierId, OrderId};
 
+use crate::cluster::client::Cluster;
 use crate::cluster::replay::{is_forwarded, owners_answer, replay_at};
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -27,6 +29,12 @@ fn order_in_path(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v1/orders/")?;
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
     matches!(tail, "" | "assign" | "status" | "history").then_some(id)
+}
+
+/// The courier a plan call is about (`/v1/couriers/{id}/plan`): plans are kept at the courier's
+/// home node.
+fn plan_courier_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/couriers/")?.strip_suffix("/plan")
 }
 
 /// The order id of a create call's body, if it names a valid one.
@@ -58,6 +66,17 @@ pub async fn to_owner(
             .map(ServiceResponse::map_into_left_body);
     };
     let cluster = &broker.cluster;
+    let plan_home = plan_courier_in_path(req.path())
+        .and_then(|id| CourierId::new(id).ok())
+        .filter(|courier| !cluster.is_home_of(courier))
+        .map(|courier| cluster.home_of(&courier).to_string());
+    if let Some(home) = plan_home {
+        let body = match read_body(&mut req, cluster.max_body()).await {
+            Ok(body) => body,
+            Err(error) => return Ok(req.into_response(error).map_into_right_body()),
+        };
+        return Ok(replay_to(req, cluster, &home, body).await);
+    }
     let creating = req.method() == Method::POST && req.path() == "/v1/orders";
     let in_path = order_in_path(req.path()).and_then(|id| OrderId::new(id).ok());
     if !creating && in_path.as_ref().is_none_or(|order| cluster.owns(order)) {
@@ -68,34 +87,10 @@ pub async fn to_owner(
             .map(ServiceResponse::map_into_left_body);
     }
     // The body is needed to forward a POST, and to find the order of a create.
-    let body = if req.method() == Method::POST {
-        match req.extract::<Bytes>().await {
-            Ok(body) => body,
-            Err(e) => {
-                let error = if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE
-                {
-                    ApiError::PayloadTooLarge(format!("request body: {e}"))
-                } else {
-                    ApiError::BadRequest("bad_body", format!("request body: {e}"))
-                };
-                return Ok(req
-                    .into_response(error.error_response())
-                    .map_into_right_body());
-            }
-        }
-    } else {
-        Bytes::new()
+    let body = match read_body(&mut req, cluster.max_body()).await {
+        Ok(body) => body,
+        Err(error) => return Ok(req.into_response(error).map_into_right_body()),
     };
-    if body.len() > cluster.max_body() {
-        let error = ApiError::PayloadTooLarge(format!(
-            "a body of {} bytes is more than the broker carries to the order's owner ({})",
-            body.len(),
-            cluster.max_body()
-        ));
-        return Ok(req
-            .into_response(error.error_response())
-            .map_into_right_body());
-    }
     let order = if creating {
         order_in_body(&body)
     } else {
@@ -111,11 +106,45 @@ pub async fn to_owner(
                 .map(ServiceResponse::map_into_left_body);
         }
     };
-    let response = match replay_at(cluster, &owner, req.request(), body).await {
+    Ok(replay_to(req, cluster, &owner, body).await)
+}
+
+/// The body of a call that has one (POST, PUT), to forward; the error answer when it cannot
+/// be read or is more than the broker carries.
+async fn read_body(req: &mut ServiceRequest, max: usize) -> Result<Bytes, HttpResponse> {
+    if !matches!(*req.method(), Method::POST | Method::PUT) {
+        return Ok(Bytes::new());
+    }
+    let body = req.extract::<Bytes>().await.map_err(|e| {
+        let error = if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("request body: {e}"))
+        } else {
+            ApiError::BadRequest("bad_body", format!("request body: {e}"))
+        };
+        error.error_response()
+    })?;
+    if body.len() > max {
+        let error = ApiError::PayloadTooLarge(format!(
+            "a body of {} bytes is more than the broker carries to the node that answers ({max})",
+            body.len(),
+        ));
+        return Err(error.error_response());
+    }
+    Ok(body)
+}
+
+/// `req` answered by `node`, whose answer is returned as is.
+async fn replay_to<B>(
+    req: ServiceRequest,
+    cluster: &Cluster,
+    node: &str,
+    body: Bytes,
+) -> ServiceResponse<EitherBody<B>> {
+    let response = match replay_at(cluster, node, req.request(), body).await {
         Ok(answer) => owners_answer(&answer),
         Err(e) => ApiError::from(e).error_response(),
     };
-    Ok(req.into_response(response).map_into_right_body())
+    req.into_response(response).map_into_right_body()
 }
 
 /// A request body that has been read already, as a payload again.
@@ -137,6 +166,8 @@ mod tests {
         assert_eq!(order_in_path("/v1/orders/o-1/watch"), None);
         assert_eq!(order_in_path("/v1/orders"), None);
         assert_eq!(order_in_path("/v1/couriers/nearby"), None);
+        assert_eq!(plan_courier_in_path("/v1/couriers/c-1/plan"), Some("c-1"));
+        assert_eq!(plan_courier_in_path("/v1/couriers/nearby"), None);
         assert_eq!(
             order_in_body(br#"{"order_id":"o.2","destination":{}}"#),
             Some(OrderId::new("o.2").unwrap())

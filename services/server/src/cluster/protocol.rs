@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use trackline_core::fix::{Fix, RejectCode};
 use trackline_core::order::OrderView;
+use trackline_core::stops::StopsThrough;
 use trackline_core::{CourierId, LatLon, OrderId};
 
 use crate::orders::fanout::Resume;
@@ -42,10 +43,16 @@ pub enum Kind {
     Update,
     /// A courier went silent while carrying an order the receiver owns, from its home node.
     Silent,
+    /// What a courier's plan needs of an order the receiver owns, from the courier's home node.
+    PlanEntry,
+    /// The stops before an order's door in its courier's plan, to the order's owner (no reply).
+    FollowPlan,
+    /// A courier's plan may have changed, to the courier's home node (no reply).
+    Replan,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 11] = [
         Kind::Http,
         Kind::Route,
         Kind::Ingest,
@@ -54,6 +61,9 @@ impl Kind {
         Kind::Unwatch,
         Kind::Update,
         Kind::Silent,
+        Kind::PlanEntry,
+        Kind::FollowPlan,
+        Kind::Replan,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +76,9 @@ impl Kind {
             Kind::Unwatch => "unwatch",
             Kind::Update => "update",
             Kind::Silent => "silent",
+            Kind::PlanEntry => "plan_entry",
+            Kind::FollowPlan => "follow_plan",
+            Kind::Replan => "replan",
         }
     }
 
@@ -110,6 +123,27 @@ pub struct LinkCall {
 pub struct SilentCall {
     pub order: OrderId,
     pub silent: CourierSilent,
+}
+
+/// From a courier's home node: what its plan needs of `order`, which the receiver owns.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlanEntryCall {
+    pub order: OrderId,
+    pub courier: CourierId,
+}
+
+/// From a courier's home node: the stops before `order`'s door in the courier's plan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FollowPlanNote {
+    pub order: OrderId,
+    pub through: StopsThrough,
+}
+
+/// To a courier's home node: its plan may have changed (an order reached or left its pickup,
+/// or started its actor).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplanNote {
+    pub courier: CourierId,
 }
 
 /// A node's request to watch (or keep watching) an order from its owner.

@@ -21,13 +21,15 @@ use trackline_rest::ErrorAnswer;
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
-    headers, IngestCall, Kind, LinkCall, RemoteError, RouteCall, SilentCall, UnwatchNote,
-    UpdateNote, WatchAnswer, WatchCall,
+    headers, FollowPlanNote, IngestCall, Kind, LinkCall, PlanEntryCall, RemoteError, ReplanNote,
+    RouteCall, SilentCall, UnwatchNote, UpdateNote, WatchAnswer, WatchCall,
 };
 use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
 use crate::live::LiveIndex;
 use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
+use crate::orders::messages::Replan;
 use crate::orders::registry::courier_routes::{IngestHere, Route};
+use crate::orders::registry::plans::{FollowHere, PlanEntryHere};
 use crate::orders::registry::presence::SilentHere;
 use crate::orders::registry::{Find, LinkChanged, Registry};
 
@@ -165,6 +167,32 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
                 .unwrap_or_else(|e| Err(e.to_string()))
                 .map_err(RemoteError::Store);
             cluster.reply_json(&message, &told).await;
+        }
+        Kind::PlanEntry => {
+            let Some(call) = parse::<PlanEntryCall>(&message) else {
+                return;
+            };
+            let here = PlanEntryHere {
+                order: call.order,
+                courier: call.courier,
+            };
+            let entry = serving.registry.send(here).await.unwrap_or(None);
+            cluster.reply_json(&message, &entry).await;
+        }
+        Kind::FollowPlan => {
+            if let Some(note) = parse::<FollowPlanNote>(&message) {
+                serving.registry.do_send(FollowHere {
+                    order: note.order,
+                    through: note.through,
+                });
+            }
+        }
+        Kind::Replan => {
+            if let Some(note) = parse::<ReplanNote>(&message) {
+                serving.registry.do_send(Replan {
+                    courier: note.courier,
+                });
+            }
         }
         Kind::Watch => {
             let Some(call) = parse::<WatchCall>(&message) else {

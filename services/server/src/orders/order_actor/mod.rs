@@ -401,7 +401,7 @@ fn before_pickup(status: OrderStatus) -> bool {
 }
 
 /// What a courier's plan needs of one of its orders.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlanEntry {
     pub carried: CarriedOrder,
     /// The pickup while the order has not been picked up.

@@ -251,8 +251,11 @@ impl Registry {
                         (arbiter, None)
                     }
                 };
-                let shared_courier = (record.courier_id.clone())
-                    .filter(|c| self.couriers.get(c).is_some_and(|orders| orders.len() > 1));
+                // Broker mode: only the courier's home node knows whether it carries others.
+                let shared_courier = (record.courier_id.clone()).filter(|c| {
+                    !self.topology.is_home_of(c)
+                        || self.couriers.get(c).is_some_and(|orders| orders.len() > 1)
+                });
                 let addr =
                     OrderActor::start_in_arbiter(arbiter, move |_| OrderActor::new(*record, deps));
                 *slot = Slot::Live(addr.clone(), thread);

@@ -10,7 +10,10 @@
 //! routes. A fix costs no plan work: each order's estimator prices the stops it was given with
 //! the speed it learns anyway.
 //!
-//! Broker mode: only the orders this node owns are planned for.
+//! Broker mode: a courier's plan is kept and derived at its home node, which knows all of its
+//! orders (from their links): it asks their owners what the plan needs of each
+//! ([`PlanEntryHere`]) and tells them the stops before each door; an owner whose order reaches
+//! or leaves its pickup, or starts its actor, has the home node derive the plan again.
 
 use std::future::Future;
 
@@ -19,7 +22,7 @@ use futures_util::future::{join_all, BoxFuture};
 use trackline_core::stops::{
     check_plan, effective_plan, stops_through, CarriedOrder, PlanError, PlanStop, StopKind,
 };
-use trackline_core::CourierId;
+use trackline_core::{CourierId, OrderId};
 
 use super::{Registry, Slot};
 use crate::orders::messages::{FollowPlan, GetPlanEntry, Replan};
@@ -57,7 +60,7 @@ fn carried(entries: &[PlanEntry]) -> Vec<CarriedOrder> {
 
 impl Registry {
     /// What the plan needs of each order `courier` carries, in the order of assignment, as
-    /// their states stand now.
+    /// their states stand now (asked of their owners, in broker mode).
     pub(super) fn plan_entries(
         &self,
         courier: &CourierId,
@@ -67,21 +70,35 @@ impl Registry {
             .get(courier)
             .into_iter()
             .flatten()
-            .filter_map(|order| match self.orders.get(order)? {
-                // Read where it lies: a plan is no reason to start a dormant order's actor.
-                Slot::Dormant(record) => {
-                    let entry = plan_entry(record, courier);
-                    Some(Box::pin(async move { entry }) as BoxFuture<_>)
-                }
-                Slot::Live(actor, _) => {
-                    let asked = actor.send(GetPlanEntry {
-                        courier: courier.clone(),
-                    });
-                    Some(Box::pin(async move { asked.await.ok().flatten() }) as BoxFuture<_>)
-                }
-            })
+            .filter_map(
+                |order| match self.topology.plan_entry_at_owner(order, courier) {
+                    Some(at_owner) => Some(Box::pin(at_owner) as BoxFuture<_>),
+                    None => self.local_plan_entry(order, courier),
+                },
+            )
             .collect();
         async move { join_all(entries).await.into_iter().flatten().collect() }
+    }
+
+    /// What `courier`'s plan needs of `order`, active here; `None` when it is not.
+    fn local_plan_entry(
+        &self,
+        order: &OrderId,
+        courier: &CourierId,
+    ) -> Option<BoxFuture<'static, Option<PlanEntry>>> {
+        match self.orders.get(order)? {
+            // Read where it lies: a plan is no reason to start a dormant order's actor.
+            Slot::Dormant(record) => {
+                let entry = plan_entry(record, courier);
+                Some(Box::pin(async move { entry }))
+            }
+            Slot::Live(actor, _) => {
+                let asked = actor.send(GetPlanEntry {
+                    courier: courier.clone(),
+                });
+                Some(Box::pin(async move { asked.await.ok().flatten() }))
+            }
+        }
     }
 
     /// The explicit plan of `courier` (empty: none).
@@ -118,12 +135,16 @@ impl Registry {
         };
         for entry in entries {
             let order = &entry.carried.order_id;
+            let Some(through) = stops_through(order, &current, &plan, stop_of) else {
+                continue;
+            };
+            if self.topology.follow_at_owner(order, &through) {
+                continue;
+            }
             let Some(Slot::Live(actor, _)) = self.orders.get(order) else {
                 continue; // started later, it asks for the plan then
             };
-            if let Some(through) = stops_through(order, &current, &plan, stop_of) {
-                actor.do_send(FollowPlan(through));
-            }
+            actor.do_send(FollowPlan(through));
         }
     }
 }
@@ -182,8 +203,52 @@ impl Handler<Replan> for Registry {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: Replan, _: &mut Context<Self>) -> Self::Result {
+        // Broker mode: the courier's plan, and all of its orders, are known at its home node.
+        if self.topology.replan_at_home(&msg.courier) {
+            return Box::pin(fut::ready(()));
+        }
         self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
             act.follow(&msg.courier, &entries);
         })
+    }
+}
+
+/// At the owner of `order` (broker mode): what `courier`'s plan needs of it, for the courier's
+/// home node; `None` when it is not active here or `courier` does not carry it.
+#[derive(Message)]
+#[rtype(result = "Option<PlanEntry>")]
+pub struct PlanEntryHere {
+    pub order: OrderId,
+    pub courier: CourierId,
+}
+
+impl Handler<PlanEntryHere> for Registry {
+    type Result = ResponseFuture<Option<PlanEntry>>;
+
+    fn handle(&mut self, msg: PlanEntryHere, _: &mut Context<Self>) -> Self::Result {
+        match self.local_plan_entry(&msg.order, &msg.courier) {
+            Some(entry) => entry,
+            None => Box::pin(async { None }),
+        }
+    }
+}
+
+/// At the owner of `order` (broker mode): the stops before its door in its courier's plan, from
+/// the courier's home node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FollowHere {
+    pub order: OrderId,
+    pub through: trackline_core::stops::StopsThrough,
+}
+
+impl Handler<FollowHere> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: FollowHere, _: &mut Context<Self>) {
+        // A dormant order is told when its actor starts (which has the home node replan).
+        if let Some(Slot::Live(actor, _)) = self.orders.get(&msg.order) {
+            actor.do_send(FollowPlan(msg.through));
+        }
     }
 }
