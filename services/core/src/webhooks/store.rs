@@ -164,6 +164,18 @@ fn delivery_key(tag: u8, endpoint: &str, order: &OrderId, seq: u64) -> Vec<u8> {
     .concat()
 }
 
+/// The pending delivery stored as `key` (after its endpoint prefix of `prefix_len` bytes) and
+/// `value`.
+fn pending_head(key: &[u8], value: &[u8], prefix_len: usize) -> Result<PendingHead> {
+    let (order, seq) = order_and_seq(key, prefix_len)?;
+    Ok(PendingHead {
+        key: key.to_vec(),
+        order,
+        seq,
+        state: decode("delivery", value)?,
+    })
+}
+
 /// The order and seq of a delivery key (after its endpoint prefix of `prefix_len` bytes).
 fn order_and_seq(key: &[u8], prefix_len: usize) -> Result<(OrderId, u64)> {
     let rest = &key[prefix_len.min(key.len())..];
@@ -381,17 +393,26 @@ impl WebhookStore {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let (order, seq) = order_and_seq(&key, prefix.len())?;
+            let head = pending_head(&key, &value, prefix.len())?;
             // Past every key of this order: its id, then 0x01 (after the 0x00 separator).
-            from = [&prefix[..], order.as_str().as_bytes(), &[1]].concat();
-            heads.push(PendingHead {
-                key: key.to_vec(),
-                order,
-                seq,
-                state: decode("delivery", &value)?,
-            });
+            from = [&prefix[..], head.order.as_str().as_bytes(), &[1]].concat();
+            heads.push(head);
         }
         Ok(heads)
+    }
+
+    /// The next pending delivery of `order` to `endpoint`, if any: one seek.
+    ///
+    /// # Errors
+    /// When sled fails or the delivery does not decode.
+    pub fn head_of(&self, endpoint: &str, order: &OrderId) -> Result<Option<PendingHead>> {
+        let prefix = deliveries_prefix(b'p', endpoint);
+        // Order ids hold no 0x00: this is exactly the order's keys.
+        let of_order = [&prefix[..], order.as_str().as_bytes(), &[0]].concat();
+        match self.tree.scan_prefix(of_order).next().transpose()? {
+            Some((key, value)) => Ok(Some(pending_head(&key, &value, prefix.len())?)),
+            None => Ok(None),
+        }
     }
 
     /// The delivery was made: it goes.
@@ -575,6 +596,12 @@ mod tests {
         store.delivered(&heads[0]).unwrap();
         let next = store.heads("all", 10).unwrap();
         assert_eq!(next[0].seq, 2);
+        let a = OrderId::new("a").unwrap();
+        let head_of_a = store.head_of("all", &a).unwrap().unwrap();
+        assert_eq!((head_of_a.order.as_str(), head_of_a.seq), ("a", 2));
+        assert_eq!(head_of_a.key, next[0].key);
+        let none = OrderId::new("c").unwrap();
+        assert!(store.head_of("all", &none).unwrap().is_none());
         store.give_up(&next[0], &next[0].state).unwrap();
         assert_eq!(store.heads("all", 10).unwrap()[0].seq, 3);
         let failed = store.deliveries("all", DeliveryStatus::Failed, 10).unwrap();

@@ -5,7 +5,7 @@
 //! and watcher paths nothing: they only append events to the store. Memory is bounded by the
 //! deliveries in flight (`--webhook-concurrency` per endpoint); what waits stays on disk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -106,6 +106,20 @@ pub fn start(store: WebhookStore, settings: DispatchSettings) -> anyhow::Result<
 /// A delivery that finished, so its order may send the next.
 type Done = (String, OrderId);
 
+/// Per endpoint, the deliveries the last pass found due but had no room for, oldest order key
+/// first: each delivery that finishes makes room for the next of them, without another pass.
+type Waiting = HashMap<String, VecDeque<PendingHead>>;
+
+/// What the loop keeps between passes.
+struct Dispatch {
+    store: WebhookStore,
+    client: reqwest::Client,
+    settings: DispatchSettings,
+    in_flight: HashSet<Done>,
+    waiting: Waiting,
+    done: mpsc::UnboundedSender<Done>,
+}
+
 async fn run(
     store: WebhookStore,
     client: reqwest::Client,
@@ -114,66 +128,140 @@ async fn run(
 ) {
     let wake = store.wake();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut in_flight: HashSet<Done> = HashSet::new();
+    let mut dispatch = Dispatch {
+        store,
+        client,
+        settings,
+        in_flight: HashSet::new(),
+        waiting: Waiting::new(),
+        done: done_tx,
+    };
     let mut purged_at = std::time::Instant::now();
+    // When the next pass over every endpoint's pending deliveries is due.
+    let mut pass_at = tokio::time::Instant::now();
     loop {
         if purged_at.elapsed() >= PURGE_FAILED_EVERY {
             purged_at = std::time::Instant::now();
             // Given up after the maximum age, then kept for as long again for ops to redeliver.
             let cutoff = now_ms() - 2 * settings.max_age.as_millis() as i64;
-            if let Err(error) = store.purge_failed_before(cutoff) {
+            if let Err(error) = dispatch.store.purge_failed_before(cutoff) {
                 tracing::error!(%error, "purging failed webhook deliveries failed");
             }
         }
-        while let Ok(done) = done_rx.try_recv() {
-            in_flight.remove(&done);
-        }
-        let next_pass = match pass(&store, &client, settings, &mut in_flight, &done_tx) {
-            Ok(next) => next,
-            Err(error) => {
+        if tokio::time::Instant::now() >= pass_at {
+            let next_pass = dispatch.pass().unwrap_or_else(|error| {
                 tracing::error!(%error, "reading webhook deliveries failed");
                 IDLE_PASS
-            }
-        };
+            });
+            pass_at = tokio::time::Instant::now() + next_pass;
+        }
         tokio::select! {
-            _ = wake.notified() => tokio::time::sleep(GATHER_EVENTS).await,
-            Some(done) = done_rx.recv() => { in_flight.remove(&done); }
-            _ = tokio::time::sleep(next_pass) => {}
+            biased;
             _ = stopped.changed() => break,
+            Some(done) = done_rx.recv() => {
+                match dispatch.follow_up(done) {
+                    Ok(Some(retry_in)) => {
+                        pass_at = pass_at.min(tokio::time::Instant::now() + retry_in);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "reading webhook deliveries failed");
+                    }
+                }
+            }
+            // New events: one pass serves all that come within the gathering time, and
+            // finished deliveries go on making room meanwhile.
+            _ = wake.notified() => {
+                pass_at = pass_at.min(tokio::time::Instant::now() + GATHER_EVENTS);
+            }
+            _ = tokio::time::sleep_until(pass_at) => {}
         }
     }
 }
 
-/// Starts every delivery that is due and has room; returns how long until the next is due.
-fn pass(
-    store: &WebhookStore,
-    client: &reqwest::Client,
-    settings: DispatchSettings,
-    in_flight: &mut HashSet<Done>,
-    done: &mpsc::UnboundedSender<Done>,
-) -> WebhookResult<Duration> {
-    let now = now_ms();
-    let mut next_due = now + IDLE_PASS.as_millis() as i64;
-    let mut oldest: Option<i64> = None;
-    for endpoint in store.endpoints().into_iter().filter(|e| !e.disabled) {
-        let mut busy = in_flight.iter().filter(|(e, _)| *e == endpoint.id).count();
-        for head in store.heads(&endpoint.id, HEADS_PER_PASS)? {
-            oldest = Some(oldest.map_or(head.state.since_ms, |o| o.min(head.state.since_ms)));
-            let key = (endpoint.id.clone(), head.order.clone());
-            if in_flight.contains(&key) || busy >= settings.concurrency {
-                continue;
+impl Dispatch {
+    /// Starts every delivery that is due and has room, and keeps those without room waiting;
+    /// returns how long until the next is due.
+    fn pass(&mut self) -> WebhookResult<Duration> {
+        let now = now_ms();
+        let mut next_due = now + IDLE_PASS.as_millis() as i64;
+        let mut oldest: Option<i64> = None;
+        self.waiting.clear();
+        for endpoint in self.store.endpoints().into_iter().filter(|e| !e.disabled) {
+            let mut waiting = VecDeque::new();
+            for head in self.store.heads(&endpoint.id, HEADS_PER_PASS)? {
+                oldest = Some(oldest.map_or(head.state.since_ms, |o| o.min(head.state.since_ms)));
+                if self
+                    .in_flight
+                    .contains(&(endpoint.id.clone(), head.order.clone()))
+                {
+                    continue; // its next is looked up when this one finishes
+                }
+                if head.state.next_attempt_ms > now {
+                    next_due = next_due.min(head.state.next_attempt_ms);
+                    continue;
+                }
+                waiting.push_back(head);
             }
+            self.start_waiting(&endpoint, &mut waiting);
+            if !waiting.is_empty() {
+                self.waiting.insert(endpoint.id.clone(), waiting);
+            }
+        }
+        let age_s = oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e3);
+        metrics::gauge!("trackline_webhook_oldest_pending_seconds").set(age_s);
+        Ok(Duration::from_millis((next_due - now).max(1) as u64))
+    }
+
+    /// A delivery finished: its order's next one, if due, waits its turn behind those already
+    /// waiting, and the room it left goes to the first of them. Returns how long until the
+    /// order's next one is due, when it is not yet (a retry).
+    fn follow_up(&mut self, done: Done) -> WebhookResult<Option<Duration>> {
+        self.in_flight.remove(&done);
+        let (endpoint_id, order) = done;
+        let Some(endpoint) = self.store.endpoint(&endpoint_id).filter(|e| !e.disabled) else {
+            self.waiting.remove(&endpoint_id); // removed or disabled: nothing more to send
+            return Ok(None);
+        };
+        let mut waiting = self.waiting.remove(&endpoint_id).unwrap_or_default();
+        let mut retry_in = None;
+        if let Some(head) = self.store.head_of(&endpoint_id, &order)? {
+            let now = now_ms();
             if head.state.next_attempt_ms > now {
-                next_due = next_due.min(head.state.next_attempt_ms);
-                continue;
+                retry_in = Some(Duration::from_millis(
+                    (head.state.next_attempt_ms - now) as u64,
+                ));
+            } else {
+                waiting.push_back(head);
+            }
+        }
+        self.start_waiting(&endpoint, &mut waiting);
+        if !waiting.is_empty() {
+            self.waiting.insert(endpoint_id, waiting);
+        }
+        Ok(retry_in)
+    }
+
+    /// Starts deliveries from the front of `waiting` while `endpoint` has room.
+    fn start_waiting(&mut self, endpoint: &Endpoint, waiting: &mut VecDeque<PendingHead>) {
+        let mut busy = (self.in_flight.iter())
+            .filter(|(e, _)| *e == endpoint.id)
+            .count();
+        while busy < self.settings.concurrency {
+            let Some(head) = waiting.pop_front() else {
+                break;
+            };
+            let key = (endpoint.id.clone(), head.order.clone());
+            if !self.in_flight.insert(key.clone()) {
+                continue; // already on its way: its next is looked up when it finishes
             }
             busy += 1;
-            in_flight.insert(key.clone());
-            let (store, client, endpoint, done) = (
-                store.clone(),
-                client.clone(),
+            let (store, client, endpoint, done, settings) = (
+                self.store.clone(),
+                self.client.clone(),
                 endpoint.clone(),
-                done.clone(),
+                self.done.clone(),
+                self.settings,
             );
             tokio::spawn(async move {
                 deliver(&store, &client, &endpoint, head, settings).await;
@@ -181,9 +269,6 @@ fn pass(
             });
         }
     }
-    let age_s = oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e3);
-    metrics::gauge!("trackline_webhook_oldest_pending_seconds").set(age_s);
-    Ok(Duration::from_millis((next_due - now).max(1) as u64))
 }
 
 /// What one attempt came to.
