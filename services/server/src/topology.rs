@@ -154,6 +154,24 @@ impl Topology {
         });
     }
 
+    /// The cluster and the owner of `order`, when that is another node.
+    fn other_owner(&self, order: &OrderId) -> Option<(Arc<Cluster>, String)> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        let owner = broker.cluster.owner_of(order);
+        (owner != broker.cluster.node()).then(|| (broker.cluster.clone(), owner.to_string()))
+    }
+
+    /// The cluster and `courier`'s home node, when that is another node.
+    fn other_home(&self, courier: &CourierId) -> Option<(Arc<Cluster>, String)> {
+        let Topology::Broker(broker) = self else {
+            return None;
+        };
+        let home = broker.cluster.home_of(courier);
+        (home != broker.cluster.node()).then(|| (broker.cluster.clone(), home.to_string()))
+    }
+
     /// A courier's fixes go to its home node, which knows all of its orders: the forward of the
     /// call that `call` makes, when that is another node.
     pub fn route_via_home(
@@ -161,14 +179,7 @@ impl Topology {
         courier: &CourierId,
         call: impl FnOnce() -> RouteCall,
     ) -> Option<impl Future<Output = Vec<IngestReport>> + 'static> {
-        let Topology::Broker(broker) = self else {
-            return None;
-        };
-        if broker.cluster.is_home_of(courier) {
-            return None;
-        }
-        let cluster = broker.cluster.clone();
-        let home = cluster.home_of(courier).to_string();
+        let (cluster, home) = self.other_home(courier)?;
         let call = call();
         Some(async move {
             cluster
@@ -185,16 +196,9 @@ impl Topology {
         order: &OrderId,
         call: impl FnOnce() -> IngestCall,
     ) -> Option<impl Future<Output = Forwarded> + 'static> {
-        let Topology::Broker(broker) = self else {
-            return None;
-        };
-        if broker.cluster.owns(order) {
-            return None;
-        }
-        let cluster = broker.cluster.clone();
+        let (cluster, owner) = self.other_owner(order)?;
         let call = call();
         Some(async move {
-            let owner = cluster.owner_of(&call.order).to_string();
             match cluster
                 .call::<_, Option<IngestReport>>(&owner, Kind::Ingest, &call)
                 .await
@@ -214,14 +218,7 @@ impl Topology {
         order: &OrderId,
         silent: &CourierSilent,
     ) -> Option<impl Future<Output = Result<(), String>> + 'static> {
-        let Topology::Broker(broker) = self else {
-            return None;
-        };
-        if broker.cluster.owns(order) {
-            return None;
-        }
-        let cluster = broker.cluster.clone();
-        let owner = cluster.owner_of(order).to_string();
+        let (cluster, owner) = self.other_owner(order)?;
         let call = SilentCall {
             order: order.clone(),
             silent: silent.clone(),
@@ -242,14 +239,7 @@ impl Topology {
         order: &OrderId,
         courier: &CourierId,
     ) -> Option<impl Future<Output = Option<PlanEntry>> + 'static> {
-        let Topology::Broker(broker) = self else {
-            return None;
-        };
-        if broker.cluster.owns(order) {
-            return None;
-        }
-        let cluster = broker.cluster.clone();
-        let owner = cluster.owner_of(order).to_string();
+        let (cluster, owner) = self.other_owner(order)?;
         let call = PlanEntryCall {
             order: order.clone(),
             courier: courier.clone(),
@@ -267,14 +257,9 @@ impl Topology {
     /// Tells the owner of `order` the stops before its door, when that is another node; whether
     /// it was (false: the order is owned here).
     pub fn follow_at_owner(&self, order: &OrderId, through: &StopsThrough) -> bool {
-        let Topology::Broker(broker) = self else {
+        let Some((cluster, owner)) = self.other_owner(order) else {
             return false;
         };
-        if broker.cluster.owns(order) {
-            return false;
-        }
-        let cluster = broker.cluster.clone();
-        let owner = cluster.owner_of(order).to_string();
         let note = FollowPlanNote {
             order: order.clone(),
             through: through.clone(),
@@ -286,14 +271,9 @@ impl Topology {
     /// Has `courier`'s home node derive its plan again, when that is another node; whether it
     /// was (false: homed here).
     pub fn replan_at_home(&self, courier: &CourierId) -> bool {
-        let Topology::Broker(broker) = self else {
+        let Some((cluster, home)) = self.other_home(courier) else {
             return false;
         };
-        if broker.cluster.is_home_of(courier) {
-            return false;
-        }
-        let cluster = broker.cluster.clone();
-        let home = cluster.home_of(courier).to_string();
         let note = ReplanNote {
             courier: courier.clone(),
         };

@@ -48,10 +48,14 @@ impl Registry {
         if !self.settings.silence_told_by_home || fixes.is_empty() {
             return;
         }
-        let presence = self
-            .presence
-            .entry(courier.clone())
-            .or_insert_with(Presence::new);
+        // Every frame of a courier homed here: no id copied but for its first.
+        let presence = match self.presence.get_mut(courier) {
+            Some(presence) => presence,
+            None => self
+                .presence
+                .entry(courier.clone())
+                .or_insert_with(Presence::new),
+        };
         presence.last_heard = Instant::now();
         presence.heard += 1;
     }
