@@ -422,3 +422,55 @@ async fn in_broker_mode_the_plan_is_kept_at_the_couriers_home_and_moves_etas_on_
         "after the home's restart"
     );
 }
+
+/// `trackline_eta_updates_total` of `server` by estimate: (made, shared).
+async fn eta_updates(server: &TestServer) -> (f64, f64) {
+    let of = |made: &str| format!("trackline_eta_updates_total{{estimate=\"{made}\"}}");
+    (
+        server.metric(&of("made")).await,
+        server.metric(&of("shared")).await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_courier_carrying_three_orders_has_each_fix_estimated_once_for_all_of_them() {
+    // Its own process: the metrics are the server's alone.
+    let server = TestServer::start_binary(&[]);
+    create(&server, "o-x1", "c-three", 1000.0, 60.0, Some(200.0)).await;
+    create(&server, "o-x2", "c-three", 1500.0, 60.0, None).await;
+    create(&server, "o-x3", "c-three", 2000.0, 60.0, None).await;
+    let t0 = now_ms() - 600_000;
+    ride_start(&server, "c-three", t0).await;
+    let before = eta_updates(&server).await;
+    ride(&server, "c-three", &ride_north(t0, 10, 45.0, 195.0)).await;
+    let after = eta_updates(&server).await;
+    let (made, shared) = (after.0 - before.0, after.1 - before.1);
+    // 31 fixes: each estimated by one order, and taken by the two others.
+    assert!(made >= 25.0, "{made} made, {shared} shared");
+    assert_eq!(shared, 2.0 * made, "{made} made, {shared} shared");
+    let states = [
+        server.order_state("o-x1").await,
+        server.order_state("o-x2").await,
+        server.order_state("o-x3").await,
+    ];
+    assert_eq!(states[0]["status"], "at_pickup", "{}", states[0]);
+    // Each door comes later than the one before it.
+    let doors: Vec<i64> = states.iter().map(|s| arrive_at(&s["eta"])).collect();
+    assert!(doors[0] < doors[1] && doors[1] < doors[2], "{doors:?}");
+
+    // Collected: the courier heads for the first door, and the three orders share that way.
+    pick_up(&server, "o-x1").await;
+    ride(&server, "c-three", &ride_north(t0, 41, 200.0, 200.0)).await;
+    let before = eta_updates(&server).await;
+    ride(&server, "c-three", &ride_north(t0, 42, 205.0, 400.0)).await;
+    let after = eta_updates(&server).await;
+    let (made, shared) = (after.0 - before.0, after.1 - before.1);
+    assert!(made >= 30.0, "{made} made, {shared} shared");
+    assert_eq!(shared, 2.0 * made, "{made} made, {shared} shared");
+    let first = server.order_state("o-x1").await;
+    let second = server.order_state("o-x2").await;
+    assert!(
+        arrive_at(&second["eta"]) > arrive_at(&first["eta"]),
+        "{first} {second}"
+    );
+}

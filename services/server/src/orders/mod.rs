@@ -2,6 +2,7 @@
 //! couriers' fixes, the order actor itself, and the stream it fans out to watchers (frames, the
 //! resume buffer, slow-watcher handling).
 
+pub mod approaches;
 pub mod errors;
 pub mod fanout;
 pub mod frames;

@@ -141,6 +141,7 @@ impl Handler<Assign> for OrderActor {
                 // A new courier's seqs are its own: start de-duplication afresh.
                 record.last_seq = 0;
                 act.filter = GpsFilter::new(act.deps.settings.filter.clone());
+                act.eta.share(act.deps.approaches.of(&msg.courier));
             }
             Ok(Some(Relink {
                 order: record.order_id.clone(),

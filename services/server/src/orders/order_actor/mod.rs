@@ -26,6 +26,7 @@ use trackline_core::stops::{self, CarriedOrder};
 use trackline_core::webhooks::{EventTracker, TrackerSettings, WebhookEvent};
 use trackline_core::CourierId;
 
+use crate::orders::approaches::CourierApproaches;
 use crate::orders::fanout::{Fanout, Streams};
 use crate::orders::frames::{Frame, FrameKind};
 use crate::orders::messages::{CourierSilent, Ingest, IngestFailure, IngestReport, Relink, Replan};
@@ -50,6 +51,8 @@ pub struct OrderDeps {
     /// courier's plan).
     pub replans: Recipient<Replan>,
     pub settings: Arc<OrderSettings>,
+    /// Where the orders of one courier share the estimate of the way to its next stop.
+    pub approaches: CourierApproaches,
 }
 
 /// Tuning shared by every order.
@@ -124,7 +127,10 @@ impl OrderActor {
     pub fn new(record: OrderRecord, deps: OrderDeps) -> Self {
         let own_stops = own_stops(&record);
         let own_pickup = (own_stops.len() > 1).then_some(0);
-        let eta = EtaEstimator::with_stops(own_stops, deps.settings.eta.clone());
+        let mut eta = EtaEstimator::with_stops(own_stops, deps.settings.eta.clone());
+        if let Some(courier) = &record.courier_id {
+            eta.share(deps.approaches.of(courier));
+        }
         let filter = GpsFilter::new(deps.settings.filter.clone());
         let hook_state = deps
             .store
@@ -336,7 +342,9 @@ impl OrderActor {
 
     /// Applies one validated fix that the filter let through to the live state.
     fn apply_live(&mut self, fix: &Fix, shown: trackline_core::LatLon) {
-        let estimate = self.eta.update(fix, shown);
+        let (estimate, made_here) = self.eta.update_shared(fix, shown);
+        let made = if made_here { "made" } else { "shared" };
+        metrics::counter!("trackline_eta_updates_total", "estimate" => made).increment(1);
         let heading_to_pickup = self.own_pickup == Some(0);
         self.record.position = Some(Position::shown(fix, shown));
         // The order's ETA is its door's, past the stops ahead (its pickup's, and those of the

@@ -76,12 +76,16 @@ fn an_active_order_actor_holds_at_most_16_kib() {
             relinks: registry.clone().recipient(),
             replans: registry.recipient(),
             settings,
+            approaches: Default::default(),
         };
-        let courier = CourierId::new("courier-m").unwrap();
+        // A courier each, as in a fleet: orders of one courier would share their estimates.
+        let couriers: Vec<_> = (0..ORDERS)
+            .map(|i| CourierId::new(&format!("courier-m-{i}")).unwrap())
+            .collect();
         let destination = LatLon::new(START.lat + 0.05, START.lon + 0.05);
         let before = counting::live_bytes();
         let mut actors = Vec::new();
-        for i in 0..ORDERS {
+        for (i, courier) in couriers.iter().enumerate() {
             let record = OrderRecord::new(
                 OrderId::new(&format!("order-m-{i}")).unwrap(),
                 destination,
@@ -96,7 +100,7 @@ fn an_active_order_actor_holds_at_most_16_kib() {
         let mut per_order = vec![(counting::live_bytes() - before) / ORDERS as isize];
         for seq in 1..=FIXES {
             let fixes: Arc<[Fix]> = vec![fix(seq)].into();
-            let reports = join_all(actors.iter().map(|actor| {
+            let reports = join_all(actors.iter().zip(&couriers).map(|(actor, courier)| {
                 actor.send(Ingest {
                     courier: courier.clone(),
                     fixes: fixes.clone(),

@@ -286,6 +286,7 @@ impl Actor for Registry {
             relinks: ctx.address().recipient(),
             replans: ctx.address().recipient(),
             settings: self.settings.clone(),
+            approaches: Default::default(),
         });
         metrics::gauge!("trackline_active_orders").set(self.orders.len() as f64);
         if self.settings.silence_told_by_home {

@@ -7,8 +7,9 @@
 //! It is derived again, and each order told the stops before its door ([`FollowPlan`]), only
 //! when it can change: a plan is set, an order is linked or unlinked (assigned, ended), reaches
 //! or leaves its pickup ([`Replan`]), or starts its actor, and before a courier session gets its
-//! routes. A fix costs no plan work: each order's estimator prices the stops it was given with
-//! the speed it learns anyway.
+//! routes. A fix costs no plan work: the way to the courier's next stop is estimated once for all
+//! the orders it carries on this node (`orders::approaches`), and each order's estimator prices
+//! the stops after it that it was given, with the speed learnt on that way.
 //!
 //! Broker mode: a courier's plan is kept and derived at its home node, which knows all of its
 //! orders (from their links): it asks their owners what the plan needs of each

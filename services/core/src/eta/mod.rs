@@ -48,9 +48,18 @@
 //! gives a steady arrival time (the countdown runs at one second per second) and a single odd
 //! fix barely moves it, while a real change (a long stop, leaving the route) is fully reflected
 //! within a minute.
+//!
+//! **One courier, several orders.** Every order a courier carries heads for the same stop first
+//! (the next of the courier's plan), so the way there (matching, speed, smoothed arrival) is
+//! kept apart from the order, in an approach its estimator can share with the courier's other
+//! orders ([`EtaEstimator::share`]): a fix is estimated once for all of them, and each order
+//! adds only the stops after it up to its own door.
+
+mod approach;
 
 use crate::fix::{Fix, LatLon};
 use crate::plane::LocalPlane;
+pub use approach::SharedApproaches;
 
 /// Tuning of the estimator.
 #[derive(Debug, Clone)]
@@ -137,39 +146,21 @@ pub struct EtaEstimate {
 /// Below this reported speed, m/s, a courier is standing still.
 const STOPPED_SPEED_MPS: f32 = 0.5;
 
-/// The estimator state of one order.
-#[derive(Debug, Clone)]
+/// The estimator state of one order: the way to the stop its courier heads for (shared with the
+/// courier's other orders once [`EtaEstimator::share`]d), and the stops after it.
+#[derive(Debug)]
 pub struct EtaEstimator {
     config: EtaConfig,
-    /// The stop the courier is heading to, and the planned route to it.
-    destination: LatLon,
-    route: Option<Route>,
+    /// The way to the stop the courier is heading to.
+    approach: approach::Shared,
+    /// Which stop that is, as the approaches of the courier are told apart.
+    heading_to: approach::StopKey,
     /// The wait and handover at that stop.
     handover: Handover,
     /// The stops after it, in the order they will be visited (the door last).
     ahead: std::collections::VecDeque<Leg>,
-    /// Device time of the first update: how long the trip has been watched.
-    started_ms: Option<i64>,
-    /// Whether the last estimate divided route progress (else ground distance).
-    last_on_route_model: bool,
-    /// Distance along the route covered, metres, once matched.
-    progress_m: Option<f64>,
-    /// The furthest progress matched so far: the window never reaches further back than
-    /// [`EtaConfig::back_tolerance_m`] behind it, so repeated small steps back cannot add up.
-    furthest_m: f64,
-    /// Device time and shown position of the last position matched on the route.
-    matched: Option<(i64, LatLon)>,
-    /// When the position first failed to match the route (off-route pending or confirmed).
-    unmatched_since_ms: Option<i64>,
-    off_route: bool,
-    route_speed: SpeedModel,
-    ground_speed: SpeedModel,
-    /// The last update: device time and shown position.
-    last: Option<(i64, LatLon)>,
-    /// When the shown position last changed.
-    last_moved_ms: i64,
-    /// The published arrival time, unix ms (fractional to keep the smoothing exact).
-    arrival_ms: Option<f64>,
+    /// Where the approaches of the courier's other orders are found, once shared.
+    shared: Option<SharedApproaches>,
 }
 
 /// A stop the estimator plans for: where, the planned route to it, and what happens there.
@@ -259,46 +250,62 @@ impl EtaEstimator {
             route: None,
             handover: Handover::default(),
         });
-        let prior = SpeedModel::new(config.default_speed_mps, config.prior_weight_s);
+        let heading_to = approach::StopKey::of(first.at, first.route.as_ref());
+        let approach = approach::Approach::new(first.at, first.route, &config);
         Self {
-            destination: first.at,
-            route: first.route,
+            approach: std::sync::Arc::new(std::sync::Mutex::new(approach)),
+            heading_to,
             handover: first.handover,
             ahead: legs.collect(),
-            started_ms: None,
-            last_on_route_model: false,
-            progress_m: None,
-            furthest_m: 0.0,
-            matched: None,
-            unmatched_since_ms: None,
-            off_route: false,
-            route_speed: prior.clone(),
-            ground_speed: prior,
-            last: None,
-            last_moved_ms: 0,
-            arrival_ms: None,
+            shared: None,
             config,
         }
     }
 
+    /// Estimates the way to the stop the courier heads for together with the other estimators
+    /// sharing `shared` (the courier's other orders): a fix one of them applied is not
+    /// estimated again for the others. The way is the first of them to head there: what this
+    /// one learnt gives way to it (the courier is the same), or is kept if it is the first.
+    pub fn share(&mut self, shared: SharedApproaches) {
+        // A copy: the approach may be shared still with the orders of a courier this order
+        // no longer has.
+        let own = approach::lock(&self.approach).clone();
+        self.approach = shared.join(
+            self.heading_to,
+            std::sync::Arc::new(std::sync::Mutex::new(own)),
+        );
+        self.shared = Some(shared);
+    }
+
+    /// Fixes whose estimate was made for this estimator's way so far, by it or by another
+    /// sharing it (diagnostics: one courier's orders together estimate each fix once).
+    pub fn estimated(&self) -> u64 {
+        self.approach().estimated
+    }
+
+    fn approach(&self) -> std::sync::MutexGuard<'_, approach::Approach> {
+        approach::lock(&self.approach)
+    }
+
     /// Distance along the planned route covered so far, metres, once matched on it.
     pub fn progress_m(&self) -> Option<f64> {
-        self.progress_m
+        self.approach().progress_m
     }
 
     /// Length of the planned route, metres (None without one).
     pub fn route_length_m(&self) -> Option<f64> {
-        self.route.as_ref().map(Route::length)
+        self.approach().route.as_ref().map(Route::length)
     }
 
     /// The long and recent mean speeds of route progress, m/s (for diagnostics).
     pub fn route_speeds(&self) -> (f64, f64) {
-        (self.route_speed.long(), self.route_speed.recent())
+        let approach = self.approach();
+        (approach.route_speed.long(), approach.route_speed.recent())
     }
 
     /// True while the courier is matched on the planned route.
     pub fn on_route(&self) -> bool {
-        self.route.is_some() && self.progress_m.is_some() && !self.off_route
+        self.approach().on_route()
     }
 
     /// The estimated arrival at the stop the courier heads to and at each stop after it, unix
@@ -307,24 +314,25 @@ impl EtaEstimator {
     /// Each later stop adds the wait and handover of the one before it and its own leg at the
     /// speed the current estimate expects, so a pickup ahead is priced as what it will cost.
     pub fn arrivals_ms(&self) -> Vec<i64> {
-        let Some((now, _)) = self.last else {
+        let approach = self.approach();
+        let Some((now, _)) = approach.last else {
             return Vec::new();
         };
-        self.arrivals()
+        self.arrivals(&approach)
             .into_iter()
             .map(|t| whole_seconds_from(now, t))
             .collect()
     }
 
-    fn arrivals(&self) -> Vec<f64> {
-        let Some(first) = self.arrival_ms else {
+    fn arrivals(&self, approach: &approach::Approach) -> Vec<f64> {
+        let Some(first) = approach.arrival_ms else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(1 + self.ahead.len());
         out.push(first);
-        let (mut t, mut from, mut handover) = (first, self.destination, self.handover);
+        let (mut t, mut from, mut handover) = (first, approach.destination, self.handover);
         for leg in &self.ahead {
-            t = handover.leave_ms(t) + self.leg_seconds(leg, from) * 1000.0;
+            t = handover.leave_ms(t) + self.leg_seconds(approach, leg, from) * 1000.0;
             out.push(t);
             (from, handover) = (leg.at, leg.handover);
         }
@@ -332,14 +340,9 @@ impl EtaEstimator {
     }
 
     /// How long `leg`, from `from`, takes at the speed the current estimate assumes.
-    fn leg_seconds(&self, leg: &Leg, from: LatLon) -> f64 {
-        let model = if self.last_on_route_model {
-            &self.route_speed
-        } else {
-            &self.ground_speed
-        };
+    fn leg_seconds(&self, approach: &approach::Approach, leg: &Leg, from: LatLon) -> f64 {
         let leg_m = leg.length_m(from, self.config.detour_factor);
-        leg_m / model.predict(leg_m, &self.config)
+        leg_m / approach.model().predict(leg_m, &self.config)
     }
 
     /// How long of the time to the last stop is spent waiting for orders to be ready, ms.
@@ -367,16 +370,12 @@ impl EtaEstimator {
     /// The arrival window at the last stop (p10-p90), from the estimator's own uncertainty;
     /// None before the first update.
     pub fn window(&self) -> Option<crate::stops::EtaWindow> {
-        let (now, _) = self.last?;
+        let approach = self.approach();
+        let (now, _) = approach.last?;
         // One pass over the stops for the door and the waits (this runs with every live fix).
-        let arrivals = self.arrivals();
+        let arrivals = self.arrivals(&approach);
         let door = whole_seconds_from(now, *arrivals.last()?);
-        let model = if self.last_on_route_model {
-            &self.route_speed
-        } else {
-            &self.ground_speed
-        };
-        let watched_s = (now - self.started_ms.unwrap_or(now)) as f64 / 1000.0;
+        let watched_s = (now - approach.started_ms.unwrap_or(now)) as f64 / 1000.0;
         // Waiting for an order to be ready is known, not guessed: only the riding is uncertain.
         let waiting_ms = self.waiting_ms(&arrivals);
         Some(self.config.window.window(crate::stops::Uncertainty {
@@ -385,39 +384,40 @@ impl EtaEstimator {
             waiting_ms,
             stops_ahead: self.ahead.len(),
             start_share: self.config.prior_weight_s / (self.config.prior_weight_s + watched_s),
-            pace_variability: model.pace_variability(),
+            pace_variability: approach.model().pace_variability(),
         }))
     }
 
     /// The courier's plan changed (another order's stop came or went before this one's): it
     /// heads for `stops` from now on, with what was learnt of its speed. The matching on the
     /// route is kept when the stop it heads to stays the same; otherwise the next update
-    /// estimates the new first leg afresh. Nothing changes with no stop at all.
+    /// estimates the new first leg afresh (unless another order of the courier heads there
+    /// already). Nothing changes with no stop at all.
     pub fn replan(&mut self, stops: Vec<PlannedStop>) {
         let mut legs = stops.into_iter().map(Leg::from);
         let Some(first) = legs.next() else {
             return;
         };
         self.ahead = legs.collect();
-        if first.at == self.destination {
+        if first.at == self.approach().destination {
             self.handover = first.handover;
             return;
         }
-        self.head_for(first);
-        self.arrival_ms = None;
+        self.head_for(first, None);
     }
 
-    /// Heads for `leg` from where the courier is: its route matched afresh, the speed learnt
-    /// kept.
-    fn head_for(&mut self, leg: Leg) {
-        self.destination = leg.at;
-        self.route = leg.route;
+    /// Heads for `leg` from where the courier is, arriving at `arrival_ms` (None: estimated
+    /// afresh): its route matched afresh, the speed learnt kept. Another order of the courier
+    /// heading there already has the way estimated: this one joins it.
+    fn head_for(&mut self, leg: Leg, arrival_ms: Option<f64>) {
+        self.heading_to = approach::StopKey::of(leg.at, leg.route.as_ref());
         self.handover = leg.handover;
-        self.progress_m = None;
-        self.furthest_m = 0.0;
-        self.matched = None;
-        self.unmatched_since_ms = None;
-        self.off_route = false;
+        let next = self.approach().next(leg.at, leg.route, arrival_ms);
+        let next = std::sync::Arc::new(std::sync::Mutex::new(next));
+        self.approach = match &self.shared {
+            Some(shared) => shared.join(self.heading_to, next),
+            None => next,
+        };
     }
 
     /// The courier left the stop it was heading to (the order was picked up): it heads to the
@@ -426,158 +426,27 @@ impl EtaEstimator {
         let Some(next) = self.ahead.pop_front() else {
             return false;
         };
-        let leg_s = self.leg_seconds(&next, self.destination);
-        self.head_for(next);
         // The smoothing goes on from the arrival the courier leaves with, so the published ETA
         // does not jump at the handover.
-        self.arrival_ms = self.last.map(|(t, _)| t as f64 + leg_s * 1000.0);
+        let arrival_ms = {
+            let approach = self.approach();
+            let leg_s = self.leg_seconds(&approach, &next, approach.destination);
+            approach.last.map(|(t, _)| t as f64 + leg_s * 1000.0)
+        };
+        self.head_for(next, arrival_ms);
         true
     }
 
     /// Updates the estimate with a fix that moved the live marker (position as shown).
     pub fn update(&mut self, fix: &Fix, shown: LatLon) -> EtaEstimate {
-        let now = fix.time_ms;
-        self.started_ms.get_or_insert(now);
-        let (dt_s, moved_m) = match self.last {
-            Some((t, p)) => (((now - t) as f64 / 1000.0).max(0.0), p.distance_m(shown)),
-            None => (0.0, 0.0),
-        };
-        if self.last.is_none() || moved_m > 0.0 {
-            self.last_moved_ms = now;
-        }
-        let stopped = match fix.speed_mps {
-            Some(v) => v < STOPPED_SPEED_MPS,
-            None => (now - self.last_moved_ms) as f64 / 1000.0 >= self.config.stop_detect_s,
-        };
-        self.last = Some((now, shown));
-
-        // Ground speed: the Doppler speed is better than differences of positions when reported.
-        let ground_m = fix.speed_mps.map_or(moved_m, |v| f64::from(v) * dt_s);
-        let cap = self.config.max_speed_mps * dt_s;
-        self.ground_speed
-            .observe(ground_m.min(cap), dt_s, stopped, &self.config);
-
-        let accuracy_m = fix.accuracy_m.map_or(0.0, f64::from);
-        let progress_before = if self.on_route() {
-            self.progress_m
-        } else {
-            None
-        };
-        self.match_route(now, shown, accuracy_m);
-        if let (Some(before), Some(after), true) =
-            (progress_before, self.progress_m, self.on_route())
-        {
-            // Not capped: a jump of progress is route consumed (a loop of the planned route the
-            // courier skipped, a stretch covered during a gap), and the remaining distance no
-            // longer counts it either.
-            self.route_speed
-                .observe(after - before, dt_s, stopped, &self.config);
-        }
-
-        let to_destination_m = shown.distance_m(self.destination);
-        let (remaining_m, model) = match (&self.route, self.progress_m) {
-            (Some(route), Some(s)) if !self.off_route => {
-                let tail = route.end().distance_m(self.destination) * self.config.detour_factor;
-                ((route.length() - s).max(0.0) + tail, &self.route_speed)
-            }
-            _ => (
-                to_destination_m * self.config.detour_factor,
-                &self.ground_speed,
-            ),
-        };
-        self.last_on_route_model = std::ptr::eq(model, &self.route_speed);
-        let speed_mps = model.predict(remaining_m, &self.config);
-        let raw_arrival = now as f64 + remaining_m / speed_mps * 1000.0;
-        let arrival = match self.arrival_ms {
-            Some(prev) => {
-                let alpha = 1.0 - (-dt_s / self.config.smoothing_s).exp();
-                prev + alpha * (raw_arrival - prev)
-            }
-            None => raw_arrival,
-        };
-        // Never in the past: the courier has not arrived until the server is told so.
-        let arrival = arrival.max(now as f64);
-        self.arrival_ms = Some(arrival);
-        let seconds = ((arrival - now as f64) / 1000.0).round() as i64;
-        EtaEstimate {
-            seconds,
-            arrive_at_ms: now + seconds * 1000,
-            remaining_m,
-            to_destination_m,
-            on_route: self.on_route(),
-            speed_mps,
-        }
+        self.update_shared(fix, shown).0
     }
 
-    /// Moves the progress along the route to where `shown` matches, or marks it off the route.
-    fn match_route(&mut self, now: i64, shown: LatLon, accuracy_m: f64) {
-        let Some(route) = &self.route else { return };
-        let cfg = &self.config;
-        let threshold = cfg.off_route_m + accuracy_m;
-        let found = match (self.progress_m, self.matched) {
-            (Some(s), Some((matched_ms, matched_pos))) => {
-                // Where the courier should be if it followed the route since the last match,
-                // and how far along the route it can plausibly have got: the window grows with
-                // the time unmatched, so a courier who cut a corner or skipped a loop of the
-                // plan is found again where it rejoins, without ever searching the whole route.
-                let since_s = (now - matched_ms).max(0) as f64 / 1000.0;
-                let moved_m = matched_pos.distance_m(shown);
-                let speed = self.route_speed.long().max(self.route_speed.recent());
-                let reach = moved_m.max(speed * since_s);
-                let from = self.furthest_m - cfg.back_tolerance_m;
-                let near = route.best_match(
-                    shown,
-                    from,
-                    s + cfg.window_ahead_m + 2.0 * reach,
-                    threshold,
-                    s + moved_m,
-                    cfg.progress_weight,
-                );
-                // Nothing close where expected: the plan may have a detour the courier skipped
-                // (a loop, a spur) and it rejoins further on. Look further ahead, but accept only
-                // a close match, so a later leg that merely passes nearby does not capture a
-                // courier who is really off the route.
-                near.or_else(|| {
-                    route.best_match(
-                        shown,
-                        from,
-                        s + cfg.rejoin_ahead_m + 4.0 * reach,
-                        threshold / 2.0,
-                        s + moved_m,
-                        cfg.progress_weight,
-                    )
-                })
-            }
-            _ => {
-                // Not matched yet: the courier is at the start of the route as planned, or joins
-                // it somewhere; prefer the earliest place it passes close by.
-                route.best_match(
-                    shown,
-                    0.0,
-                    route.length(),
-                    threshold,
-                    0.0,
-                    cfg.progress_weight,
-                )
-            }
-        };
-        match found {
-            Some(s) => {
-                self.progress_m = Some(s);
-                self.furthest_m = self.furthest_m.max(s);
-                self.matched = Some((now, shown));
-                self.unmatched_since_ms = None;
-                self.off_route = false;
-            }
-            None => {
-                let since = *self.unmatched_since_ms.get_or_insert(now);
-                if self.progress_m.is_none()
-                    || (now - since) as f64 / 1000.0 >= cfg.off_route_confirm_s
-                {
-                    self.off_route = true;
-                }
-            }
-        }
+    /// [`Self::update`], and whether the estimate was made by this call (false: another order
+    /// of the courier had made it).
+    pub fn update_shared(&mut self, fix: &Fix, shown: LatLon) -> (EtaEstimate, bool) {
+        let config = &self.config;
+        approach::lock(&self.approach).update(fix, shown, config)
     }
 }
 
@@ -1037,6 +906,123 @@ mod tests {
             *waiting.arrivals_ms().last().unwrap(),
             T0 + (1200 + 120 + 325) * 1000
         );
+    }
+
+    /// A courier heading east to a pickup 1 km away, then two doors 1 and 2 km further: the
+    /// estimators of the first order (pickup, its door) and of the second (both, then its door).
+    fn two_orders_of_one_courier() -> (EtaEstimator, EtaEstimator) {
+        let stop = |east: f64| PlannedStop {
+            at: at(east, 0.0),
+            route: Some(vec![at(east - 1000.0, 0.0), at(east, 0.0)]),
+            handover: Handover {
+                ready_at_ms: None,
+                dwell_s: 60.0,
+            },
+        };
+        let first =
+            EtaEstimator::with_stops(vec![stop(1000.0), stop(2000.0)], EtaConfig::default());
+        let second = EtaEstimator::with_stops(
+            vec![stop(1000.0), stop(2000.0), stop(3000.0)],
+            EtaConfig::default(),
+        );
+        (first, second)
+    }
+
+    /// A ride east at 5 m/s from `from_s` to `to_s` seconds, a fix a second.
+    fn ride(from_s: i64, to_s: i64) -> impl Iterator<Item = Fix> {
+        (from_s..to_s).map(|i| {
+            let mut f = fix(i as f64, at(5.0 * i as f64, 0.0));
+            f.seq = i as u64 + 1;
+            f
+        })
+    }
+
+    #[test]
+    fn the_orders_of_one_courier_estimate_each_fix_once_and_as_each_would_alone() {
+        let (mut alone_first, mut alone_second) = two_orders_of_one_courier();
+        let (mut first, mut second) = two_orders_of_one_courier();
+        let courier = SharedApproaches::default();
+        first.share(courier.clone());
+        second.share(courier.clone());
+        for f in ride(0, 150) {
+            for eta in [&mut alone_first, &mut alone_second, &mut first, &mut second] {
+                eta.update(&f, f.pos);
+            }
+            assert_eq!(first.arrivals_ms(), alone_first.arrivals_ms());
+            assert_eq!(second.arrivals_ms(), alone_second.arrivals_ms());
+            assert_eq!(second.window(), alone_second.window());
+        }
+        assert_eq!(alone_first.estimated(), 150);
+        assert_eq!(alone_second.estimated(), 150);
+        // Together: once per fix, not once per order.
+        assert_eq!(first.estimated(), 150);
+        assert_eq!(second.estimated(), 150);
+
+        // An order a few fixes behind (another thread) gets the estimates already made.
+        let (mut late, _) = two_orders_of_one_courier();
+        late.share(courier.clone());
+        let ahead: Vec<_> = ride(150, 160).collect();
+        let estimates: Vec<_> = ahead.iter().map(|f| first.update(f, f.pos)).collect();
+        for (f, estimate) in ahead.iter().zip(estimates) {
+            assert_eq!(late.update(f, f.pos), estimate);
+        }
+        assert_eq!(late.estimated(), 160);
+        assert!(!courier.is_unused());
+        drop((first, second, late));
+        assert!(courier.is_unused());
+    }
+
+    #[test]
+    fn an_order_whose_plan_changes_joins_the_way_its_courier_already_takes() {
+        let (mut first, mut second) = two_orders_of_one_courier();
+        let courier = SharedApproaches::default();
+        first.share(courier.clone());
+        second.share(courier.clone());
+        for f in ride(0, 200) {
+            first.update(&f, f.pos);
+            second.update(&f, f.pos);
+        }
+        // The first order is collected: it heads for its door, with the arrival it left with.
+        assert!(first.advance());
+        let door = first.arrivals_ms()[0];
+        // The second order hears of the change later, and heads there too: the same way.
+        let (_, mut plan) = two_orders_of_one_courier();
+        plan.advance();
+        let rest = vec![
+            PlannedStop {
+                at: at(2000.0, 0.0),
+                route: Some(vec![at(1000.0, 0.0), at(2000.0, 0.0)]),
+                handover: Handover {
+                    ready_at_ms: None,
+                    dwell_s: 60.0,
+                },
+            },
+            PlannedStop {
+                at: at(3000.0, 0.0),
+                route: Some(vec![at(2000.0, 0.0), at(3000.0, 0.0)]),
+                handover: Handover {
+                    ready_at_ms: None,
+                    dwell_s: 60.0,
+                },
+            },
+        ];
+        second.replan(rest);
+        assert_eq!(second.arrivals_ms()[0], door);
+        for f in ride(200, 260) {
+            first.update(&f, f.pos);
+            second.update(&f, f.pos);
+        }
+        assert_eq!(first.estimated(), 60, "one estimate per fix on the new way");
+        assert_eq!(second.arrivals_ms()[0], first.arrivals_ms()[0]);
+
+        // Given to another courier, an order takes its way along, and leaves the first
+        // courier's orders theirs.
+        let other = SharedApproaches::default();
+        second.share(other);
+        let f = ride(260, 261).next().unwrap();
+        second.update(&f, f.pos);
+        assert_eq!(first.estimated(), 60);
+        assert_eq!(second.estimated(), 61);
     }
 
     #[test]
