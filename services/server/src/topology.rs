@@ -16,7 +16,7 @@ use trackline_core::{CourierId, OrderId};
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
-    CallError, FollowPlanNote, IngestCall, Kind, PlanEntryCall, RemoteError, ReplanNote, RouteCall,
+    CallError, FollowPlanCall, IngestCall, Kind, PlanEntryCall, RemoteError, ReplanNote, RouteCall,
     SilentCall,
 };
 use crate::cluster::remote_watch::RemoteWatches;
@@ -254,18 +254,24 @@ impl Topology {
         })
     }
 
-    /// Tells the owner of `order` the stops before its door, when that is another node; whether
-    /// it was (false: the order is owned here).
-    pub fn follow_at_owner(&self, order: &OrderId, through: &StopsThrough) -> bool {
-        let Some((cluster, owner)) = self.other_owner(order) else {
-            return false;
-        };
-        let note = FollowPlanNote {
+    /// Tells the owner of `order` the stops before its door, when that is another node (None:
+    /// the order is owned here); done once the owner has them queued at the order, or could not
+    /// be told (an owner that was down hears the plan when the order's actor starts again).
+    pub fn follow_at_owner(
+        &self,
+        order: &OrderId,
+        through: &StopsThrough,
+    ) -> Option<impl Future<Output = ()> + 'static> {
+        let (cluster, owner) = self.other_owner(order)?;
+        let call = FollowPlanCall {
             order: order.clone(),
             through: through.clone(),
         };
-        actix_rt::spawn(async move { cluster.notify(&owner, Kind::FollowPlan, &note).await });
-        true
+        Some(async move {
+            if let Err(error) = cluster.call::<_, ()>(&owner, Kind::FollowPlan, &call).await {
+                tracing::warn!(%error, "telling an order's owner its plan failed");
+            }
+        })
     }
 
     /// Has `courier`'s home node derive its plan again, when that is another node; whether it

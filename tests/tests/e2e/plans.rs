@@ -398,15 +398,17 @@ async fn in_broker_mode_the_plan_is_kept_at_the_couriers_home_and_moves_etas_on_
     let (reply, answered_by) = plan(1, reqwest::Method::PUT, Some(plan_body(&reversed))).await;
     assert_eq!(reply.expect_status(200), plan_body(&reversed));
     assert_eq!(answered_by, NODES[home]);
-    let (reply, _) = plan(2, reqwest::Method::GET, None).await;
-    assert_eq!(reply.expect_status(200), plan_body(&reversed));
-    app.deliver(cluster.node(1), &ride_north(t0, 10, 45.0, 60.0), within)
+    // At once: the answer came after both owners had the plan queued at their orders, so the
+    // next fix is estimated by it.
+    app.deliver(cluster.node(1), &ride_north(t0, 10, 45.0, 45.0), within)
         .await;
     let (near_eta, far_eta) = (door_eta(&near).await, door_eta(&far).await);
     assert!(
         near_eta > far_eta,
         "near {near_eta} is not after far {far_eta}"
     );
+    let (reply, _) = plan(2, reqwest::Method::GET, None).await;
+    assert_eq!(reply.expect_status(200), plan_body(&reversed));
 
     let unknown = plan_body(&[("plan-nobody", "dropoff")]);
     let (reply, _) = plan(2, reqwest::Method::PUT, Some(unknown)).await;

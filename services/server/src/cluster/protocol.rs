@@ -45,7 +45,8 @@ pub enum Kind {
     Silent,
     /// What a courier's plan needs of an order the receiver owns, from the courier's home node.
     PlanEntry,
-    /// The stops before an order's door in its courier's plan, to the order's owner (no reply).
+    /// The stops before an order's door in its courier's plan, to the order's owner; the reply
+    /// (empty) once the order has them queued.
     FollowPlan,
     /// A courier's plan may have changed, to the courier's home node (no reply).
     Replan,
@@ -134,7 +135,7 @@ pub struct PlanEntryCall {
 
 /// From a courier's home node: the stops before `order`'s door in the courier's plan.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct FollowPlanNote {
+pub struct FollowPlanCall {
     pub order: OrderId,
     pub through: StopsThrough,
 }

@@ -21,7 +21,7 @@ use trackline_rest::ErrorAnswer;
 
 use crate::cluster::client::Cluster;
 use crate::cluster::protocol::{
-    headers, FollowPlanNote, IngestCall, Kind, LinkCall, PlanEntryCall, RemoteError, ReplanNote,
+    headers, FollowPlanCall, IngestCall, Kind, LinkCall, PlanEntryCall, RemoteError, ReplanNote,
     RouteCall, SilentCall, UnwatchNote, UpdateNote, WatchAnswer, WatchCall,
 };
 use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
@@ -180,12 +180,16 @@ async fn answer(serving: &Serving, kind: Kind, message: NatsMessage) {
             cluster.reply_json(&message, &entry).await;
         }
         Kind::FollowPlan => {
-            if let Some(note) = parse::<FollowPlanNote>(&message) {
-                serving.registry.do_send(FollowHere {
-                    order: note.order,
-                    through: note.through,
-                });
-            }
+            let Some(call) = parse::<FollowPlanCall>(&message) else {
+                return;
+            };
+            let here = FollowHere {
+                order: call.order,
+                through: call.through,
+            };
+            // Answered once queued at the order: a fix sent after the plan's answer comes after.
+            let _ = serving.registry.send(here).await;
+            cluster.reply_json(&message, &()).await;
         }
         Kind::Replan => {
             if let Some(note) = parse::<ReplanNote>(&message) {

@@ -118,10 +118,13 @@ impl Handler<Lookup> for Registry {
                     // The orders hear the courier's plan before the session has routes to send
                     // fixes by: an actor just started plans for its own stops only, and the
                     // courier's first fixes must be estimated along the plan, as its other orders'.
-                    fut::wrap_future(act.plan_entries(&courier)).map(
+                    fut::wrap_future(act.plan_entries(&courier)).then(
                         move |entries, act: &mut Self, _| {
-                            act.follow(&courier, &entries);
-                            routes
+                            let told = act.follow(&courier, &entries);
+                            fut::wrap_future(async move {
+                                told.await;
+                                routes
+                            })
                         },
                     )
                 }),

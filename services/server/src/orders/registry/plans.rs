@@ -116,8 +116,15 @@ impl Registry {
         }
     }
 
-    /// Tells each running order of `courier` the stops before its door in the effective plan.
-    pub(super) fn follow(&self, courier: &CourierId, entries: &[PlanEntry]) {
+    /// Tells each running order of `courier` the stops before its door in the effective plan;
+    /// done once every order has them queued (those owned here at once, in broker mode those
+    /// owned by other nodes when they answer).
+    pub(super) fn follow(
+        &self,
+        courier: &CourierId,
+        entries: &[PlanEntry],
+    ) -> impl Future<Output = ()> + 'static {
+        let mut told_elsewhere = Vec::new();
         let plan = effective_plan(self.explicit_plan(courier), &carried(entries));
         // Where the courier is now: every order's way goes on from these pickups.
         let current: Vec<_> = entries
@@ -139,13 +146,17 @@ impl Registry {
             let Some(through) = stops_through(order, &current, &plan, stop_of) else {
                 continue;
             };
-            if self.topology.follow_at_owner(order, &through) {
+            if let Some(told) = self.topology.follow_at_owner(order, &through) {
+                told_elsewhere.push(told);
                 continue;
             }
             let Some(Slot::Live(actor, _)) = self.orders.get(order) else {
                 continue; // started later, it asks for the plan then
             };
             actor.do_send(FollowPlan(through));
+        }
+        async move {
+            join_all(told_elsewhere).await;
         }
     }
 }
@@ -169,7 +180,7 @@ impl Handler<SetPlan> for Registry {
     type Result = ResponseActFuture<Self, Result<Vec<PlanStop>, SetPlanError>>;
 
     fn handle(&mut self, msg: SetPlan, _: &mut Context<Self>) -> Self::Result {
-        self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
+        let set = self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
             let carried = carried(&entries);
             check_plan(&msg.stops, &carried).map_err(SetPlanError::Invalid)?;
             // Blocking, on the registry's thread: a plan is an ops call, seldom made, and the
@@ -183,10 +194,17 @@ impl Handler<SetPlan> for Registry {
             } else {
                 act.plans.insert(msg.courier.clone(), msg.stops);
             }
-            // Sent before the answer: a fix the courier sends after it is estimated by the plan.
-            act.follow(&msg.courier, &entries);
-            Ok(plan)
-        })
+            Ok((plan, act.follow(&msg.courier, &entries)))
+        });
+        // Answered once every order has the plan queued: a fix the courier sends after the
+        // answer is estimated by the plan, whichever node owns the order.
+        Box::pin(set.then(|set, _, _| {
+            fut::wrap_future(async move {
+                let (plan, told) = set?;
+                told.await;
+                Ok(plan)
+            })
+        }))
     }
 }
 
@@ -209,7 +227,8 @@ impl Handler<Replan> for Registry {
             return Box::pin(fut::ready(()));
         }
         self.with_plan_entries(&msg.courier.clone(), move |act, entries| {
-            act.follow(&msg.courier, &entries);
+            // Nobody waits for a replan: the owners are told in the background.
+            actix_rt::spawn(act.follow(&msg.courier, &entries));
         })
     }
 }
