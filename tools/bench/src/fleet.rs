@@ -478,6 +478,7 @@ fn fleet_spec(couriers: usize, schedule: Schedule, warmup: f64, seconds: f64) ->
         watchers: 1,
         warmup: Duration::from_secs_f64(warmup),
         duration: Duration::from_secs_f64(seconds),
+        extra_orders: 0,
     }
 }
 

@@ -86,6 +86,9 @@ pub struct LoadSpec {
     pub watchers: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// trackline: orders each courier carries besides the watched one (unwatched, their doors
+    /// after its): a courier with several drops, whose every fix each of its orders applies.
+    pub extra_orders: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -987,7 +990,13 @@ where
                     let (lat, lon) = start_deg(i);
                     let dest = (lat + 0.1, lon);
                     let (order, courier) = (format!("o-{i}"), format!("c-{i}"));
-                    create_order(http, server_addr, ops, &order, &courier, dest).await
+                    let token = create_order(http, server_addr, ops, &order, &courier, dest).await;
+                    for k in 1..=spec.extra_orders {
+                        let dest = (dest.0 + 0.01 * k as f64, dest.1);
+                        let order = format!("o-{i}-{k}");
+                        create_order(http, server_addr, ops, &order, &courier, dest).await?;
+                    }
+                    token
                 }
             })
             .buffered(SETUP_CONCURRENCY)

@@ -61,6 +61,9 @@ enum Cmd {
         seconds: f64,
         #[arg(long, default_value_t = 2.0)]
         warmup: f64,
+        /// trackline: unwatched orders each courier carries besides the watched one.
+        #[arg(long, default_value_t = 0)]
+        extra_orders: usize,
     },
     /// Many couriers at one fix per 1-5 s against every peer, printed as JSON: CPU per fix,
     /// latency, memory and disk over time, the highest rate within the p99 bar.
@@ -126,6 +129,7 @@ fn main() -> Result<()> {
                 watchers,
                 seconds,
                 warmup,
+                extra_orders,
             } => {
                 let Some(peer) = Peer::parse(&peer) else {
                     bail!("unknown peer {peer}");
@@ -140,6 +144,7 @@ fn main() -> Result<()> {
                     watchers,
                     warmup: Duration::from_secs_f64(warmup),
                     duration: Duration::from_secs_f64(seconds),
+                    extra_orders,
                 };
                 let work = std::env::temp_dir().join("trackline-bench");
                 let server = peers::start(peer, &work).await?;

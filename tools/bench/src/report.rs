@@ -253,6 +253,7 @@ pub async fn run_suite(args: SuiteArgs, work: &Path, nofile: u64) -> Result<()> 
         watchers: 1,
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.seconds),
+        extra_orders: 0,
     };
 
     if wanted("throughput") {

@@ -153,6 +153,7 @@ async fn run_one(args: &WebhookArgs, work: &Path, receiver: Receiver) -> Result<
         watchers: 1,
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.seconds),
+        extra_orders: 0,
     };
     let before = delivered_total(&client, &base).await?;
     let started = Instant::now();
