@@ -77,7 +77,7 @@ pub struct Config {
     pub watcher_queue: usize,
 
     /// Bytes a connection's HTTP writer holds before it stops taking more from the response (a
-    /// watch stream's session then stops running, its frames wait in the mailbox as shared
+    /// watch stream's session then stops running, its frames wait in its queue as shared
     /// pointers and its order conflates it). actix's default, 32 KiB, grows to some 90 KiB per
     /// watcher that stopped reading; a watch frame is a few hundred bytes, so a small buffer
     /// costs a healthy stream nothing.

@@ -36,10 +36,14 @@ const FRAME: usize = 20;
 const FRAME_PAUSE: Duration = Duration::from_millis(30);
 
 /// The bound on the server's RSS growth with the stuck watchers, MiB: 32 KiB per stuck watcher.
-/// Measured with 1,000: 24.7 KiB each, of which 17.6 KiB is what any open connection costs
-/// (actix's 8 KiB read and write buffers among it) and 7 KiB what being stuck adds (the HTTP
-/// writer's `--write-buffer-bytes` and the session's 2 KiB bursts); with actix's 32 KiB writer
-/// buffer and whole-mailbox bursts it was 81-89 KiB.
+/// Measured with 1,000: 21-23.5 KiB each (25.6 on a busy machine), of which 15.5-18 KiB is what
+/// any open connection costs (actix's 8 KiB read and write buffers and its connection task among
+/// it, and some 2.5-3 KiB of actix's request pools, filled by the 1,000 handshakes at once but
+/// capped per worker) and 5-6 KiB what being stuck adds (the HTTP writer's buffer touched
+/// through, `--write-buffer-bytes` and the session's 2 KiB bursts, and 8 bytes a queued frame).
+/// With the frames queued as actix mailbox messages (some 80 bytes each) it was 24.6-27.4 KiB,
+/// and 41.8 KiB at the default `--watcher-queue` of 256; with actix's 32 KiB writer buffer and
+/// whole-mailbox bursts it was 81-89 KiB.
 const RSS_GROWTH_BOUND_MIB: u64 = (STUCK_WATCHERS as u64 * 32).div_ceil(1024);
 
 /// Flags of the slow-watcher servers.

@@ -26,7 +26,7 @@ use crate::cluster::protocol::{
 };
 use crate::cluster::remote_watch::{Arrived, RemoteWatches, RENEW_EVERY};
 use crate::live::LiveIndex;
-use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
+use crate::orders::fanout::{Push, Sink, Subscribe, Unsubscribe};
 use crate::orders::messages::Replan;
 use crate::orders::registry::courier_routes::{IngestHere, Route};
 use crate::orders::registry::plans::{FollowHere, PlanEntryHere};
@@ -316,7 +316,7 @@ async fn watch(serving: &Serving, call: WatchCall) -> Option<WatchAnswer> {
     let first = actor
         .send(Subscribe {
             watcher_id: id,
-            watcher: outlet.recipient(),
+            watcher: Sink::Mailbox(outlet.recipient()),
             resume: call.resume,
         })
         .await
@@ -483,7 +483,7 @@ impl Handler<Push> for Outlet {
                 );
             }
             // The node is too far behind: it catches up by offset when it renews.
-            Push::Evict { .. } => ctx.stop(),
+            Push::Evict => ctx.stop(),
         }
     }
 }

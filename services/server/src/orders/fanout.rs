@@ -9,8 +9,8 @@
 //! the frames: the frames of a replay are rebuilt (and encoded) only when a watcher resumes, which
 //! is rare.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,19 +23,15 @@ const RETRY_SLOW_EVERY: Duration = Duration::from_millis(200);
 /// The close code of a watcher that stopped reading.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
-/// What a stream sends its watchers.
+/// What a stream sends a watcher that is an actor of its own (a broker outlet; watch sessions
+/// have a [`WatchQueue`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum Push {
-    /// The next frame to write.
+    /// The next frame to send on.
     Frame(Arc<Frame>),
-    /// Close with `code`: the watcher stopped reading.
-    Evict {
-        /// The WebSocket close code.
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
+    /// The watcher fell too far behind: stop.
+    Evict,
 }
 
 /// Start watching; the reply is what to send first (a snapshot, or the replay of a resume).
@@ -45,7 +41,7 @@ pub struct Subscribe {
     /// Unique per watcher; [`Unsubscribe`] names it.
     pub watcher_id: u64,
     /// Where the stream's frames go.
-    pub watcher: Recipient<Push>,
+    pub watcher: Sink,
     /// Where the watcher left off, when it reconnects.
     pub resume: Option<Resume>,
 }
@@ -67,15 +63,152 @@ pub struct Unsubscribe {
     pub watcher_id: u64,
 }
 
+/// Where a watcher's frames go.
+#[derive(Clone)]
+pub enum Sink {
+    /// An actor's mailbox, bounded by its capacity (a broker outlet).
+    Mailbox(Recipient<Push>),
+    /// A watch session's [`WatchQueue`].
+    Queue(Arc<WatchQueue>),
+}
+
+impl Sink {
+    /// Tells the watcher to close with `code` once it has written what is queued for it.
+    pub fn evict(&self, code: u16, reason: String) {
+        match self {
+            // do_send ignores the full mailbox: the eviction comes after what is already queued.
+            Sink::Mailbox(recipient) => recipient.do_send(Push::Evict),
+            Sink::Queue(queue) => queue.evict(code, reason),
+        }
+    }
+}
+
+/// Tells a watch session that its [`WatchQueue`] has something for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// The frames waiting for one watch session, bounded (`--watcher-queue`).
+///
+/// A queued frame is a shared pointer here, 8 bytes; in an actix mailbox each message costs two
+/// allocations of about 80 bytes, so a watcher that stopped reading held 80 bytes per queued
+/// frame (20 KiB at the default queue of 256). The session's mailbox holds at most one [`Wake`],
+/// sent when the queue gets something and the session was not already told.
+pub struct WatchQueue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    wake: Recipient<Wake>,
+}
+
+struct QueueState {
+    frames: VecDeque<Arc<Frame>>,
+    /// The close the session writes once `frames` is empty.
+    evict: Option<(u16, String)>,
+    /// A [`Wake`] is on its way or the session is draining: no other is sent.
+    woken: bool,
+    /// The session has stopped.
+    closed: bool,
+}
+
+/// What a watch session writes next.
+pub enum Queued {
+    Frame(Arc<Frame>),
+    /// Close with this code and reason.
+    Evict(u16, String),
+}
+
+enum Offered {
+    Taken,
+    Full(Arc<Frame>),
+    Closed,
+}
+
+impl WatchQueue {
+    /// An empty queue of at most `capacity` frames; `wake` is the session's.
+    pub fn new(capacity: usize, wake: Recipient<Wake>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                evict: None,
+                woken: false,
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+            wake,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every change under the lock is a single push, pop or flag: a panic leaves it consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the session unless it was already told; called with the lock held, so a session
+    /// that finds the queue empty (and clears `woken`) cannot miss what comes next.
+    fn wake(&self, state: &mut QueueState) {
+        if !state.woken {
+            state.woken = true;
+            self.wake.do_send(Wake);
+        }
+    }
+
+    fn offer(&self, frame: Arc<Frame>) -> Offered {
+        let mut state = self.lock();
+        if state.closed {
+            return Offered::Closed;
+        }
+        if state.frames.len() >= self.capacity || state.evict.is_some() {
+            return Offered::Full(frame);
+        }
+        state.frames.push_back(frame);
+        self.wake(&mut state);
+        Offered::Taken
+    }
+
+    fn evict(&self, code: u16, reason: String) {
+        let mut state = self.lock();
+        if !state.closed && state.evict.is_none() {
+            state.evict = Some((code, reason));
+            self.wake(&mut state);
+        }
+    }
+
+    /// The next thing to write, or `None` when there is nothing (the next offer wakes the
+    /// session again).
+    pub fn next(&self) -> Option<Queued> {
+        let mut state = self.lock();
+        if let Some(frame) = state.frames.pop_front() {
+            return Some(Queued::Frame(frame));
+        }
+        match state.evict.take() {
+            Some((code, reason)) => Some(Queued::Evict(code, reason)),
+            None => {
+                state.woken = false;
+                None
+            }
+        }
+    }
+
+    /// The session has stopped: offers fail from now on, and what is queued is dropped.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.frames = VecDeque::new();
+    }
+}
+
 /// One watcher of the stream.
 ///
 /// A watcher's session is driven by its socket: while the peer does not read, the session does
-/// not run and its mailbox (bounded, `--watcher-queue`) fills. A full mailbox is the signal that
-/// the watcher is slow; from then on it is offered only the latest state (conflation) until it
-/// takes one, and after the slow-watcher timeout it is dropped and told to close with 4008. So the
-/// memory a slow watcher costs is its mailbox, never a queue that grows with the stream.
+/// not run and its queue (bounded, `--watcher-queue`: a [`WatchQueue`], or a broker outlet's
+/// mailbox) fills. A full queue is the signal that the watcher is slow; from then on it is
+/// offered only the latest state (conflation) until it takes one, and after the slow-watcher
+/// timeout it is dropped and told to close with 4008. So the memory a slow watcher costs is its
+/// bounded queue, never one that grows with the stream.
 struct Watcher {
-    recipient: Recipient<Push>,
+    sink: Sink,
     lagging: Option<Lag>,
 }
 
@@ -94,27 +227,34 @@ enum Offer {
 impl Watcher {
     fn offer(&mut self, frame: Arc<Frame>) -> Offer {
         use actix::dev::SendError;
-        match self.recipient.try_send(Push::Frame(frame)) {
-            Ok(()) => {
-                self.lagging = None;
-                Offer::Taken
-            }
-            Err(SendError::Full(Push::Frame(frame))) => {
-                let since = self
-                    .lagging
-                    .as_ref()
-                    .map_or_else(Instant::now, |lag| lag.since);
-                if self.lagging.is_none() {
-                    metrics::counter!("trackline_watchers_conflated_total").increment(1);
-                }
-                self.lagging = Some(Lag {
-                    since,
-                    latest: frame,
-                });
-                Offer::Lagging
-            }
-            Err(SendError::Full(Push::Evict { .. }) | SendError::Closed(_)) => Offer::Gone,
+        let refused = match &self.sink {
+            Sink::Mailbox(recipient) => match recipient.try_send(Push::Frame(frame)) {
+                Ok(()) => None,
+                Err(SendError::Full(Push::Frame(frame))) => Some(frame),
+                Err(SendError::Full(Push::Evict) | SendError::Closed(_)) => return Offer::Gone,
+            },
+            Sink::Queue(queue) => match queue.offer(frame) {
+                Offered::Taken => None,
+                Offered::Full(frame) => Some(frame),
+                Offered::Closed => return Offer::Gone,
+            },
+        };
+        let Some(frame) = refused else {
+            self.lagging = None;
+            return Offer::Taken;
+        };
+        let since = self
+            .lagging
+            .as_ref()
+            .map_or_else(Instant::now, |lag| lag.since);
+        if self.lagging.is_none() {
+            metrics::counter!("trackline_watchers_conflated_total").increment(1);
         }
+        self.lagging = Some(Lag {
+            since,
+            latest: frame,
+        });
+        Offer::Lagging
     }
 }
 
@@ -232,10 +372,10 @@ impl Fanout {
     }
 
     /// Adds (or replaces) a watcher; nothing is added once the stream has ended.
-    pub fn add(&mut self, watcher_id: u64, recipient: Recipient<Push>) {
+    pub fn add(&mut self, watcher_id: u64, sink: Sink) {
         if !self.published.is_final {
             let watcher = Watcher {
-                recipient,
+                sink,
                 lagging: None,
             };
             self.watchers.insert(watcher_id, watcher);
@@ -297,13 +437,10 @@ impl Fanout {
                     "watcher too slow, closing"
                 );
                 metrics::counter!("trackline_watchers_evicted_total").increment(1);
-                // do_send ignores the full mailbox: the close is the next thing the watcher sees
-                // once it reads again; until then it costs only what is already queued.
+                // The close comes after what is already queued, once the watcher reads again;
+                // until then it costs only that.
                 let reason = format!("too slow: not reading for {} s", timeout.as_secs());
-                watcher.recipient.do_send(Push::Evict {
-                    code: CLOSE_TOO_SLOW,
-                    reason,
-                });
+                watcher.sink.evict(CLOSE_TOO_SLOW, reason);
                 return false;
             }
             let latest = lag.latest.clone();
@@ -358,6 +495,80 @@ mod tests {
             "does not grow with time: {per_order:?}"
         );
         drop(orders);
+    }
+
+    /// Counts the wake-ups a watch queue sends.
+    struct Wakes(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Actor for Wakes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Wake> for Wakes {
+        type Result = ();
+
+        fn handle(&mut self, _: Wake, _: &mut Context<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_watch_queue_is_bounded_wakes_once_per_drain_and_closes_after_its_frames() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let wakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let queue = WatchQueue::new(2, Wakes(wakes.clone()).start().recipient());
+        let mut watcher = Watcher {
+            sink: Sink::Queue(queue.clone()),
+            lagging: None,
+        };
+        let frame = |offset| Frame::encode(view(offset), FrameKind::Update, false);
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        let next_offset = || match queue.next() {
+            Some(Queued::Frame(frame)) => Some(frame.view.offset),
+            Some(Queued::Evict(code, _)) => panic!("evicted ({code}) with frames left"),
+            None => None,
+        };
+
+        assert!(matches!(watcher.offer(frame(1)), Offer::Taken));
+        assert!(matches!(watcher.offer(frame(2)), Offer::Taken));
+        // Full: the watcher is slow and keeps the newest frame as its latest.
+        assert!(matches!(watcher.offer(frame(3)), Offer::Lagging));
+        assert_eq!(
+            watcher.lagging.as_ref().map(|l| l.latest.view.offset),
+            Some(3)
+        );
+        settle().await;
+        assert_eq!(
+            wakes.load(SeqCst),
+            1,
+            "one wake-up until the session drains"
+        );
+
+        assert_eq!(next_offset(), Some(1));
+        assert!(matches!(watcher.offer(frame(3)), Offer::Taken));
+        assert!(watcher.lagging.is_none());
+        assert_eq!(
+            (next_offset(), next_offset(), next_offset()),
+            (Some(2), Some(3), None)
+        );
+        settle().await;
+        assert_eq!(wakes.load(SeqCst), 1, "no wake-up while the session drains");
+
+        // Drained: the next frame wakes it again, and an eviction comes after the frames.
+        assert!(matches!(watcher.offer(frame(4)), Offer::Taken));
+        watcher.sink.evict(CLOSE_TOO_SLOW, "too slow".into());
+        assert_eq!(next_offset(), Some(4));
+        assert!(matches!(
+            queue.next(),
+            Some(Queued::Evict(CLOSE_TOO_SLOW, _))
+        ));
+        assert!(queue.next().is_none());
+        settle().await;
+        assert_eq!(wakes.load(SeqCst), 2);
+
+        // The session stopped: the watcher is gone.
+        queue.close();
+        assert!(matches!(watcher.offer(frame(5)), Offer::Gone));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::orders::fanout::{Push, Resume, Subscribe, Unsubscribe};
+use crate::orders::fanout::{Queued, Resume, Sink, Subscribe, Unsubscribe, Wake, WatchQueue};
 use crate::orders::frames::{Frame, WatchFormat};
 use crate::state::AppState;
 use crate::ws::session::{close, close_on_protocol_error, keep_alive, ConnectionSlot, Heartbeat};
@@ -50,21 +50,23 @@ pub struct WatchSession {
     app: Arc<AppState>,
     source: Option<Source>,
     order: Option<StreamAddr>,
+    /// What the order has for this session (made when it subscribes).
+    queue: Option<Arc<WatchQueue>>,
     /// The epoch and offset of the last frame written: a frame at or below it is not written
     /// again (in broker mode a frame can reach a node both in a replay and live).
     written: Option<(String, u64)>,
     last_heard: Instant,
-    /// Bytes written since the session last paused its mailbox (see [`WRITE_BURST_BYTES`]).
+    /// Bytes written since the session last paused (see [`WRITE_BURST_BYTES`]).
     burst_bytes: usize,
     _slot: ConnectionSlot,
 }
 
 /// The bytes a session writes before it lets the HTTP writer take them. The session runs only
-/// when the writer polls it, and then handles its whole mailbox in one go: a watcher whose socket
-/// stalled and then took a few bytes would get its whole queue (`--watcher-queue` frames) copied
-/// into the writer's buffer at once, which then keeps that size. Pausing after this many bytes
-/// hands the writer one small chunk; it polls again only while its buffer has room, and the rest
-/// waits in the mailbox as shared frames, where the order conflates it.
+/// when the writer polls it: a watcher whose socket stalled and then took a few bytes would get
+/// its whole queue (`--watcher-queue` frames) copied into the writer's buffer at once, which then
+/// keeps that size. Pausing after this many bytes hands the writer one small chunk; it polls
+/// again only while its buffer has room, and the rest waits in the [`WatchQueue`] as shared
+/// frames, where the order conflates it.
 const WRITE_BURST_BYTES: usize = 2048;
 
 impl WatchSession {
@@ -82,6 +84,7 @@ impl WatchSession {
             app,
             source: Some(source),
             order: None,
+            queue: None,
             written: None,
             last_heard: Instant::now(),
             burst_bytes: 0,
@@ -89,11 +92,40 @@ impl WatchSession {
         }
     }
 
-    fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Writes what the queue holds, up to a burst; after a burst it goes on once the writer has
+    /// taken it.
+    fn drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(queue) = self.queue.clone() else {
+            return;
+        };
+        while ctx.state() == ActorState::Running {
+            match queue.next() {
+                Some(Queued::Frame(frame)) => {
+                    if self.write(&frame, ctx) {
+                        // One wait that goes on draining: actix polls the newest wait first, so
+                        // a second one would run before the pause.
+                        ctx.wait(
+                            actix::fut::wrap_future(tokio::task::yield_now())
+                                .map(|(), act: &mut Self, ctx| act.drain(ctx)),
+                        );
+                        return;
+                    }
+                }
+                Some(Queued::Evict(code, reason)) => {
+                    close(ctx, ws::CloseCode::Other(code), &reason);
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Writes `frame` unless it was written already; true when the burst is full, and the caller
+    /// must then let the writer take it before writing more (see [`WRITE_BURST_BYTES`]).
+    fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) -> bool {
         let view = &frame.view;
         if let Some((epoch, offset)) = &self.written {
             if *epoch == view.epoch && view.offset <= *offset {
-                return;
+                return false;
             }
         }
         self.written = Some((view.epoch.clone(), view.offset));
@@ -111,10 +143,9 @@ impl WatchSession {
                 len
             }
         };
-        if self.burst_bytes >= WRITE_BURST_BYTES {
+        let full = self.burst_bytes >= WRITE_BURST_BYTES;
+        if full {
             self.burst_bytes = 0;
-            // wait() holds the mailbox until the next poll, so what was written goes out first.
-            ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
         }
         metrics::counter!("trackline_watch_frames_sent_total").increment(1);
         if frame.is_final {
@@ -124,6 +155,7 @@ impl WatchSession {
                 &format!("order {}", frame.view.status),
             );
         }
+        full
     }
 }
 
@@ -138,22 +170,36 @@ impl Actor for WatchSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!("trackline_watch_connections").increment(1.0);
-        // The bound that tells the order this watcher is slow (see fanout::Watcher).
-        ctx.set_mailbox_capacity(self.app.config.watcher_queue.max(1));
         keep_alive(ctx, &self.app, self.expires_s);
         match self.source.take() {
-            Some(Source::Ended(frame)) => self.write(&frame, ctx),
+            Some(Source::Ended(frame)) => {
+                self.write(&frame, ctx);
+            }
             Some(Source::Live(order, resume)) => {
+                // The bound that tells the order this watcher is slow (see fanout::Watcher).
+                let queue =
+                    WatchQueue::new(self.app.config.watcher_queue, ctx.address().recipient());
+                self.queue = Some(queue.clone());
                 let subscribe = Subscribe {
                     watcher_id: self.id,
-                    watcher: ctx.address().recipient(),
+                    watcher: Sink::Queue(queue),
                     resume,
                 };
                 self.order = Some(order.clone());
                 // wait(): live pushes must not overtake the snapshot or the replay.
                 ctx.wait(order.subscribe.send(subscribe).into_actor(self).map(
                     |first, act, ctx| match first {
-                        Ok(frames) => frames.iter().for_each(|f| act.write(f, ctx)),
+                        Ok(frames) => {
+                            let mut full = false;
+                            for frame in &frames {
+                                full |= act.write(frame, ctx);
+                            }
+                            if full {
+                                // wait() holds the mailbox (the wake-ups of the queue) until
+                                // the next poll, so what was written goes out first.
+                                ctx.wait(actix::fut::wrap_future(tokio::task::yield_now()));
+                            }
+                        }
                         Err(_) => close(
                             ctx,
                             ws::CloseCode::Away,
@@ -168,6 +214,9 @@ impl Actor for WatchSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::gauge!("trackline_watch_connections").decrement(1.0);
+        if let Some(queue) = &self.queue {
+            queue.close();
+        }
         if let Some(order) = &self.order {
             order.unsubscribe.do_send(Unsubscribe {
                 watcher_id: self.id,
@@ -176,14 +225,11 @@ impl Actor for WatchSession {
     }
 }
 
-impl Handler<Push> for WatchSession {
+impl Handler<Wake> for WatchSession {
     type Result = ();
 
-    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
-        match msg {
-            Push::Frame(frame) => self.write(&frame, ctx),
-            Push::Evict { code, reason } => close(ctx, ws::CloseCode::Other(code), &reason),
-        }
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.drain(ctx);
     }
 }
 

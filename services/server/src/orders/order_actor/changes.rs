@@ -10,7 +10,7 @@ use trackline_core::order::{OrderStatus, OrderView};
 
 use super::{own_stops, plan_entry, OrderActor, PlanEntry};
 use crate::orders::errors::OrderError;
-use crate::orders::fanout::{Push, Subscribe, Unsubscribe};
+use crate::orders::fanout::{Subscribe, Unsubscribe};
 use crate::orders::frames::Frame;
 use crate::orders::messages::{
     Assign, FollowPlan, GetPlanEntry, GetView, Relink, Replan, SetStatus,
@@ -60,10 +60,7 @@ impl Handler<Subscribe> for OrderActor {
             return Box::pin(async move {
                 successor.send(msg).await.unwrap_or_else(|_| {
                     // The successor is gone (its order ended): as if this actor were.
-                    watcher.do_send(Push::Evict {
-                        code: 1001,
-                        reason: "order is no longer served here; reconnect".into(),
-                    });
+                    watcher.evict(1001, "order is no longer served here; reconnect".into());
                     Vec::new()
                 })
             });
