@@ -434,6 +434,18 @@ async fn eta_updates(server: &TestServer) -> (f64, f64) {
     )
 }
 
+/// The ETA updates `courier` riding `fixes` made and shared: (made, shared).
+async fn eta_updates_of_ride(
+    server: &TestServer,
+    courier: &str,
+    fixes: &[trackline_proto::v1::Fix],
+) -> (f64, f64) {
+    let before = eta_updates(server).await;
+    ride(server, courier, fixes).await;
+    let after = eta_updates(server).await;
+    (after.0 - before.0, after.1 - before.1)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_courier_carrying_three_orders_has_each_fix_estimated_once_for_all_of_them() {
     // Its own process: the metrics are the server's alone.
@@ -443,10 +455,8 @@ async fn a_courier_carrying_three_orders_has_each_fix_estimated_once_for_all_of_
     create(&server, "o-x3", "c-three", 2000.0, 60.0, None).await;
     let t0 = now_ms() - 600_000;
     ride_start(&server, "c-three", t0).await;
-    let before = eta_updates(&server).await;
-    ride(&server, "c-three", &ride_north(t0, 10, 45.0, 195.0)).await;
-    let after = eta_updates(&server).await;
-    let (made, shared) = (after.0 - before.0, after.1 - before.1);
+    let (made, shared) =
+        eta_updates_of_ride(&server, "c-three", &ride_north(t0, 10, 45.0, 195.0)).await;
     // 31 fixes: each estimated by one order, and taken by the two others.
     assert!(made >= 25.0, "{made} made, {shared} shared");
     assert_eq!(shared, 2.0 * made, "{made} made, {shared} shared");
@@ -463,10 +473,8 @@ async fn a_courier_carrying_three_orders_has_each_fix_estimated_once_for_all_of_
     // Collected: the courier heads for the first door, and the three orders share that way.
     pick_up(&server, "o-x1").await;
     ride(&server, "c-three", &ride_north(t0, 41, 200.0, 200.0)).await;
-    let before = eta_updates(&server).await;
-    ride(&server, "c-three", &ride_north(t0, 42, 205.0, 400.0)).await;
-    let after = eta_updates(&server).await;
-    let (made, shared) = (after.0 - before.0, after.1 - before.1);
+    let (made, shared) =
+        eta_updates_of_ride(&server, "c-three", &ride_north(t0, 42, 205.0, 400.0)).await;
     assert!(made >= 30.0, "{made} made, {shared} shared");
     assert_eq!(shared, 2.0 * made, "{made} made, {shared} shared");
     let first = server.order_state("o-x1").await;

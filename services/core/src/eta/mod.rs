@@ -908,17 +908,21 @@ mod tests {
         );
     }
 
-    /// A courier heading east to a pickup 1 km away, then two doors 1 and 2 km further: the
-    /// estimators of the first order (pickup, its door) and of the second (both, then its door).
-    fn two_orders_of_one_courier() -> (EtaEstimator, EtaEstimator) {
-        let stop = |east: f64| PlannedStop {
+    /// A stop `east` metres east with a 60 s handover, the planned route the kilometre to it.
+    fn stop(east: f64) -> PlannedStop {
+        PlannedStop {
             at: at(east, 0.0),
             route: Some(vec![at(east - 1000.0, 0.0), at(east, 0.0)]),
             handover: Handover {
                 ready_at_ms: None,
                 dwell_s: 60.0,
             },
-        };
+        }
+    }
+
+    /// A courier heading east to a pickup 1 km away, then two doors 1 and 2 km further: the
+    /// estimators of the first order (pickup, its door) and of the second (both, then its door).
+    fn two_orders_of_one_courier() -> (EtaEstimator, EtaEstimator) {
         let first =
             EtaEstimator::with_stops(vec![stop(1000.0), stop(2000.0)], EtaConfig::default());
         let second = EtaEstimator::with_stops(
@@ -988,25 +992,7 @@ mod tests {
         // The second order hears of the change later, and heads there too: the same way.
         let (_, mut plan) = two_orders_of_one_courier();
         plan.advance();
-        let rest = vec![
-            PlannedStop {
-                at: at(2000.0, 0.0),
-                route: Some(vec![at(1000.0, 0.0), at(2000.0, 0.0)]),
-                handover: Handover {
-                    ready_at_ms: None,
-                    dwell_s: 60.0,
-                },
-            },
-            PlannedStop {
-                at: at(3000.0, 0.0),
-                route: Some(vec![at(2000.0, 0.0), at(3000.0, 0.0)]),
-                handover: Handover {
-                    ready_at_ms: None,
-                    dwell_s: 60.0,
-                },
-            },
-        ];
-        second.replan(rest);
+        second.replan(vec![stop(2000.0), stop(3000.0)]);
         assert_eq!(second.arrivals_ms()[0], door);
         for f in ride(200, 260) {
             first.update(&f, f.pos);
