@@ -91,7 +91,7 @@ pub struct FleetArgs {
         id = "fleet_peers",
         long = "peers",
         value_delimiter = ',',
-        default_value = "trackline,relay,nats,mosquitto"
+        default_value = "trackline,relay,durable_relay,nats,mosquitto"
     )]
     pub peers: Vec<String>,
     /// Seconds between samples of the server's RSS and data dir.

@@ -305,7 +305,7 @@ async fn open_watcher(
             }
             Ok(WatchConn::Ws(Box::new(ws), peer))
         }
-        Peer::Relay => Ok(WatchConn::Ws(
+        Peer::Relay | Peer::DurableRelay => Ok(WatchConn::Ws(
             Box::new(wire::ws_connect(addr, &format!("/sub/o-{i}"), None).await?),
             peer,
         )),
@@ -606,7 +606,7 @@ async fn open_courier(
     token: &str,
 ) -> Result<(Sender, Back)> {
     Ok(match peer {
-        Peer::Trackline | Peer::Relay => {
+        Peer::Trackline | Peer::Relay | Peer::DurableRelay => {
             let path = if peer == Peer::Trackline {
                 format!("/v1/courier/ws?token={token}")
             } else {
@@ -685,7 +685,7 @@ async fn drain_courier_stream(
             }
             continue;
         };
-        if peer != Peer::Trackline {
+        if !peer.acks() {
             continue;
         }
         match ServerFrame::decode(b.as_ref()).ok().and_then(|f| f.kind) {

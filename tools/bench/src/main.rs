@@ -38,6 +38,13 @@ enum Cmd {
     Relay {
         #[arg(long, default_value = "127.0.0.1:18181")]
         listen: SocketAddr,
+        /// Durable relay: append every courier frame to this log, sync it in a group commit,
+        /// ack it, then forward it.
+        #[arg(long)]
+        durable_log: Option<PathBuf>,
+        /// The durable relay's shortest time between two syncs (trackline's default).
+        #[arg(long, default_value_t = 3)]
+        commit_window_ms: u64,
     },
     /// One load against one peer (started and stopped by the tool), printed as JSON.
     Load {
@@ -119,7 +126,14 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Relay { listen } => peers::run_relay(listen).await,
+            Cmd::Relay {
+                listen,
+                durable_log,
+                commit_window_ms,
+            } => {
+                let window = Duration::from_millis(commit_window_ms);
+                peers::run_relay(listen, durable_log.map(|log| (log, window))).await
+            }
             Cmd::Load {
                 peer,
                 couriers,

@@ -24,6 +24,9 @@ pub enum Peer {
     Trackline,
     /// The project's bare WebSocket relay: courier -> watcher, nothing stored.
     Relay,
+    /// The same relay made durable: each frame appended to a log and synced in a group commit,
+    /// acked, then forwarded (the floor of a server that acks what is durable).
+    DurableRelay,
     /// nats-server with its WebSocket listener.
     Nats,
     /// Mosquitto with its WebSocket listener (MQTT over WS).
@@ -35,9 +38,10 @@ pub enum Peer {
 }
 
 impl Peer {
-    pub const ALL: [Peer; 6] = [
+    pub const ALL: [Peer; 7] = [
         Peer::Trackline,
         Peer::Relay,
+        Peer::DurableRelay,
         Peer::Nats,
         Peer::Mosquitto,
         Peer::Redis,
@@ -48,6 +52,7 @@ impl Peer {
         match self {
             Peer::Trackline => "trackline",
             Peer::Relay => "relay",
+            Peer::DurableRelay => "durable_relay",
             Peer::Nats => "nats",
             Peer::Mosquitto => "mosquitto",
             Peer::Redis => "redis",
@@ -60,6 +65,11 @@ impl Peer {
     }
 
     /// The program a peer needs, for the availability check.
+    /// Whether its couriers get an ack per durable frame (the generator times them).
+    pub fn acks(self) -> bool {
+        matches!(self, Peer::Trackline | Peer::DurableRelay)
+    }
+
     pub fn program(self) -> Option<&'static str> {
         match self {
             Peer::Nats => Some("nats-server"),
@@ -88,6 +98,7 @@ pub const NATS_WS_PORT: u16 = 18183;
 pub const MQTT_PORT: u16 = 18184;
 pub const MQTT_WS_PORT: u16 = 18185;
 pub const REDIS_PORT: u16 = 18186;
+pub const DURABLE_RELAY_PORT: u16 = 18189;
 /// The broker scenario: its NATS server (plain, no WebSocket) and its second trackline node.
 pub const BROKER_PORT: u16 = 18187;
 pub const SECOND_NODE_PORT: u16 = 18188;
@@ -288,6 +299,14 @@ pub async fn start(peer: Peer, work: &Path) -> Result<Server> {
             quiet(&mut c);
             (c.spawn()?, addr(RELAY_PORT))
         }
+        Peer::DurableRelay => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["relay", "--listen", &addr(DURABLE_RELAY_PORT).to_string()])
+                .arg("--durable-log")
+                .arg(dir.join("relay.log"));
+            quiet(&mut c);
+            (c.spawn()?, addr(DURABLE_RELAY_PORT))
+        }
         Peer::Nats => {
             let conf = dir.join("nats.conf");
             std::fs::write(
@@ -347,28 +366,106 @@ pub async fn start(peer: Peer, work: &Path) -> Result<Server> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The bare relay
+// The bare relay, and the durable relay
 
 type Topics = Arc<Mutex<HashMap<String, broadcast::Sender<bytes::Bytes>>>>;
 
+/// What the durable relay's log writer is handed per courier frame: the frame, where its ack
+/// goes and the topic its watchers read.
+struct Durable {
+    frame: bytes::Bytes,
+    seq: u64,
+    ack: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    topic: broadcast::Sender<bytes::Bytes>,
+}
+
 /// The ceiling on this machine: a minimal tokio-tungstenite forwarder. A courier connects to
 /// `/pub/{id}` and sends binary frames; every watcher on `/sub/{id}` gets each frame as it is.
-/// Nothing is parsed, validated or stored.
-pub async fn run_relay(listen: SocketAddr) -> Result<()> {
+/// Nothing is parsed, validated or stored, unless `durable` names a log file: then it is the
+/// floor of any server that acks what is durable (the durable relay): each frame is appended
+/// to the log, synced in a group commit (one `fdatasync` per `window` at most, at once when
+/// idle, as trackline's history writer does), then acked to its courier with the seq of its
+/// last fix and only then forwarded to its watchers. No filter, index, ETA or history reads.
+pub async fn run_relay(listen: SocketAddr, durable: Option<(PathBuf, Duration)>) -> Result<()> {
     let listener = TcpListener::bind(listen).await?;
     let topics: Topics = Arc::default();
+    let log = match durable {
+        Some((path, window)) => Some(start_log_writer(&path, window)?),
+        None => None,
+    };
     loop {
         let (stream, _) = listener.accept().await?;
-        let topics = topics.clone();
+        let (topics, log) = (topics.clone(), log.clone());
         tokio::spawn(async move {
-            let _ = relay_conn(stream, topics).await;
+            let _ = relay_conn(stream, topics, log).await;
         });
     }
 }
 
+/// The durable relay's writer thread: appends each group of frames with one write, syncs it,
+/// then acks and forwards every frame of the group.
+fn start_log_writer(
+    path: &Path,
+    window: Duration,
+) -> Result<tokio::sync::mpsc::UnboundedSender<Durable>> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Durable>();
+    std::thread::Builder::new()
+        .name("relay-log".into())
+        .spawn(move || {
+            let mut last_sync: Option<Instant> = None;
+            let mut group = Vec::new();
+            let mut bytes = Vec::new();
+            while let Some(first) = rx.blocking_recv() {
+                // Under load one sync per window; a frame that finds the writer idle goes now.
+                if let Some(wait) = last_sync.and_then(|t| window.checked_sub(t.elapsed())) {
+                    std::thread::sleep(wait);
+                }
+                group.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    group.push(more);
+                }
+                bytes.clear();
+                for job in &group {
+                    bytes.extend_from_slice(&(job.frame.len() as u32).to_le_bytes());
+                    bytes.extend_from_slice(&job.frame);
+                }
+                last_sync = Some(Instant::now());
+                if file
+                    .write_all(&bytes)
+                    .and_then(|()| file.sync_data())
+                    .is_err()
+                {
+                    // Nothing acked that is not durable: the couriers' frames stay unacked.
+                    group.clear();
+                    continue;
+                }
+                for job in group.drain(..) {
+                    let ack = trackline_proto::v1::ServerFrame {
+                        kind: Some(trackline_proto::v1::server_frame::Kind::Ack(
+                            trackline_proto::v1::Ack { seq: job.seq },
+                        )),
+                    };
+                    let _ = job.ack.send(prost::Message::encode_to_vec(&ack).into());
+                    let _ = job.topic.send(job.frame);
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
 // The handshake callback's Result type is tungstenite's own.
 #[allow(clippy::result_large_err)]
-async fn relay_conn(stream: TcpStream, topics: Topics) -> Result<()> {
+async fn relay_conn(
+    stream: TcpStream,
+    topics: Topics,
+    log: Option<tokio::sync::mpsc::UnboundedSender<Durable>>,
+) -> Result<()> {
     stream.set_nodelay(true)?;
     let mut path = String::new();
     // Small buffers, as a relay meant to hold many connections would configure them.
@@ -395,13 +492,40 @@ async fn relay_conn(stream: TcpStream, topics: Topics) -> Result<()> {
     };
     if let Some(id) = path.strip_prefix("/pub/") {
         let tx = topic_of(id);
-        while let Some(msg) = stream.next().await {
-            match msg? {
-                Message::Binary(data) => {
-                    let _ = tx.send(data);
+        let Some(log) = log else {
+            while let Some(msg) = stream.next().await {
+                match msg? {
+                    Message::Binary(data) => {
+                        let _ = tx.send(data);
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
                 }
-                Message::Close(_) => break,
-                _ => {}
+            }
+            return Ok(());
+        };
+        let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Binary(frame))) => {
+                        // The frame's last fix is what its ack names (a frame that does not
+                        // parse is forwarded unacked, as the bare relay would forward it).
+                        let seq = <trackline_proto::v1::CourierFrame as prost::Message>::decode(
+                            frame.as_ref(),
+                        )
+                            .ok()
+                            .and_then(|f| f.fixes.last().map(|x| x.seq))
+                            .unwrap_or(0);
+                        let job = Durable { frame, seq, ack: ack_tx.clone(), topic: tx.clone() };
+                        if log.send(job).is_err() {
+                            break;
+                        }
+                    }
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                },
+                Some(ack) = acks.recv() => sink.send(Message::Binary(ack)).await?,
             }
         }
     } else if let Some(id) = path.strip_prefix("/sub/") {

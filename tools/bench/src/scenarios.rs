@@ -90,7 +90,7 @@ async fn idle_open(peer: Peer, addr: SocketAddr, i: usize, token: &str) -> Resul
         Peer::Trackline => Idle::Ws(Box::new(
             wire::ws_connect(addr, &format!("/v1/courier/ws?token={token}"), None).await?,
         )),
-        Peer::Relay => Idle::Ws(Box::new(
+        Peer::Relay | Peer::DurableRelay => Idle::Ws(Box::new(
             wire::ws_connect(addr, &format!("/pub/o-{i}"), None).await?,
         )),
         Peer::Nats => {
