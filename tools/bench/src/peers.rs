@@ -64,12 +64,12 @@ impl Peer {
         Peer::ALL.into_iter().find(|p| p.name() == s)
     }
 
-    /// The program a peer needs, for the availability check.
     /// Whether its couriers get an ack per durable frame (the generator times them).
     pub fn acks(self) -> bool {
         matches!(self, Peer::Trackline | Peer::DurableRelay)
     }
 
+    /// The program a peer needs, for the availability check.
     pub fn program(self) -> Option<&'static str> {
         match self {
             Peer::Nats => Some("nats-server"),
@@ -293,19 +293,19 @@ pub async fn start(peer: Peer, work: &Path) -> Result<Server> {
             wait_ready(server.addr, Duration::from_secs(60)).await?;
             return Ok(server);
         }
-        Peer::Relay => {
+        Peer::Relay | Peer::DurableRelay => {
+            let port = if peer == Peer::Relay {
+                RELAY_PORT
+            } else {
+                DURABLE_RELAY_PORT
+            };
             let mut c = Command::new(std::env::current_exe()?);
-            c.args(["relay", "--listen", &addr(RELAY_PORT).to_string()]);
+            c.args(["relay", "--listen", &addr(port).to_string()]);
+            if peer == Peer::DurableRelay {
+                c.arg("--durable-log").arg(dir.join("relay.log"));
+            }
             quiet(&mut c);
-            (c.spawn()?, addr(RELAY_PORT))
-        }
-        Peer::DurableRelay => {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.args(["relay", "--listen", &addr(DURABLE_RELAY_PORT).to_string()])
-                .arg("--durable-log")
-                .arg(dir.join("relay.log"));
-            quiet(&mut c);
-            (c.spawn()?, addr(DURABLE_RELAY_PORT))
+            (c.spawn()?, addr(port))
         }
         Peer::Nats => {
             let conf = dir.join("nats.conf");
@@ -374,7 +374,8 @@ type Topics = Arc<Mutex<HashMap<String, broadcast::Sender<bytes::Bytes>>>>;
 /// goes and the topic its watchers read.
 struct Durable {
     frame: bytes::Bytes,
-    seq: u64,
+    /// The seq its ack names, `None` for a frame without fixes (forwarded, never acked).
+    seq: Option<u64>,
     ack: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
     topic: broadcast::Sender<bytes::Bytes>,
 }
@@ -446,12 +447,14 @@ fn start_log_writer(
                     continue;
                 }
                 for job in group.drain(..) {
-                    let ack = trackline_proto::v1::ServerFrame {
-                        kind: Some(trackline_proto::v1::server_frame::Kind::Ack(
-                            trackline_proto::v1::Ack { seq: job.seq },
-                        )),
-                    };
-                    let _ = job.ack.send(prost::Message::encode_to_vec(&ack).into());
+                    if let Some(seq) = job.seq {
+                        let ack = trackline_proto::v1::ServerFrame {
+                            kind: Some(trackline_proto::v1::server_frame::Kind::Ack(
+                                trackline_proto::v1::Ack { seq },
+                            )),
+                        };
+                        let _ = job.ack.send(prost::Message::encode_to_vec(&ack).into());
+                    }
                     let _ = job.topic.send(job.frame);
                 }
             }
@@ -515,8 +518,7 @@ async fn relay_conn(
                             frame.as_ref(),
                         )
                             .ok()
-                            .and_then(|f| f.fixes.last().map(|x| x.seq))
-                            .unwrap_or(0);
+                            .and_then(|f| f.fixes.last().map(|x| x.seq));
                         let job = Durable { frame, seq, ack: ack_tx.clone(), topic: tx.clone() };
                         if log.send(job).is_err() {
                             break;
@@ -545,4 +547,66 @@ async fn relay_conn(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+    use trackline_proto::v1::{server_frame, CourierFrame, Fix, ServerFrame};
+
+    #[tokio::test]
+    async fn the_durable_relay_acks_a_frame_once_it_is_in_its_log_and_forwards_it() {
+        let dir = std::env::temp_dir().join(format!("durable-relay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("relay.log");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        drop(listener);
+        let window = Duration::from_millis(3);
+        tokio::spawn(run_relay(at, Some((log.clone(), window))));
+        wait_for_port(at, Duration::from_secs(5)).await.unwrap();
+
+        let mut watcher = crate::wire::ws_connect(at, "/sub/o-1", None).await.unwrap();
+        let mut courier = crate::wire::ws_connect(at, "/pub/o-1", None).await.unwrap();
+        let fix = |seq| Fix {
+            seq,
+            time_ms: 1_700_000_000_000 + seq as i64,
+            lat_e7: 525_000_000,
+            lon_e7: 134_000_000,
+            ..Default::default()
+        };
+        let frame = CourierFrame {
+            fixes: vec![fix(7), fix(8)],
+        }
+        .encode_to_vec();
+        // A frame without fixes is forwarded but never acked.
+        let empty = CourierFrame { fixes: vec![] }.encode_to_vec();
+        for f in [frame.clone(), empty.clone()] {
+            courier.send(Message::Binary(f.into())).await.unwrap();
+        }
+
+        let ack = next_binary(&mut courier).await.expect("an ack");
+        assert_eq!(
+            ServerFrame::decode(ack.as_ref()).unwrap().kind,
+            Some(server_frame::Kind::Ack(trackline_proto::v1::Ack { seq: 8 }))
+        );
+        // The frame was on disk (length-prefixed) before its ack was sent.
+        let logged = std::fs::read(&log).unwrap();
+        assert_eq!(&logged[..4], &(frame.len() as u32).to_le_bytes());
+        assert_eq!(&logged[4..4 + frame.len()], &frame[..]);
+        assert_eq!(next_binary(&mut watcher).await.as_deref(), Some(&frame[..]));
+        assert_eq!(next_binary(&mut watcher).await.as_deref(), Some(&empty[..]));
+        let no_second_ack = tokio::time::timeout(Duration::from_millis(200), courier.next());
+        assert!(no_second_ack.await.is_err(), "the empty frame was acked");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The next binary frame on `ws`, or `None` after five seconds or at its end.
+    async fn next_binary(ws: &mut crate::wire::Ws) -> Option<bytes::Bytes> {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => Some(b),
+            _ => None,
+        }
+    }
 }
