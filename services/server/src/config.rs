@@ -76,12 +76,14 @@ pub struct Config {
     #[arg(long, env = "TRACKLINE_WATCHER_QUEUE", default_value_t = 256)]
     pub watcher_queue: usize,
 
-    /// Bytes a connection's HTTP writer holds before it stops taking more from the response (a
-    /// watch stream's session then stops running, its frames wait in its queue as shared
-    /// pointers and its order conflates it). actix's default, 32 KiB, grows to some 90 KiB per
-    /// watcher that stopped reading; a watch frame is a few hundred bytes, so a small buffer
-    /// costs a healthy stream nothing.
-    #[arg(long, env = "TRACKLINE_WRITE_BUFFER_BYTES", default_value_t = 2048)]
+    /// Bytes a connection's HTTP writer holds before it stops taking more from the response, and
+    /// the most a watch session writes at once (a watch stream's session then stops running, its
+    /// frames wait in its queue as shared pointers and its order conflates it). The writer's
+    /// buffer is 8 KiB of which only the pages written count: with 1 KiB a stuck watcher's
+    /// buffer stays within the page its handshake touched (2 KiB took a second page, 32 KiB,
+    /// actix's default, some 90 KiB per stuck watcher). A watch frame is a few hundred bytes, so a
+    /// small buffer costs a healthy stream nothing.
+    #[arg(long, env = "TRACKLINE_WRITE_BUFFER_BYTES", default_value_t = 1024)]
     pub write_buffer_bytes: usize,
 
     /// A watcher that stays slow this long is closed with 4008, in seconds.
@@ -278,6 +280,11 @@ impl Config {
 
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.client_timeout_s.max(1))
+    }
+
+    /// `--write-buffer-bytes`, at least 512.
+    pub fn write_buffer(&self) -> usize {
+        self.write_buffer_bytes.max(512)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

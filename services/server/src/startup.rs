@@ -264,7 +264,7 @@ fn bind_http(
     let handshake_timeout_s = config.handshake_timeout_s.max(1);
     let client_timeout = config.client_timeout();
     let grace = config.shutdown_grace();
-    let write_buffer_bytes = config.write_buffer_bytes.max(512);
+    let write_buffer_bytes = config.write_buffer();
     let node_header = state.topology.node().map(str::to_string);
     let data = web::Data::new(state.clone());
     let cors_origins = config.cors_origins.clone();

@@ -35,16 +35,22 @@ const FRAME: usize = 20;
 
 const FRAME_PAUSE: Duration = Duration::from_millis(30);
 
-/// The bound on the server's RSS growth with the stuck watchers, MiB: 32 KiB per stuck watcher.
-/// Measured with 1,000: 21-23.5 KiB each (25.6 on a busy machine), of which 15.5-18 KiB is what
-/// any open connection costs (actix's 8 KiB read and write buffers and its connection task among
-/// it, and some 2.5-3 KiB of actix's request pools, filled by the 1,000 handshakes at once but
-/// capped per worker) and 5-6 KiB what being stuck adds (the HTTP writer's buffer touched
-/// through, `--write-buffer-bytes` and the session's 2 KiB bursts, and 8 bytes a queued frame).
-/// With the frames queued as actix mailbox messages (some 80 bytes each) it was 24.6-27.4 KiB,
-/// and 41.8 KiB at the default `--watcher-queue` of 256; with actix's 32 KiB writer buffer and
-/// whole-mailbox bursts it was 81-89 KiB.
-const RSS_GROWTH_BOUND_MIB: u64 = (STUCK_WATCHERS as u64 * 32).div_ceil(1024);
+/// The bound on the server's RSS growth with the stuck watchers, MiB: 24 KiB per stuck watcher.
+/// Measured with 1,000 (debug and release builds alike): 16.7-17.9 KiB each, of which 1.5-2 KiB is
+/// what being stuck adds (8 bytes a queued frame, and what the HTTP writer holds) and the rest
+/// what any open connection costs: actix's 8 KiB read and write buffers (the page each that the
+/// handshake touched), its connection task, the session, and 2-3 KiB each of the requests actix
+/// keeps for reuse (up to 128 per worker, filled by the first handshakes; a connection beyond
+/// them costs 13-14.7 KiB, a stuck watcher beyond them 14.7-16.3). With `--write-buffer-bytes`
+/// and the session's bursts at 2 KiB, being stuck took 5.5-5.8 KiB (a second page of the
+/// writer's buffer) and a stuck watcher 20.3-24 KiB; with the frames queued as actix mailbox
+/// messages (some 80 bytes each) 24.6-27.4 KiB, and 41.8 KiB at the default `--watcher-queue` of
+/// 256; with actix's 32 KiB writer buffer and whole-mailbox bursts 81-89 KiB.
+const RSS_GROWTH_BOUND_MIB: u64 = (STUCK_WATCHERS as u64 * 24).div_ceil(1024);
+
+/// The bound on what being stuck adds to a connection, KiB: the writer's buffer must stay within
+/// the page its handshake touched (a second page is 4 KiB).
+const STUCK_GROWTH_BOUND_KIB: f64 = 3.5;
 
 /// Flags of the slow-watcher servers.
 const SLOW_WATCHER_FLAGS: [&str; 8] = [
@@ -75,6 +81,10 @@ struct Stalled {
     streamed_in: Duration,
     /// Server RSS, KiB: before the stuck watchers, with them connected, the peak while streaming.
     baseline_kib: u64,
+    /// With the first half of the stuck watchers connected. actix keeps up to 128 finished
+    /// requests (each with its header map, some 6.5 KiB) per worker for reuse; the first
+    /// handshakes fill that, so the second half shows what a connection itself costs.
+    half_connected_kib: u64,
     connected_kib: u64,
     peak_kib: u64,
     /// The size of one JSON update, bytes (the order state as GET returns it).
@@ -133,16 +143,22 @@ async fn stall_watchers(server: &TestServer, watchers: usize) -> Stalled {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (baseline_kib, _) = server.rss_kib();
 
-    let stuck: Vec<Watcher> = join_all((0..watchers).map(|_| {
-        server.watch_on_slow_link(
-            ORDER,
-            TokenIn::Query(&token),
-            WatchProtocol::Json,
-            STUCK_RECV_BUFFER,
-            STUCK_MSS,
-        )
-    }))
-    .await;
+    // In two halves: the first also fills what actix pools per worker (see
+    // [`Stalled::half_connected_kib`]).
+    let connect = |count: usize| {
+        join_all((0..count).map(|_| {
+            server.watch_on_slow_link(
+                ORDER,
+                TokenIn::Query(&token),
+                WatchProtocol::Json,
+                STUCK_RECV_BUFFER,
+                STUCK_MSS,
+            )
+        }))
+    };
+    let mut stuck: Vec<Watcher> = connect(watchers / 2).await;
+    let (half_connected_kib, _) = server.rss_kib();
+    stuck.extend(connect(watchers - watchers / 2).await);
     let (connected_kib, _) = server.rss_kib();
     let (offset_before, _) = server.offset_and_epoch(ORDER).await;
 
@@ -212,6 +228,7 @@ async fn stall_watchers(server: &TestServer, watchers: usize) -> Stalled {
         frames,
         streamed_in,
         baseline_kib,
+        half_connected_kib,
         connected_kib,
         peak_kib: peak_kib.load(Ordering::SeqCst),
         update_bytes: state.to_string().len(),
@@ -239,23 +256,38 @@ async fn stuck_watchers_cost_bounded_memory_then_get_4008_while_acks_and_a_healt
     let growth_kib = peak_kib.saturating_sub(run.baseline_kib);
     // What a queue per watcher that grew with the stream would hold at the end.
     let unbounded_kib = (STUCK_WATCHERS as u64 * run.updates * run.update_bytes as u64) / 1024;
+    let per_watcher = |kib: u64, watchers: usize| kib as f64 / watchers as f64;
+    let second_half = STUCK_WATCHERS - STUCK_WATCHERS / 2;
+    // A connection of the second half, and what being stuck added to each.
+    let connection_kib = per_watcher(
+        run.connected_kib.saturating_sub(run.half_connected_kib),
+        second_half,
+    );
+    let stuck_kib = per_watcher(peak_kib.saturating_sub(run.connected_kib), STUCK_WATCHERS);
     eprintln!(
         "slow watchers: {STUCK_WATCHERS} stuck watchers; {} fixes in {} frames streamed in \
          {:.1?}, all acked; {} updates meanwhile (the healthy watcher got {} in all); server RSS \
-         baseline {} \
-         KiB, with the watchers connected {} KiB (+{:.1} KiB each), peak {peak_kib} KiB (VmHWM \
-         {hwm_kib} KiB); growth {growth_kib} KiB = {:.1} MiB = {:.1} KiB per stuck watcher \
-         (an unbounded queue would hold {} MiB); evicted {evicted}",
+         baseline {} KiB, with half the watchers connected {} KiB, with all {} KiB (+{:.1} KiB \
+         each; the second half +{connection_kib:.1} KiB each), peak {peak_kib} KiB (VmHWM \
+         {hwm_kib} KiB); growth {growth_kib} KiB = {:.1} MiB = {:.1} KiB per stuck watcher, \
+         of which being stuck {stuck_kib:.1} KiB; a stuck watcher beyond the first \
+         {}: {:.1} KiB (an unbounded queue would hold {} MiB); evicted {evicted}",
         run.fixes,
         run.frames,
         run.streamed_in,
         run.updates,
         run.healthy_updates,
         run.baseline_kib,
+        run.half_connected_kib,
         run.connected_kib,
-        run.connected_kib.saturating_sub(run.baseline_kib) as f64 / STUCK_WATCHERS as f64,
+        per_watcher(
+            run.connected_kib.saturating_sub(run.baseline_kib),
+            STUCK_WATCHERS
+        ),
         growth_kib as f64 / 1024.0,
-        growth_kib as f64 / STUCK_WATCHERS as f64,
+        per_watcher(growth_kib, STUCK_WATCHERS),
+        STUCK_WATCHERS / 2,
+        connection_kib + stuck_kib,
         unbounded_kib / 1024,
     );
     assert!(
@@ -266,6 +298,11 @@ async fn stuck_watchers_cost_bounded_memory_then_get_4008_while_acks_and_a_healt
         growth_kib < RSS_GROWTH_BOUND_MIB * 1024,
         "server RSS grew by {growth_kib} KiB with {STUCK_WATCHERS} stuck watchers; bound \
          {RSS_GROWTH_BOUND_MIB} MiB"
+    );
+    assert!(
+        stuck_kib < STUCK_GROWTH_BOUND_KIB,
+        "being stuck added {stuck_kib:.1} KiB to each watcher's connection; bound \
+         {STUCK_GROWTH_BOUND_KIB} KiB"
     );
     assert!(
         evicted >= STUCK_WATCHERS as f64,

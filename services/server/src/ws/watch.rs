@@ -56,18 +56,17 @@ pub struct WatchSession {
     /// again (in broker mode a frame can reach a node both in a replay and live).
     written: Option<(String, u64)>,
     last_heard: Instant,
-    /// Bytes written since the session last paused (see [`WRITE_BURST_BYTES`]).
+    /// Bytes written since the session last paused.
     burst_bytes: usize,
+    /// The bytes (`--write-buffer-bytes`, and one frame) a session writes before it lets the
+    /// HTTP writer take them. The session runs only when the writer polls it: a watcher whose
+    /// socket stalled and then took a few bytes would get its whole queue (`--watcher-queue`
+    /// frames) copied into the writer's buffer at once, which then keeps that size. Pausing after
+    /// a burst hands the writer one small chunk; it polls again only while its buffer has room,
+    /// and the rest waits in the [`WatchQueue`] as shared frames, where the order conflates it.
+    burst_limit: usize,
     _slot: ConnectionSlot,
 }
-
-/// The bytes a session writes before it lets the HTTP writer take them. The session runs only
-/// when the writer polls it: a watcher whose socket stalled and then took a few bytes would get
-/// its whole queue (`--watcher-queue` frames) copied into the writer's buffer at once, which then
-/// keeps that size. Pausing after this many bytes hands the writer one small chunk; it polls
-/// again only while its buffer has room, and the rest waits in the [`WatchQueue`] as shared
-/// frames, where the order conflates it.
-const WRITE_BURST_BYTES: usize = 2048;
 
 impl WatchSession {
     pub fn new(
@@ -77,6 +76,7 @@ impl WatchSession {
         source: Source,
         slot: ConnectionSlot,
     ) -> Self {
+        let burst_limit = app.config.write_buffer();
         Self {
             id: NEXT_WATCHER_ID.fetch_add(1, Ordering::Relaxed),
             format,
@@ -88,6 +88,7 @@ impl WatchSession {
             written: None,
             last_heard: Instant::now(),
             burst_bytes: 0,
+            burst_limit,
             _slot: slot,
         }
     }
@@ -120,7 +121,7 @@ impl WatchSession {
     }
 
     /// Writes `frame` unless it was written already; true when the burst is full, and the caller
-    /// must then let the writer take it before writing more (see [`WRITE_BURST_BYTES`]).
+    /// must then let the writer take it before writing more (see [`WatchSession::burst_limit`]).
     fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) -> bool {
         let view = &frame.view;
         if let Some((epoch, offset)) = &self.written {
@@ -143,7 +144,7 @@ impl WatchSession {
                 len
             }
         };
-        let full = self.burst_bytes >= WRITE_BURST_BYTES;
+        let full = self.burst_bytes >= self.burst_limit;
         if full {
             self.burst_bytes = 0;
         }
