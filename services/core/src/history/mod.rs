@@ -151,7 +151,7 @@ impl Default for StoreOptions {
             compact_every: Duration::from_secs(15),
             max_segment_bytes: 64 * 1024 * 1024,
             commit_window: Duration::from_millis(3),
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
