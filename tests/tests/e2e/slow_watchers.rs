@@ -38,7 +38,7 @@ const FRAME_PAUSE: Duration = Duration::from_millis(30);
 /// The bound on the server's RSS growth with the stuck watchers, MiB: 24 KiB per stuck watcher.
 /// Measured with 1,000 (debug and release builds alike): 16.7-17.9 KiB each, of which 1.5-2 KiB is
 /// what being stuck adds (8 bytes a queued frame, and what the HTTP writer holds) and the rest
-/// what any open connection costs: actix's 8 KiB read and write buffers (the page each that the
+/// what any open connection costs: actix's 8 KiB read and write buffers (of each the page the
 /// handshake touched), its connection task, the session, and 2-3 KiB each of the requests actix
 /// keeps for reuse (up to 128 per worker, filled by the first handshakes; a connection beyond
 /// them costs 13-14.7 KiB, a stuck watcher beyond them 14.7-16.3). With `--write-buffer-bytes`
