@@ -35,7 +35,7 @@ pub struct Config {
     /// caches), and the process's RSS grows towards it as history is written. 16 MiB fills in
     /// minutes under a fleet's load and RSS is flat from then on; 256 MiB took some 75 minutes
     /// at 2,000 fixes/s, for history reads 7 % faster (tools/bench/NOTES.md, "Soak").
-    #[arg(long, env = "TRACKLINE_STORE_CACHE_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    #[arg(long, env = "TRACKLINE_STORE_CACHE_MIB", default_value_t = trackline_core::history::DEFAULT_CACHE_MIB, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub store_cache_mib: u64,
 
     /// Secret that signs and verifies tokens. Without one a random development secret is used.

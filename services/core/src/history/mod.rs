@@ -128,6 +128,10 @@ pub struct CommitStats {
 /// enough that a purge that cuts a block rewrites little and a merge decodes little.
 pub const MAX_FIXES_PER_BLOCK: usize = 256;
 
+/// The default of [`StoreOptions::cache_bytes`], in MiB: it fills within minutes under a fleet's
+/// load, after which the process's memory no longer follows what is written.
+pub const DEFAULT_CACHE_MIB: u64 = 16;
+
 /// How the store runs.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -151,7 +155,7 @@ impl Default for StoreOptions {
             compact_every: Duration::from_secs(15),
             max_segment_bytes: 64 * 1024 * 1024,
             commit_window: Duration::from_millis(3),
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_MIB * 1024 * 1024,
         }
     }
 }

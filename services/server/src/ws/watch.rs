@@ -56,15 +56,14 @@ pub struct WatchSession {
     /// again (in broker mode a frame can reach a node both in a replay and live).
     written: Option<(String, u64)>,
     last_heard: Instant,
-    /// Bytes written since the session last paused.
+    /// Bytes written since the session last paused. A session writes `--write-buffer-bytes`
+    /// (and one frame) before it lets the HTTP writer take them. The session runs only when the
+    /// writer polls it: a watcher whose socket stalled and then took a few bytes would get its
+    /// whole queue (`--watcher-queue` frames) copied into the writer's buffer at once, which then
+    /// keeps that size. Pausing after a burst hands the writer one small chunk; it polls again
+    /// only while its buffer has room, and the rest waits in the [`WatchQueue`] as shared frames,
+    /// where the order conflates it.
     burst_bytes: usize,
-    /// The bytes (`--write-buffer-bytes`, and one frame) a session writes before it lets the
-    /// HTTP writer take them. The session runs only when the writer polls it: a watcher whose
-    /// socket stalled and then took a few bytes would get its whole queue (`--watcher-queue`
-    /// frames) copied into the writer's buffer at once, which then keeps that size. Pausing after
-    /// a burst hands the writer one small chunk; it polls again only while its buffer has room,
-    /// and the rest waits in the [`WatchQueue`] as shared frames, where the order conflates it.
-    burst_limit: usize,
     _slot: ConnectionSlot,
 }
 
@@ -76,7 +75,6 @@ impl WatchSession {
         source: Source,
         slot: ConnectionSlot,
     ) -> Self {
-        let burst_limit = app.config.write_buffer();
         Self {
             id: NEXT_WATCHER_ID.fetch_add(1, Ordering::Relaxed),
             format,
@@ -88,7 +86,6 @@ impl WatchSession {
             written: None,
             last_heard: Instant::now(),
             burst_bytes: 0,
-            burst_limit,
             _slot: slot,
         }
     }
@@ -121,7 +118,7 @@ impl WatchSession {
     }
 
     /// Writes `frame` unless it was written already; true when the burst is full, and the caller
-    /// must then let the writer take it before writing more (see [`WatchSession::burst_limit`]).
+    /// must then let the writer take it before writing more (see [`WatchSession::burst_bytes`]).
     fn write(&mut self, frame: &Frame, ctx: &mut ws::WebsocketContext<Self>) -> bool {
         let view = &frame.view;
         if let Some((epoch, offset)) = &self.written {
@@ -144,7 +141,7 @@ impl WatchSession {
                 len
             }
         };
-        let full = self.burst_bytes >= self.burst_limit;
+        let full = self.burst_bytes >= self.app.config.write_buffer();
         if full {
             self.burst_bytes = 0;
         }
